@@ -1,0 +1,274 @@
+"""The ``genzoo`` command: a thin argparse layer over the library.
+
+    genzoo train MODEL [flags]            a new run under runs/ (or --run-dir)
+    genzoo train --resume RUN             continue a killed run from its last checkpoint
+    genzoo eval RUN [--iw-samples K]      ELBO parts and importance-sampled NLL -> RUN/eval.json
+    genzoo sample RUN -n 64 -o out.png    samples of the best checkpoint
+    genzoo plot RUN                       (re)draw every figure of a run
+    genzoo data download|verify|info      the dataset files
+
+User mistakes end with one line on stderr and exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from genzoo import data as gdata
+from genzoo import plots
+from genzoo.config import TrainConfig, add_config_arguments, given_values, positive
+from genzoo.errors import GenzooError
+from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained
+from genzoo.models import MODELS
+from genzoo.runs import RunConfig, check_run_dir, new_run_dir
+from genzoo.train import EVAL_SEED, isolated_rng, resume_config, train
+
+positive_int = positive(int, 1)
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--device and --data-dir: how to run, not part of the run's config."""
+    parser.add_argument(
+        "--device",
+        dest=prefix + "device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where to compute (default: auto)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        dest=prefix + "data_dir",
+        type=Path,
+        default=None,
+        help="dataset folder (default: $GENZOO_DATA, else ~/.cache/genzoo/data)",
+    )
+
+
+def _run_dir_arg(text: str) -> Path:
+    return Path(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train_p = commands.add_parser(
+        "train",
+        help="train a model, or resume a run",
+        description="Train MODEL, or continue a run with --resume RUN.",
+    )
+    train_p.add_argument(
+        "--resume", type=_run_dir_arg, metavar="RUN", help="continue RUN from its last checkpoint"
+    )
+    train_p.add_argument(
+        "--epochs",
+        dest="resume_epochs",
+        type=positive_int,
+        metavar="N",
+        help="with --resume: train up to this epoch (default: the run's own)",
+    )
+    _add_runtime_flags(train_p, prefix="resume_")
+    models = train_p.add_subparsers(dest="model", metavar="MODEL", required=False)
+    for name, family in MODELS.items():
+        summary = (sys.modules[family.model.__module__].__doc__ or "").strip().splitlines()[0]
+        model_p = models.add_parser(name, help=summary, description=summary)
+        model_p.add_argument("--run-dir", type=Path, help="run folder (default: runs/MODEL-STAMP)")
+        add_config_arguments(model_p.add_argument_group("training"), TrainConfig)
+        add_config_arguments(model_p.add_argument_group(f"model {name}"), family.config)
+        _add_runtime_flags(model_p)
+
+    eval_p = commands.add_parser("eval", help="ELBO parts and importance-sampled log-likelihood")
+    eval_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
+    eval_p.add_argument(
+        "--iw-samples",
+        type=positive_int,
+        default=5000,
+        metavar="K",
+        help="importance samples per image (default: 5000)",
+    )
+    eval_p.add_argument(
+        "--limit", type=positive_int, metavar="N", help="evaluate only the first N images"
+    )
+    eval_p.add_argument("--split", choices=("test", "val"), default="test")
+    eval_p.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="posterior",
+        help="proposal: q(z|x) (default) or the prior p(z)",
+    )
+    eval_p.add_argument("--output", type=Path, help="JSON file (default: RUN/eval.json)")
+    _add_runtime_flags(eval_p)
+
+    sample_p = commands.add_parser("sample", help="draw samples from a trained run")
+    sample_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
+    sample_p.add_argument("-n", type=positive_int, default=64, help="how many (default: 64)")
+    sample_p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("samples.png"),
+        help="a .png grid or a .npy array (default: samples.png)",
+    )
+    sample_p.add_argument("--seed", type=int, default=0)
+    _add_runtime_flags(sample_p)
+
+    plot_p = commands.add_parser("plot", help="(re)draw every figure of a run")
+    plot_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
+    _add_runtime_flags(plot_p)
+
+    data_p = commands.add_parser("data", help="download, verify or list the dataset files")
+    data_p.add_argument("action", choices=("download", "verify", "info"))
+    data_p.add_argument(
+        "datasets",
+        nargs="*",
+        metavar="DATASET",
+        help=f"some of {', '.join(gdata.DATASETS)} (default: all)",
+    )
+    data_p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset folder (default: $GENZOO_DATA, else ~/.cache/genzoo/data)",
+    )
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.resume is not None:
+        if args.model is not None:
+            parser.error("give either MODEL or --resume RUN, not both")
+        run_dir = check_run_dir(args.resume)
+        cfg = resume_config(run_dir, args.resume_epochs)
+        train(run_dir, cfg, args.resume_device, args.resume_data_dir, resume=True)
+        return
+    if args.model is None:
+        parser.error(f"name a MODEL ({', '.join(MODELS)}) or give --resume RUN")
+    family = MODELS[args.model]
+    cfg = RunConfig(
+        args.model,
+        TrainConfig(**given_values(args, TrainConfig)),
+        family.config(**given_values(args, family.config)),
+    )
+    run_dir = args.run_dir or new_run_dir(args.model)
+    if (run_dir / "config.json").exists():
+        raise GenzooError(
+            f"{run_dir} already holds a run; choose another --run-dir, "
+            f"or continue it with `genzoo train --resume {run_dir}`"
+        )
+    train(run_dir, cfg, args.device, args.data_dir)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    r = evaluate_run(
+        check_run_dir(args.run),
+        args.iw_samples,
+        args.limit,
+        args.split,
+        args.estimator,
+        args.device,
+        args.data_dir,
+        args.output,
+    )
+    print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
+    print(
+        f"  -ELBO        {r['neg_elbo']:8.2f} ± {r['neg_elbo_se']:.2f} nats"
+        f"   (reconstruction {r['recon']:.2f}, KL {r['kl']:.2f})"
+    )
+    print(
+        f"  NLL          {r['nll']:8.2f} ± {r['nll_se']:.2f} nats"
+        f"   (importance sampling, K={r['iw_samples']}, proposal {r['estimator']})"
+    )
+    print(f"  ({r['seconds']:.0f} s)")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    suffix = args.output.suffix.lower()
+    if suffix not in (".png", ".npy"):
+        raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
+    _, model, _, epoch = load_trained(check_run_dir(args.run), args.device)
+    with isolated_rng(args.seed, next(model.parameters()).device):
+        samples = model.sample(args.n).cpu()  # (n, C, H, W)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(args.output, samples.numpy())
+    else:
+        plots.save_image_grid(samples, args.output, f"{args.n} samples, {args.run.name}")
+    print(f"wrote {args.n} samples of epoch {epoch} to {args.output}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    run_dir = check_run_dir(args.run)
+    _, model, data, _ = load_trained(run_dir, args.device, args.data_dir)
+    with isolated_rng(EVAL_SEED, next(model.parameters()).device):
+        for path in plots.draw_run_figures(model, data, run_dir):
+            print(path)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    root = gdata.resolve_data_dir(args.data_dir)
+    unknown = set(args.datasets) - set(gdata.DATASETS)
+    if unknown:
+        raise GenzooError(
+            f"unknown dataset(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(gdata.DATASETS)}"
+        )
+    names = args.datasets or list(gdata.DATASETS)
+    print(f"data folder: {root}")
+    if args.action == "download":
+        for name in names:
+            gdata.dataset_paths(name, root)
+            print(f"{name}: ok")
+        return
+    problems = 0
+    for name in names:
+        for spec in gdata.DATASETS[name].files:
+            path = root / name / spec.name
+            if not path.exists():
+                status = "missing"
+                # Without named datasets, verify only the ones that are there at all.
+                problems += args.action == "verify" and (
+                    bool(args.datasets) or (root / name).is_dir()
+                )
+            elif args.action == "info":
+                status = f"{path.stat().st_size} bytes"
+            else:
+                try:
+                    gdata.verify_file(path, spec)
+                    status = "ok (size and MD5)"
+                except GenzooError as err:
+                    status, problems = f"BAD: {err}", problems + 1
+            print(f"  {name}/{spec.name}: {status}")
+    if problems:
+        raise GenzooError(
+            f"{problems} dataset file(s) missing or corrupt; "
+            "run `genzoo data download` or fix --data-dir"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            cmd_train(args, parser)
+        elif args.command == "eval":
+            cmd_eval(args)
+        elif args.command == "sample":
+            cmd_sample(args)
+        elif args.command == "plot":
+            cmd_plot(args)
+        else:
+            cmd_data(args)
+    except GenzooError as err:
+        print(f"genzoo: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0

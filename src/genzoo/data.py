@@ -1,0 +1,354 @@
+"""Datasets: MNIST and Fashion-MNIST (idx, gzip), static binarized MNIST (amat).
+
+Files live in a data folder with one subfolder per dataset and the original file
+names (``mnist/train-images-idx3-ubyte.gz``, ``binarized-mnist/binarized_mnist_test.amat``,
+...). The folder is ``--data-dir``, else ``$GENZOO_DATA``, else a cache folder; missing
+files are downloaded into it from the public mirrors, atomically and checksum-verified.
+Every file is checked (size, MD5, format) before a tensor is made from it.
+
+All images are kept in memory as one float tensor per split, shape (N, 1, 28, 28),
+values in [0, 1]; batches are index slices (``batches``). Binarization modes:
+
+- ``dynamic``: a fresh Bernoulli(x) draw each time a training batch is formed
+  (Burda et al. 2015); validation and test sets are binarized once with a fixed seed;
+- ``static``: the fixed binarization of Larochelle & Murray (2011), 50k/10k/10k;
+- ``threshold``: x > 0.5;
+- ``none``: grey levels in [0, 1].
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from genzoo.errors import GenzooError
+
+BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
+EVAL_BINARIZE_SEED = 1234  # the fixed draw that binarizes validation and test sets
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int  # bytes
+    md5: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    files: tuple[RemoteFile, ...]
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+
+
+_IDX_NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def _idx_files(sizes: tuple[int, ...], md5s: tuple[str, ...]) -> tuple[RemoteFile, ...]:
+    return tuple(RemoteFile(n, s, m) for n, s, m in zip(_IDX_NAMES, sizes, md5s, strict=True))
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        files=_idx_files(
+            (9912422, 28881, 1648877, 4542),
+            (
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+        ),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion-mnist": DatasetSpec(
+        files=_idx_files(
+            (26421880, 29515, 4422102, 5148),
+            (
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            ),
+        ),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+    "binarized-mnist": DatasetSpec(
+        files=(
+            RemoteFile("binarized_mnist_train.amat", 78400000, "db28b1a6ae0fe70cbd3da91acf46e477"),
+            RemoteFile("binarized_mnist_valid.amat", 15680000, "bf37822a04e94123630de6a7dfd9c9ef"),
+            RemoteFile("binarized_mnist_test.amat", 15680000, "14e41ae11040adba6ab8cb291eda0dd8"),
+        ),
+        mirrors=("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
+    ),
+}
+
+IMAGE_SHAPE = (1, 28, 28)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def default_data_dir() -> Path:
+    """``$GENZOO_DATA`` if set, else ``$XDG_CACHE_HOME/genzoo/data`` (``~/.cache/genzoo/data``)."""
+    if os.environ.get("GENZOO_DATA"):
+        return Path(os.environ["GENZOO_DATA"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    return cache / "genzoo" / "data"
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, spec: RemoteFile) -> None:
+    """Raise GenzooError unless ``path`` has the expected size and MD5."""
+    if not path.is_file():
+        raise GenzooError(f"{path} is missing; run `genzoo data download` or fix --data-dir")
+    size = path.stat().st_size
+    if size != spec.size:
+        raise GenzooError(
+            f"{path} has {size} bytes, expected {spec.size} (truncated or wrong file); "
+            "delete it and run `genzoo data download`"
+        )
+    digest = md5sum(path)
+    if digest != spec.md5:
+        raise GenzooError(
+            f"{path} has MD5 {digest}, expected {spec.md5} (corrupt or wrong file); "
+            "delete it and run `genzoo data download`"
+        )
+
+
+def _download_one(spec: RemoteFile, mirrors: tuple[str, ...], target: Path) -> None:
+    """Fetch ``spec`` from the first mirror that works; write to a temp file, verify, rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    failures = []
+    for base in mirrors:
+        url = base + spec.name
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+                bar = tqdm(total=spec.size, unit="B", unit_scale=True, desc=spec.name, leave=False)
+                for block in iter(lambda r=response: r.read(1 << 16), b""):
+                    out.write(block)
+                    bar.update(len(block))
+                bar.close()
+            verify_file(partial, spec)
+        except (urllib.error.URLError, OSError, GenzooError) as err:
+            failures.append(f"{url}: {err}")
+            partial.unlink(missing_ok=True)
+            continue
+        os.replace(partial, target)  # atomic: a reader never sees a half-written file
+        return
+    raise GenzooError(
+        f"could not download {spec.name} ({'; '.join(failures)}). Without internet, copy the "
+        f"dataset files into a folder laid out like <dir>/{target.parent.name}/{spec.name} and "
+        "point GENZOO_DATA or --data-dir at <dir>"
+    )
+
+
+def dataset_paths(name: str, data_dir: Path, download: bool = True) -> dict[str, Path]:
+    """Checked paths of every file of dataset ``name``; missing files are downloaded first."""
+    if name not in DATASETS:
+        raise GenzooError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    paths = {}
+    for f in spec.files:
+        path = data_dir / name / f.name
+        if not path.exists() and download:
+            _download_one(f, spec.mirrors, path)
+        verify_file(path, f)
+        paths[f.name] = path
+    return paths
+
+
+# ----------------------------------------------------------------------------- readers
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a gzipped idx file (LeCun's format: big-endian header, then raw values)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise GenzooError(
+            f"{path} is not a readable gzip file ({err}); delete it and re-download"
+        ) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise GenzooError(f"{path} does not start with an idx header of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise GenzooError(
+            f"{path} holds {len(raw)} bytes after decompression, its header {shape} says "
+            f"{expected}: truncated or corrupt; delete it and re-download"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_amat(path: Path) -> np.ndarray:
+    """Read a binarized-MNIST ``.amat`` file: one image a line, 784 '0'/'1' separated by spaces.
+
+    Every value is one character followed by one separator, so the file is exactly
+    2 bytes per pixel and the digits sit at the even offsets: parsed without a text loop.
+    """
+    raw = np.fromfile(path, dtype=np.uint8)
+    pixels = 28 * 28
+    if raw.size % (2 * pixels):
+        raise GenzooError(f"{path} is not a whole number of 784-value lines: truncated or corrupt")
+    rows = raw.reshape(-1, pixels, 2)  # (N, 784, [digit, separator])
+    separators = np.full(pixels, ord(" "), dtype=np.uint8)
+    separators[-1] = ord("\n")
+    digits = rows[..., 0] - ord("0")
+    if (rows[..., 1] != separators).any() or (digits > 1).any():
+        raise GenzooError(f"{path} has a line that is not 784 values of 0/1: corrupt file")
+    return digits.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Split:
+    """One split in memory: images (N, 1, 28, 28) float in [0, 1], labels (N,) or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device) -> Split:
+        labels = None if self.labels is None else self.labels.to(device)
+        return Split(self.images.to(device), labels)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    binarize: str  # how ``batches`` treats ``train``; val and test are already final
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.images.shape[1:])
+
+    def to(self, device: torch.device) -> Data:
+        return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.binarize)
+
+
+def _idx_split(paths: dict[str, Path], prefix: str) -> Split:
+    images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])  # (N, 28, 28) uint8
+    labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])  # (N,) uint8
+    if images.shape[0] != labels.shape[0]:
+        raise GenzooError(f"{prefix} images and labels disagree in count")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return Split(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _binarize_once(split: Split, mode: str, seed: int) -> Split:
+    if mode == "dynamic":
+        generator = torch.Generator().manual_seed(seed)
+        return Split(torch.bernoulli(split.images, generator=generator), split.labels)
+    if mode == "threshold":
+        return Split((split.images > 0.5).float(), split.labels)
+    return split
+
+
+def load_data(
+    dataset: str = "mnist",
+    binarize: str = "dynamic",
+    val_size: int = 10000,
+    data_dir: str | Path | None = None,
+) -> Data:
+    """Load a dataset into memory as train / validation / test splits.
+
+    MNIST-like idx datasets: the last ``val_size`` of the 60k training images are the
+    validation split. ``binarize="static"`` reads the Larochelle & Murray files instead
+    (their own 50k/10k/10k split, no labels).
+    """
+    if binarize not in BINARIZE_MODES:
+        raise GenzooError(f"unknown binarization {binarize!r}; choose one of {BINARIZE_MODES}")
+    root = resolve_data_dir(data_dir)
+    if binarize == "static":
+        if dataset != "mnist":
+            raise GenzooError("--binarize static exists only for --dataset mnist")
+        paths = dataset_paths("binarized-mnist", root)
+        splits = [
+            Split(
+                torch.from_numpy(read_amat(paths[f"binarized_mnist_{s}.amat"]))
+                .float()
+                .view(-1, *IMAGE_SHAPE),
+                None,
+            )
+            for s in ("train", "valid", "test")
+        ]
+        return Data(*splits, binarize=binarize)
+
+    paths = dataset_paths(dataset, root)
+    full, test = _idx_split(paths, "train"), _idx_split(paths, "t10k")
+    if not 0 < val_size < len(full):
+        raise GenzooError(f"--val-size must be between 1 and {len(full) - 1}, got {val_size}")
+    cut = len(full) - val_size
+    train = Split(full.images[:cut], full.labels[:cut])
+    val = Split(full.images[cut:], full.labels[cut:])
+    if binarize == "threshold":
+        train = _binarize_once(train, binarize, 0)
+    val = _binarize_once(val, binarize, EVAL_BINARIZE_SEED)
+    test = _binarize_once(test, binarize, EVAL_BINARIZE_SEED + 1)
+    return Data(train, val, test, binarize)
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    binarize: str = "none",
+    shuffle: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Yield image batches (B, 1, 28, 28) as index slices of the in-memory tensor.
+
+    Shuffling and dynamic binarization draw from torch's global generator, so a seeded
+    run (and a resumed one, which restores that generator) sees the same batches.
+    """
+    images = split.images
+    n = images.shape[0]
+    order = torch.randperm(n, device=images.device) if shuffle else None
+    for start in range(0, n, batch_size):
+        x = (
+            images[order[start : start + batch_size]]
+            if shuffle
+            else images[start : start + batch_size]
+        )
+        if binarize == "dynamic":
+            x = torch.bernoulli(x)
+        yield x

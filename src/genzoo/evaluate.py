@@ -1,0 +1,128 @@
+"""Test-set measurements of a trained run (DESIGN.md, "Measurement protocols").
+
+- ELBO, split into the reconstruction term -E_q log p(x|z) and KL(q(z|x) || p(z)), with
+  one reparameterized sample per example and the KL in closed form;
+- the negative log-likelihood -log p(x) by importance sampling with K samples, per
+  example in float64, reported as the mean over the examples and its standard error.
+  With ``estimator="prior"`` the proposal is p(z) (the naive Monte Carlo estimate
+  log 1/K sum_k p(x|z_k)), which shows how much a learned proposal matters at equal K.
+
+All figures are in nats per image, on the binarized images the run was trained on
+(dynamic binarization: the test set drawn once with a fixed seed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from genzoo.data import EVAL_BINARIZE_SEED, Data, Split, load_data
+from genzoo.errors import GenzooError
+from genzoo.runs import RunConfig, build_model, load_checkpoint, load_run_config, write_json
+from genzoo.train import EVAL_SEED, isolated_rng, per_example_terms, resolve_device
+
+ESTIMATORS = ("posterior", "prior")
+
+
+def load_trained(
+    run_dir: Path,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    checkpoint: str = "best",
+) -> tuple[RunConfig, nn.Module, Data, int]:
+    """The run's config, its model with ``checkpoint`` weights (in eval mode), its data and
+    the epoch of those weights."""
+    cfg = load_run_config(run_dir)
+    dev = resolve_device(device)
+    tc = cfg.train
+    data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir).to(dev)
+    model = build_model(cfg, data.image_shape)
+    epoch = load_checkpoint(run_dir, checkpoint, model, with_state=False)["epoch"]
+    return cfg, model.to(dev).eval(), data, epoch
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean of (N,) values."""
+    n = values.numel()
+    se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else math.nan
+    return values.mean().item(), se
+
+
+@torch.no_grad()
+def importance_sampled_nll(
+    model: nn.Module, split: Split, k: int, estimator: str = "posterior", batch_size: int = 100
+) -> torch.Tensor:
+    """-log p(x) for every image of ``split`` with ``k`` importance samples: (N,) float64."""
+    if not hasattr(model, "log_likelihood"):
+        raise GenzooError("this model has no importance-sampled likelihood")
+    parts = []
+    for start in tqdm(
+        range(0, len(split), batch_size),
+        desc=f"log p(x), K={k}",
+        unit="batch",
+        leave=False,
+        disable=None,
+    ):
+        x = split.images[start : start + batch_size]
+        parts.append(-model.log_likelihood(x, k, estimator).cpu())
+    return torch.cat(parts)
+
+
+def evaluate_run(
+    run_dir: Path,
+    iw_samples: int = 5000,
+    limit: int | None = None,
+    split: str = "test",
+    estimator: str = "posterior",
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """Measure the run's best checkpoint; write the results to ``output`` (default
+    RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them."""
+    if estimator not in ESTIMATORS:
+        raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    cfg, model, data, epoch = load_trained(run_dir, device, data_dir)
+    images = {"test": data.test, "val": data.val}[split]
+    if limit is not None:
+        images = Split(
+            images.images[:limit], None if images.labels is None else images.labels[:limit]
+        )
+    start = time.perf_counter()
+    with isolated_rng(EVAL_SEED, images.images.device):
+        terms = per_example_terms(model, images)
+        nll = importance_sampled_nll(model, images, iw_samples, estimator)
+    neg_elbo, neg_elbo_se = mean_and_se(terms["neg_elbo"])
+    nll_mean, nll_se = mean_and_se(nll)
+    binarize = cfg.train.binarize
+    if binarize == "dynamic":
+        seed = EVAL_BINARIZE_SEED + (1 if split == "test" else 0)
+        binarize = f"dynamic (evaluation set drawn once, seed {seed})"
+    result = {
+        "nll": nll_mean,
+        "nll_se": nll_se,
+        "neg_elbo": neg_elbo,
+        "neg_elbo_se": neg_elbo_se,
+        "recon": terms["recon"].mean().item(),
+        "kl": terms["kl"].mean().item(),
+        "iw_samples": iw_samples,
+        "estimator": estimator,
+        "n_examples": len(images),
+        "split": split,
+        "dataset": cfg.train.dataset,
+        "binarize": binarize,
+        "units": "nats per image",
+        "checkpoint": "best",
+        "epoch": epoch,
+        "seconds": time.perf_counter() - start,
+    }
+    if output is None:
+        output = run_dir / ("eval.json" if estimator == "posterior" else f"eval_{estimator}.json")
+    write_json(output, result)
+    return result

@@ -1,0 +1,42 @@
+"""The contract every model family follows, so one training loop trains them all.
+
+Each model is an ``nn.Module`` that owns its loss (the wrapper-owns-the-loss pattern).
+Families add what they have on top of this: ``decode`` and ``prior`` (latent-variable
+models), ``encode`` and ``reconstruct`` (models with an encoder), ``log_likelihood``
+(importance-sampled, latent-variable models), ``log_prob`` (exact, flows).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch.optim import Optimizer
+
+
+class GenerativeModel(Protocol):
+    # Name of the ``evaluate_batch`` term that early stopping and the "best" checkpoint
+    # minimise (e.g. "neg_elbo").
+    val_metric: str
+
+    def configure_optimizers(self, lr: float) -> list[Optimizer]: ...
+
+    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
+        """One optimisation step on batch ``x`` (B, C, H, W); returns its scalar statistics."""
+        ...
+
+    def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example terms, each of shape (B,), for validation and test."""
+        ...
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` samples in image space, (n, C, H, W)."""
+        ...
+
+
+def step_single_loss(loss: torch.Tensor, optimizers: list[Optimizer]) -> None:
+    """The whole update of a one-loss model: clear gradients, backpropagate, step."""
+    (optimizer,) = optimizers
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()

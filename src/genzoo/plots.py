@@ -1,0 +1,189 @@
+"""Every figure of a run, as PNG files in RUN/figures/.
+
+Each function draws what a model family supports: sample grids need ``sample`` (and,
+for the Bernoulli-sample / pixel-mean pair, ``prior`` and ``decode``); reconstructions
+need ``reconstruct``; latent scatter, interpolation and the 2-D manifold need
+``encode`` and ``decode``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from torch import nn
+from torch.distributions import Normal
+
+from genzoo.data import Data, Split
+
+N_GRID = 64  # samples per grid (8 x 8)
+
+
+def image_grid(images: torch.Tensor, ncol: int) -> np.ndarray:
+    """Tile images (N, 1, H, W) into one (rows*H, ncol*W) array with 1-pixel gaps."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, _, h, w = images.shape
+    nrow = -(-n // ncol)
+    grid = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
+    for i, img in enumerate(images[:, 0].numpy()):
+        r, c = divmod(i, ncol)
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
+    return grid
+
+
+def _show(ax: plt.Axes, grid: np.ndarray, title: str = "") -> None:
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_image_grid(images: torch.Tensor, path: Path, title: str = "") -> None:
+    """One grid of images, about square, as a PNG."""
+    ncol = int(np.ceil(np.sqrt(len(images))))
+    fig, ax = plt.subplots(figsize=(ncol * 0.6 + 0.5, ncol * 0.6 + 0.7))
+    _show(ax, image_grid(images, ncol), title)
+    _save(fig, path)
+
+
+def draw_samples(model: nn.Module, title: str, path: Path) -> None:
+    """Bernoulli samples beside their pixel means for the same z, or plain samples."""
+    if not (hasattr(model, "prior") and hasattr(model, "decode")):
+        save_image_grid(model.sample(N_GRID), path, title)
+        return
+    means = model.decode(model.prior().sample((N_GRID,)))  # (64, 1, 28, 28)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+    _show(axes[0], image_grid(torch.bernoulli(means), 8), "Bernoulli samples")
+    _show(axes[1], image_grid(means, 8), "pixel means")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def draw_progress_samples(model: nn.Module, run_dir: Path, epoch: int) -> None:
+    model.eval()
+    label = "before training" if epoch == 0 else f"after epoch {epoch}"
+    draw_samples(model, f"samples {label}", run_dir / "figures" / f"samples_epoch{epoch:03d}.png")
+
+
+def draw_curves(metrics: list[dict], metric: str, path: Path) -> None:
+    """Training and validation curves; a second panel splits validation into its terms."""
+    epochs = [m["epoch"] for m in metrics]
+    parts = [k[4:] for k in metrics[0] if k.startswith("val_") and k != f"val_{metric}"]
+    fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(11 if parts else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for split in ("train", "val"):
+        if f"{split}_{metric}" in metrics[0]:
+            ax.plot(epochs, [m[f"{split}_{metric}"] for m in metrics], marker=".", label=split)
+    ax.set(xlabel="epoch", ylabel=f"{metric.replace('_', ' ')} (nats)", title="objective")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    for part in parts:
+        axes[0, 1].plot(epochs, [m[f"val_{part}"] for m in metrics], marker=".", label=part)
+    if parts:
+        axes[0, 1].set(xlabel="epoch", ylabel="nats", title="validation terms")
+        axes[0, 1].legend()
+        axes[0, 1].grid(alpha=0.3)
+    _save(fig, path)
+
+
+def draw_reconstructions(model: nn.Module, x: torch.Tensor, path: Path, ncol: int = 10) -> None:
+    """Rows of test images, each followed by a row of their reconstructions."""
+    x = x[: 3 * ncol]
+    recon = model.reconstruct(x)
+    pairs = torch.stack([x.view(3, ncol, *x.shape[1:]), recon.view(3, ncol, *x.shape[1:])], 1)
+    fig, ax = plt.subplots(figsize=(ncol * 0.6, 6 * 0.6 + 0.5))
+    _show(ax, image_grid(pairs.flatten(0, 2), ncol), "test images (odd rows), reconstructions")
+    _save(fig, path)
+
+
+def draw_manifold(model: nn.Module, path: Path, n: int = 20) -> None:
+    """Decoded means over an n x n grid of a 2-D latent, spaced by the inverse normal CDF
+    so that every cell holds equal prior mass (Kingma & Welling 2014, fig. 4)."""
+    device = next(model.parameters()).device
+    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device)
+    coords = Normal(0.0, 1.0).icdf(u)  # (n,)
+    z1, z2 = torch.meshgrid(coords, coords.flip(0), indexing="xy")  # z2 grows upwards
+    means = model.decode(torch.stack([z1, z2], -1).view(-1, 2))  # (n*n, 1, 28, 28)
+    fig, ax = plt.subplots(figsize=(9, 9))
+    _show(ax, image_grid(means, n), "2-D latent manifold (decoded means)")
+    _save(fig, path)
+
+
+def draw_latents(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
+    """Posterior means of test images coloured by class; PCA to 2-D above 2 dimensions."""
+    codes = torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
+    labels = split.labels[:n].cpu().numpy()
+    title = "latent means of test images"
+    if codes.shape[1] > 2:
+        pca = PCA(n_components=2).fit(codes)
+        codes = pca.transform(codes)
+        title += f" (PCA, {pca.explained_variance_ratio_.sum():.0%} of variance)"
+    elif codes.shape[1] == 1:
+        codes = np.hstack([codes, np.zeros_like(codes)])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    points = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+    fig.colorbar(points, ax=ax, ticks=range(10), label="class")
+    ax.set(
+        title=title,
+        xlabel="z1" if "PCA" not in title else "PC 1",
+        ylabel="z2" if "PCA" not in title else "PC 2",
+    )
+    _save(fig, path)
+
+
+def draw_interpolation(model: nn.Module, x_pair: torch.Tensor, path: Path, steps: int = 10) -> None:
+    """Decoded means along the straight line between the codes of two test images."""
+    z = model.encode(x_pair)  # (2, L)
+    t = torch.linspace(0, 1, steps, device=z.device)[:, None]
+    means = model.decode((1 - t) * z[0] + t * z[1])
+    row = torch.cat([x_pair[:1], means, x_pair[1:]])
+    fig, ax = plt.subplots(figsize=(steps * 0.7, 1.4))
+    _show(ax, image_grid(row, len(row)), "interpolation between two test images (ends: data)")
+    _save(fig, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
+    """Every figure the model supports, from its current weights; returns the files."""
+    model.eval()
+    out = run_dir / "figures"
+    drawn = []
+
+    def draw(name: str, fn: Callable[..., None], *args: object) -> None:
+        fn(*args, out / name)
+        drawn.append(out / name)
+
+    metrics = read_metrics(run_dir)
+    if metrics:
+        draw("curves.png", draw_curves, metrics, model.val_metric)
+    draw("samples.png", draw_samples, model, "samples (best checkpoint)")
+    test = data.test
+    if hasattr(model, "reconstruct"):
+        draw("reconstructions.png", draw_reconstructions, model, test.images)
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        draw("interpolation.png", draw_interpolation, model, test.images[:2])
+        if test.labels is not None:
+            draw("latents.png", draw_latents, model, test)
+        if getattr(model.cfg, "latent_dim", None) == 2:
+            draw("manifold.png", draw_manifold, model)
+    return drawn

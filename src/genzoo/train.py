@@ -1,0 +1,249 @@
+"""The one training loop, shared by every model family (see models/base.py).
+
+Per epoch: a pass over the shuffled training set (each model's own ``train_step``),
+validation terms averaged over the validation set, a line in metrics.jsonl, the ``last``
+checkpoint (and ``best`` when validation improved), sample grids every few epochs, and
+early stopping after ``patience`` epochs without improvement. Checkpoints carry the
+optimizer and random-generator states, so a resumed run continues exactly where the
+killed one stopped: on CPU it ends with the very weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from genzoo import plots
+from genzoo.data import Data, Split, batches, load_data
+from genzoo.errors import GenzooError, TrainingDiverged
+from genzoo.runs import (
+    RunConfig,
+    build_model,
+    load_checkpoint,
+    load_run_config,
+    save_checkpoint,
+    save_run_config,
+    write_json,
+)
+
+EVAL_SEED = 2024  # validation and figures draw from their own generator, never training's
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenzooError(
+            "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto"
+        )
+    return torch.device(name)
+
+
+@contextmanager
+def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on a freshly seeded generator and restore the training generator after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@torch.no_grad()
+def per_example_terms(
+    model: nn.Module, split: Split, batch_size: int = 1000
+) -> dict[str, torch.Tensor]:
+    """``evaluate_batch`` over a whole split, concatenated: each term (N,) on the CPU."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for x in batches(split, batch_size):
+        for name, value in model.evaluate_batch(x).items():
+            parts.setdefault(name, []).append(value.double().cpu())
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def validate(model: nn.Module, split: Split, device: torch.device) -> dict[str, float]:
+    with isolated_rng(EVAL_SEED, device):
+        terms = per_example_terms(model, split)
+    return {name: values.mean().item() for name, values in terms.items()}
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # last finished epoch
+    best: float = math.inf  # best validation value so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one
+
+
+def train_epoch(
+    model: nn.Module, optimizers: list, data: Data, batch_size: int, epoch: int
+) -> dict[str, float]:
+    """One pass over the training set; returns the mean of each ``train_step`` statistic."""
+    model.train()
+    sums: dict[str, float] = {}
+    n_batches = math.ceil(len(data.train) / batch_size)
+    bar = tqdm(
+        batches(data.train, batch_size, data.binarize, shuffle=True),
+        total=n_batches,
+        desc=f"epoch {epoch}",
+        leave=False,
+        disable=None,
+    )
+    for step, x in enumerate(bar):
+        stats = model.train_step(x, optimizers)
+        if not math.isfinite(stats["loss"]):
+            raise TrainingDiverged(
+                f"loss became {stats['loss']} at epoch {epoch}, step {step}; the last good "
+                "checkpoint is kept (resume from it with a lower --lr)"
+            )
+        for name, value in stats.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{stats['loss']:.2f}")
+    return {name: total / n_batches for name, total in sums.items()}
+
+
+def _trim_metrics(path: Path, last_epoch: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (a run killed between the two)."""
+    if path.exists():
+        lines = [
+            ln
+            for ln in path.read_text().splitlines()
+            if ln and json.loads(ln)["epoch"] <= last_epoch
+        ]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(
+    run_dir: Path,
+    cfg: RunConfig,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary."""
+    dev = resolve_device(device)
+    tc = cfg.train
+    data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir).to(dev)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, data.image_shape).to(dev)
+    optimizers = model.configure_optimizers(tc.lr)
+    loop = LoopState()
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        state = load_checkpoint(run_dir, "last", model)
+        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        set_rng_state(state["rng"], dev)
+        loop = LoopState(**state["loop"])
+        _trim_metrics(metrics_path, loop.epoch)
+    else:
+        save_run_config(run_dir, cfg)
+        metrics_path.unlink(missing_ok=True)
+        _draw_progress(model, run_dir, 0, tc.seed, dev)
+
+    print(
+        f"training {cfg.model} in {run_dir} on {dev}: {len(data.train)} train / "
+        f"{len(data.val)} validation images, binarize={tc.binarize}"
+    )
+    stopped_early = tc.patience and loop.bad_epochs >= tc.patience
+    try:
+        for epoch in range(loop.epoch + 1, tc.epochs + 1):
+            if stopped_early:
+                break
+            start = time.perf_counter()
+            train_stats = train_epoch(model, optimizers, data, tc.batch_size, epoch)
+            seconds = time.perf_counter() - start  # the training pass alone
+            val = validate(model, data.val, dev)
+            record = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in train_stats.items()},
+                **{f"val_{k}": v for k, v in val.items()},
+                "seconds": seconds,
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            improved = val[model.val_metric] < loop.best
+            loop = LoopState(
+                epoch=epoch,
+                best=val[model.val_metric] if improved else loop.best,
+                best_epoch=epoch if improved else loop.best_epoch,
+                bad_epochs=0 if improved else loop.bad_epochs + 1,
+            )
+            state = {
+                "epoch": epoch,
+                "loop": asdict(loop),
+                "rng": rng_state(dev),
+                "optimizers": [opt.state_dict() for opt in optimizers],
+            }
+            save_checkpoint(run_dir, "last", model, state)
+            if improved:
+                save_checkpoint(run_dir, "best", model, state)
+            if epoch == 1 or epoch % tc.sample_every == 0:
+                _draw_progress(model, run_dir, epoch, tc.seed, dev)
+            metric = model.val_metric
+            print(
+                f"epoch {epoch:3d}  train {metric} {train_stats.get(metric, math.nan):8.2f}"
+                f"  val {metric} {val[metric]:8.2f}  ({seconds:.1f} s)"
+                + ("  *" if improved else "")
+            )
+            stopped_early = tc.patience and loop.bad_epochs >= tc.patience
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; checkpoint of epoch {loop.epoch} is kept. Continue with: "
+            f"genzoo train --resume {run_dir}"
+        )
+        raise
+    if stopped_early:
+        print(f"stopped early: no better validation for {tc.patience} epochs")
+    load_checkpoint(run_dir, "best", model, with_state=False)
+    with isolated_rng(EVAL_SEED, dev):
+        plots.draw_run_figures(model, data, run_dir)
+    summary = {
+        "run_dir": str(run_dir),
+        "epochs": loop.epoch,
+        "best_epoch": loop.best_epoch,
+        f"best_val_{model.val_metric}": loop.best,
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _draw_progress(
+    model: nn.Module, run_dir: Path, epoch: int, seed: int, dev: torch.device
+) -> None:
+    # The same noise every time (seeded), so the grids show the model changing, not the draw.
+    with isolated_rng(seed, dev):
+        plots.draw_progress_samples(model, run_dir, epoch)
+
+
+def resume_config(run_dir: Path, epochs: int | None) -> RunConfig:
+    """The run's saved config; ``epochs`` may be raised to train a finished run further."""
+    cfg = load_run_config(run_dir)
+    if epochs is not None:
+        cfg.train.epochs = epochs
+        save_run_config(run_dir, cfg)
+    return cfg
