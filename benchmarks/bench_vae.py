@@ -1,0 +1,133 @@
+"""Speed of the Gaussian VAE against the machine's floor.
+
+Times, in one run:
+  1. one training epoch of the 784-500-20 (relu) VAE on the 50k training images,
+     batch 128, Adam, dynamic binarization: the project's own ``train_epoch``;
+  2. the importance-sampled log-likelihood, K=5000, of 1,000 test images: the
+     project's own ``importance_sampled_nll``;
+  3. for each, the bare matrix multiplications that job needs (same shapes, same
+     count, nothing else), which is as fast as this machine can go with dense layers.
+It prints each time and its ratio to its floor.
+
+    GENZOO_DATA=../shared/data python benchmarks/bench_vae.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import platform
+import time
+
+import torch
+
+from genzoo.data import load_data
+from genzoo.evaluate import importance_sampled_nll
+from genzoo.models.vae import MAX_DECODER_ROWS, VAE, VAEConfig
+from genzoo.train import train_epoch
+
+
+def best_of(repeats: int, fn) -> float:
+    """Smallest wall time of ``repeats`` calls (after one warm-up call), in seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def linear_matmuls(rows: int, sizes: list[int], backward: bool) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every product in a forward (and backward) pass through linear layers.
+
+    Forward: (rows, n_in) @ (n_in, n_out) per layer. Backward: the weight gradient
+    (n_in, rows) @ (rows, n_out) per layer and the input gradient (rows, n_out) @
+    (n_out, n_in) for every layer but the first (the data needs no gradient).
+    """
+    shapes = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        shapes.append((rows, n_in, n_out))
+        if backward:
+            shapes.append((n_in, rows, n_out))
+            if i:
+                shapes.append((rows, n_out, n_in))
+    return shapes
+
+
+def time_matmuls(shapes: list[tuple[int, int, int]], times: int, repeats: int) -> float:
+    pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+
+    def run() -> None:
+        for _ in range(times):
+            for a, b in pairs:
+                torch.mm(a, b)
+
+    return best_of(repeats, run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eval-images", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=5000)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    data = load_data("mnist", "dynamic")
+    cfg = VAEConfig(latent_dim=20, hidden=(500,), activation="relu")
+    model = VAE(cfg, data.image_shape)
+    optimizers = model.configure_optimizers(1e-3)
+    batch = 128
+    n_train = len(data.train)
+    steps = math.ceil(n_train / batch)
+    encoder_sizes = [784, 500, 2 * cfg.latent_dim]
+    decoder_sizes = [cfg.latent_dim, 500, 784]
+
+    train_s = best_of(args.repeats, lambda: train_epoch(model, optimizers, data, batch, 1))
+    # Full batches plus the one short last batch, forward and backward through both MLPs.
+    last = n_train - (steps - 1) * batch
+    train_floor = sum(
+        time_matmuls(
+            linear_matmuls(rows, encoder_sizes, True) + linear_matmuls(rows, decoder_sizes, True),
+            times,
+            args.repeats,
+        )
+        for rows, times in ((batch, steps - 1), (last, 1))
+    )
+
+    model.eval()
+    test = data.test
+    test.images = test.images[: args.eval_images]
+    per_batch = 100  # what importance_sampled_nll uses
+    chunk = max(1, MAX_DECODER_ROWS // per_batch)
+    eval_s = best_of(1, lambda: importance_sampled_nll(model, test, args.k))
+    n_batches = math.ceil(args.eval_images / per_batch)
+    full_chunks, tail = divmod(args.k, chunk)
+    eval_floor = n_batches * (
+        time_matmuls(linear_matmuls(per_batch, encoder_sizes, False), 1, args.repeats)
+        + time_matmuls(
+            linear_matmuls(chunk * per_batch, decoder_sizes, False), full_chunks, args.repeats
+        )
+        + (
+            time_matmuls(linear_matmuls(tail * per_batch, decoder_sizes, False), 1, args.repeats)
+            if tail
+            else 0.0
+        )
+    )
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(f"{'job':<44}{'time (s)':>10}{'floor (s)':>11}{'ratio':>8}")
+    for name, seconds, floor in (
+        (f"train epoch ({n_train} images, batch {batch})", train_s, train_floor),
+        (f"IS log-likelihood ({args.eval_images} images, K={args.k})", eval_s, eval_floor),
+    ):
+        print(f"{name:<44}{seconds:>10.2f}{floor:>11.2f}{seconds / floor:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

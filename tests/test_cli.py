@@ -1,0 +1,122 @@
+"""Every CLI command once on tiny data, and the clear-error contract for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genzoo.cli import main
+
+TINY = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--val-size",
+    "20",
+    "--hidden",
+    "32",
+    "--latent-dim",
+    "2",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture
+def run_dir(data_dir: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--run-dir", str(run), *TINY]) == 0
+    return run
+
+
+def test_train_eval_sample_plot(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert json.loads((run_dir / "config.json").read_text())["model_config"]["latent_dim"] == 2
+
+    assert main(["eval", str(run_dir), "--iw-samples", "50", "--limit", "12"]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert {"nll", "nll_se", "neg_elbo", "recon", "kl", "iw_samples", "n_examples"} <= result.keys()
+    assert result["n_examples"] == 12 and result["iw_samples"] == 50
+    assert result["nll"] <= result["neg_elbo"] + 3 * result["nll_se"]
+    assert "NLL" in capsys.readouterr().out
+
+    assert (
+        main(["eval", str(run_dir), "--iw-samples", "50", "--estimator", "prior", "--split", "val"])
+        == 0
+    )
+    prior = json.loads((run_dir / "eval_prior.json").read_text())
+    assert prior["estimator"] == "prior" and prior["n_examples"] == 20
+
+    assert main(["sample", str(run_dir), "-n", "9", "-o", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert main(["sample", str(run_dir), "-n", "5", "-o", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (5, 1, 28, 28)
+
+    (run_dir / "figures" / "manifold.png").unlink()
+    assert main(["plot", str(run_dir)]) == 0
+    assert (run_dir / "figures" / "manifold.png").exists()
+
+
+def test_resume_continues_to_more_epochs(run_dir: Path) -> None:
+    assert main(["train", "--resume", str(run_dir), "--epochs", "3"]) == 0
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_data_commands(data_dir: Path, capsys) -> None:
+    assert main(["data", "info"]) == 0
+    assert "mnist/train-images-idx3-ubyte.gz" in capsys.readouterr().out
+    assert main(["data", "verify", "mnist"]) == 0
+    assert main(["data", "download", "mnist"]) == 0  # already there: verified, not fetched
+    (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    assert main(["data", "verify"]) == 2
+    assert "BAD" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "gan"], "invalid choice"),
+        (["train", "vae", "--latent-dim", "-3"], "must be positive"),
+        (["train", "vae", "--hidden", "500,x"], "comma-separated"),
+        (["train", "vae", "--lr", "0"], "must be positive"),
+        (["train"], "name a MODEL"),
+        (["eval", "no/such/run"], "not a run folder"),
+        (["eval", "RUN", "--iw-samples", "0"], "must be positive"),
+        (["sample", "RUN", "-o", "x.jpg"], ".png"),
+        (["train", "vae", "--run-dir", "RUN"], "already holds a run"),
+        (["data", "verify", "cifar"], "unknown dataset"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(tmp_path: Path, capsys, argv, message) -> None:
+    run_dir = tmp_path / "run"  # these errors are caught before a run's files are read
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    argv = [str(run_dir) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:  # argparse exits itself; others return 2
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_via_cli(run_dir: Path, capsys) -> None:
+    (run_dir / "checkpoints" / "best.safetensors").write_bytes(b"\x00" * 20)
+    assert main(["eval", str(run_dir), "--iw-samples", "5"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_module_entry_point_gives_one_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "genzoo", "eval", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+    assert "not a run folder" in bad.stderr

@@ -1,0 +1,124 @@
+"""The shared training loop: learning, checkpoints, exact resume, divergence, early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genzoo import train as gtrain
+from genzoo.errors import GenzooError, TrainingDiverged
+from genzoo.models.vae import VAE
+from genzoo.runs import RunConfig, load_checkpoint, load_run_config
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_run_folder_is_complete(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    tiny_config.train.epochs = 6
+    run = tmp_path / "run"
+    summary = gtrain.train(run, tiny_config, device="cpu")
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == list(range(1, 7))
+    required = {"epoch", "train_neg_elbo", "val_neg_elbo", "val_recon", "val_kl", "seconds"}
+    assert all(required <= r.keys() for r in rows)
+    assert rows[-1]["val_neg_elbo"] < rows[0]["val_neg_elbo"] - 20
+    assert rows[-1]["train_neg_elbo"] < rows[0]["train_neg_elbo"]
+    assert summary["best_epoch"] == min(rows, key=lambda r: r["val_neg_elbo"])["epoch"]
+    figures = {p.name for p in (run / "figures").iterdir()}
+    assert {
+        "samples_epoch000.png",
+        "samples_epoch001.png",
+        "samples_epoch002.png",
+        "curves.png",
+        "reconstructions.png",
+        "latents.png",
+        "interpolation.png",
+        "manifold.png",
+    } <= figures
+    assert load_run_config(run) == tiny_config
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_config.train.epochs = 4
+    gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
+
+    original, calls = VAE.train_step, []
+
+    def killed_in_epoch_3(self, x, optimizers):
+        calls.append(1)
+        if len(calls) == 2 * 5 + 2:  # 5 batches an epoch: dies in the middle of epoch 3
+            raise KeyboardInterrupt
+        return original(self, x, optimizers)
+
+    monkeypatch.setattr(VAE, "train_step", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        gtrain.train(tmp_path / "killed", tiny_config, device="cpu")
+    monkeypatch.setattr(VAE, "train_step", original)
+    assert [r["epoch"] for r in metrics(tmp_path / "killed")] == [1, 2]
+
+    gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
+    for tag in ("last", "best"):
+        whole = load_file(tmp_path / "whole" / "checkpoints" / f"{tag}.safetensors")
+        resumed = load_file(tmp_path / "killed" / "checkpoints" / f"{tag}.safetensors")
+        assert whole.keys() == resumed.keys()
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), tag
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "whole")) == strip(metrics(tmp_path / "killed"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original, calls = VAE.train_step, []
+
+    def diverges_in_epoch_2(self, x, optimizers):
+        calls.append(1)
+        stats = original(self, x, optimizers)
+        return {**stats, "loss": math.nan} if len(calls) == 7 else stats
+
+    monkeypatch.setattr(VAE, "train_step", diverges_in_epoch_2)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        gtrain.train(run, tiny_config, device="cpu")
+    model = VAE(tiny_config.model_config, (1, 28, 28))
+    assert load_checkpoint(run, "last", model)["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_early_stopping_after_patience(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores = iter([5.0, 4.0, 4.5, 4.2, 4.1, 1.0])  # best at epoch 2, then 3 worse epochs
+
+    def scripted_validation(model, split, device):
+        return {"neg_elbo": next(scores), "recon": 0.0, "kl": 0.0}
+
+    monkeypatch.setattr(gtrain, "validate", scripted_validation)
+    tiny_config.train.epochs, tiny_config.train.patience = 6, 3
+    summary = gtrain.train(tmp_path / "run", tiny_config, device="cpu")
+    assert summary["epochs"] == 5 and summary["best_epoch"] == 2
+    best = load_checkpoint(tmp_path / "run", "best", VAE(tiny_config.model_config, (1, 28, 28)))
+    assert best["epoch"] == 2
+
+
+def test_corrupt_checkpoint_is_a_clear_error(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    tiny_config.train.epochs = 1
+    run = tmp_path / "run"
+    gtrain.train(run, tiny_config, device="cpu")
+    weights = run / "checkpoints" / "last.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(GenzooError, match="corrupt"):
+        load_checkpoint(run, "last", VAE(tiny_config.model_config, (1, 28, 28)))
