@@ -24,7 +24,8 @@ import torch
 
 from genzoo.data import load_data
 from genzoo.evaluate import importance_sampled_nll
-from genzoo.models.vae import MAX_DECODER_ROWS, VAE, VAEConfig
+from genzoo.models.latent import MAX_DECODER_ROWS
+from genzoo.models.vae import VAE, VAEConfig
 from genzoo.train import train_epoch
 
 

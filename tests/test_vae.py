@@ -105,3 +105,14 @@ def test_image_space_methods_have_image_shapes() -> None:
     terms = model.evaluate_batch(x)
     assert all(t.shape == (5,) for t in terms.values())
     torch.testing.assert_close(terms["neg_elbo"], terms["recon"] + terms["kl"])
+
+
+@pytest.mark.parametrize("samples", [1, 50])
+@pytest.mark.parametrize("binary", [True, False])
+def test_fast_log_likelihood_equals_the_bernoulli_distribution(samples: int, binary: bool) -> None:
+    model = tiny_vae()
+    x = binary_batch(6) if binary else torch.rand(6, 1, 4, 4)  # grey targets: the same BCE
+    z = torch.randn(samples, 6, 2)
+    with torch.no_grad():
+        expected = model.likelihood(z).log_prob(x.flatten(1))  # (S, B)
+        torch.testing.assert_close(model.log_px_given_z(z, x.flatten(1)), expected)

@@ -5,6 +5,7 @@
     genzoo eval RUN [--iw-samples K]      ELBO parts and importance-sampled NLL -> RUN/eval.json
     genzoo sample RUN -n 64 -o out.png    samples of the best checkpoint
     genzoo plot RUN                       (re)draw every figure of a run
+    genzoo compare RUN RUN ...            several runs: one table, one figure
     genzoo data download|verify|info      the dataset files
 
 User mistakes end with one line on stderr and exit status 2 (no traceback).
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from genzoo import data as gdata
 from genzoo import plots
+from genzoo.compare import compare_runs
 from genzoo.config import TrainConfig, add_config_arguments, given_values, positive
 from genzoo.errors import GenzooError
 from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained
@@ -28,6 +31,17 @@ from genzoo.runs import RunConfig, check_run_dir, new_run_dir
 from genzoo.train import EVAL_SEED, isolated_rng, resume_config, train
 
 positive_int = positive(int, 1)
+
+# How `genzoo eval` names each term it may find in a result, in print order.
+TERM_LABELS = {
+    "neg_elbo": "-ELBO",
+    "recon": "reconstruction",
+    "kl": "KL",
+    "nll": "NLL",
+    "loss": "loss",
+    "l1": "L1 of the code",
+    "bpd": "bits/dim",
+}
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -114,11 +128,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="a .png grid or a .npy array (default: samples.png)",
     )
     sample_p.add_argument("--seed", type=int, default=0)
+    sample_p.add_argument(
+        "--temperature",
+        type=positive(float, 0.0),
+        help="flows: scale of the base-density noise (default: 1.0)",
+    )
+    sample_p.add_argument(
+        "--standard-normal",
+        action="store_true",
+        help="autoencoders: decode z ~ N(0, I) instead of the fitted mixture",
+    )
     _add_runtime_flags(sample_p)
 
     plot_p = commands.add_parser("plot", help="(re)draw every figure of a run")
     plot_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
     _add_runtime_flags(plot_p)
+
+    compare_p = commands.add_parser(
+        "compare", help="several runs side by side: a table and one figure"
+    )
+    compare_p.add_argument("runs", type=_run_dir_arg, nargs="+", metavar="RUN")
+    compare_p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("compare.png"),
+        help="figure (default: compare.png)",
+    )
+    compare_p.add_argument(
+        "--metrics",
+        type=lambda text: text.split(","),
+        help="comma-separated per-epoch metrics to plot "
+        "(default: the validation objective and every diagnostic all runs logged)",
+    )
+    _add_runtime_flags(compare_p)
 
     data_p = commands.add_parser("data", help="download, verify or list the dataset files")
     data_p.add_argument("action", choices=("download", "verify", "info"))
@@ -151,6 +194,8 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if args.model is None:
         parser.error(f"name a MODEL ({', '.join(MODELS)}) or give --resume RUN")
     family = MODELS[args.model]
+    if args.binarize is None:
+        args.binarize = family.binarize[0]
     cfg = RunConfig(
         args.model,
         TrainConfig(**given_values(args, TrainConfig)),
@@ -177,15 +222,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.output,
     )
     print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
-    print(
-        f"  -ELBO        {r['neg_elbo']:8.2f} ± {r['neg_elbo_se']:.2f} nats"
-        f"   (reconstruction {r['recon']:.2f}, KL {r['kl']:.2f})"
-    )
-    print(
-        f"  NLL          {r['nll']:8.2f} ± {r['nll_se']:.2f} nats"
-        f"   (importance sampling, K={r['iw_samples']}, proposal {r['estimator']})"
-    )
-    print(f"  ({r['seconds']:.0f} s)")
+    for name, label in TERM_LABELS.items():
+        if name in r:
+            print(f"  {label:<16}{r[name]:9.2f} ± {r[f'{name}_se']:.2f}")
+    if "nll" in r:
+        print(f"  (NLL: importance sampling, K={r['iw_samples']}, proposal {r['estimator']})")
+    print(f"  nats per image; {r['seconds']:.0f} s")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -193,8 +235,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if suffix not in (".png", ".npy"):
         raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
     _, model, _, epoch = load_trained(check_run_dir(args.run), args.device)
+    if args.standard_normal and not hasattr(model, "sample_standard_normal"):
+        raise GenzooError("--standard-normal applies to autoencoders (model ae) only")
+    draw = model.sample_standard_normal if args.standard_normal else model.sample
+    if args.temperature is not None:
+        if not hasattr(model, "sample_temperatures"):
+            raise GenzooError("--temperature applies to flows (model realnvp) only")
+        draw = partial(model.sample, temperature=args.temperature)
     with isolated_rng(args.seed, next(model.parameters()).device):
-        samples = model.sample(args.n).cpu()  # (n, C, H, W)
+        samples = draw(args.n).cpu()  # (n, C, H, W)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(args.output, samples.numpy())
@@ -209,6 +258,21 @@ def cmd_plot(args: argparse.Namespace) -> None:
     with isolated_rng(EVAL_SEED, next(model.parameters()).device):
         for path in plots.draw_run_figures(model, data, run_dir):
             print(path)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    rows = compare_runs(args.runs, args.output, args.metrics, args.device, args.data_dir)
+    print(f"{'run':<28}{'model':<7}{'epochs':>7}{'-ELBO':>17}{'NLL':>17}  settings")
+    for row in rows:
+        cells = [
+            f"{row[k]:8.2f} ± {row[k + '_se']:5.2f}" if k in row else f"{'-':>15}"
+            for k in ("neg_elbo", "nll")
+        ]
+        print(
+            f"{row['run']:<28}{row['model']:<7}{row['epochs']:>7}  {cells[0]}  {cells[1]}"
+            f"  {row['settings']}"
+        )
+    print(f"(test set, nats per image, from each run's eval.json; figure: {args.output})")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -264,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_sample(args)
         elif args.command == "plot":
             cmd_plot(args)
+        elif args.command == "compare":
+            cmd_compare(args)
         else:
             cmd_data(args)
     except GenzooError as err:

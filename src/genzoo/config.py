@@ -86,6 +86,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(
+                _flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            )
+            continue
         if kind is int or kind is float:
             parse = positive(kind, f.metadata.get("min", 1 if kind is int else 1e-300))
         elif kind == tuple[int, ...]:

@@ -59,8 +59,6 @@ def importance_sampled_nll(
     model: nn.Module, split: Split, k: int, estimator: str = "posterior", batch_size: int = 100
 ) -> torch.Tensor:
     """-log p(x) for every image of ``split`` with ``k`` importance samples: (N,) float64."""
-    if not hasattr(model, "log_likelihood"):
-        raise GenzooError("this model has no importance-sampled likelihood")
     parts = []
     for start in tqdm(
         range(0, len(split), batch_size),
@@ -85,7 +83,12 @@ def evaluate_run(
     output: Path | None = None,
 ) -> dict[str, Any]:
     """Measure the run's best checkpoint; write the results to ``output`` (default
-    RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them."""
+    RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them.
+
+    Every per-example term of ``evaluate_batch`` gets its mean and standard error (for a
+    VAE: neg_elbo, recon, kl); models with ``log_likelihood`` add the importance-sampled
+    nll and nll_se.
+    """
     if estimator not in ESTIMATORS:
         raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     cfg, model, data, epoch = load_trained(run_dir, device, data_dir)
@@ -95,33 +98,28 @@ def evaluate_run(
             images.images[:limit], None if images.labels is None else images.labels[:limit]
         )
     start = time.perf_counter()
+    result: dict[str, Any] = {}
     with isolated_rng(EVAL_SEED, images.images.device):
-        terms = per_example_terms(model, images)
-        nll = importance_sampled_nll(model, images, iw_samples, estimator)
-    neg_elbo, neg_elbo_se = mean_and_se(terms["neg_elbo"])
-    nll_mean, nll_se = mean_and_se(nll)
+        for name, values in per_example_terms(model, images).items():
+            result[name], result[f"{name}_se"] = mean_and_se(values)
+        if hasattr(model, "log_likelihood"):
+            nll = importance_sampled_nll(model, images, iw_samples, estimator)
+            result["nll"], result["nll_se"] = mean_and_se(nll)
+            result.update(iw_samples=iw_samples, estimator=estimator)
     binarize = cfg.train.binarize
     if binarize == "dynamic":
         seed = EVAL_BINARIZE_SEED + (1 if split == "test" else 0)
         binarize = f"dynamic (evaluation set drawn once, seed {seed})"
-    result = {
-        "nll": nll_mean,
-        "nll_se": nll_se,
-        "neg_elbo": neg_elbo,
-        "neg_elbo_se": neg_elbo_se,
-        "recon": terms["recon"].mean().item(),
-        "kl": terms["kl"].mean().item(),
-        "iw_samples": iw_samples,
-        "estimator": estimator,
-        "n_examples": len(images),
-        "split": split,
-        "dataset": cfg.train.dataset,
-        "binarize": binarize,
-        "units": "nats per image",
-        "checkpoint": "best",
-        "epoch": epoch,
-        "seconds": time.perf_counter() - start,
-    }
+    result.update(
+        n_examples=len(images),
+        split=split,
+        dataset=cfg.train.dataset,
+        binarize=binarize,
+        units="nats per image",
+        checkpoint="best",
+        epoch=epoch,
+        seconds=time.perf_counter() - start,
+    )
     if output is None:
         output = run_dir / ("eval.json" if estimator == "posterior" else f"eval_{estimator}.json")
     write_json(output, result)

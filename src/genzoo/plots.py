@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.patches import Ellipse
 from sklearn.decomposition import PCA
 from torch import nn
 from torch.distributions import Normal
@@ -62,14 +63,23 @@ def save_image_grid(images: torch.Tensor, path: Path, title: str = "") -> None:
 
 def draw_samples(model: nn.Module, title: str, path: Path) -> None:
     """Bernoulli samples beside their pixel means for the same z, or plain samples."""
-    if not (hasattr(model, "prior") and hasattr(model, "decode")):
-        save_image_grid(model.sample(N_GRID), path, title)
+    means, samples = _pixel_means_and_samples(model)
+    if means is None:
+        save_image_grid(samples, path, title)
         return
-    means = model.decode(model.prior().sample((N_GRID,)))  # (64, 1, 28, 28)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    _show(axes[0], image_grid(torch.bernoulli(means), 8), "Bernoulli samples")
+    _show(axes[0], image_grid(samples, 8), "Bernoulli samples")
     _show(axes[1], image_grid(means, 8), "pixel means")
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def draw_temperatures(model: nn.Module, path: Path) -> None:
+    """Flow samples at each of the model's temperatures (z ~ N(0, T^2 I)), side by side."""
+    temperatures = model.sample_temperatures
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(5 * len(temperatures), 5.4))
+    for ax, t in zip(np.atleast_1d(axes), temperatures, strict=True):
+        _show(ax, image_grid(model.sample(N_GRID, temperature=t), 8), f"temperature {t}")
     _save(fig, path)
 
 
@@ -124,24 +134,12 @@ def draw_manifold(model: nn.Module, path: Path, n: int = 20) -> None:
 
 
 def draw_latents(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
-    """Posterior means of test images coloured by class; PCA to 2-D above 2 dimensions."""
+    """Codes (posterior means) of test images coloured by class; PCA above 2 dimensions."""
     codes = torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
-    labels = split.labels[:n].cpu().numpy()
-    title = "latent means of test images"
-    if codes.shape[1] > 2:
-        pca = PCA(n_components=2).fit(codes)
-        codes = pca.transform(codes)
-        title += f" (PCA, {pca.explained_variance_ratio_.sum():.0%} of variance)"
-    elif codes.shape[1] == 1:
-        codes = np.hstack([codes, np.zeros_like(codes)])
+    points, _, axis_name = _codes_in_2d(codes)
     fig, ax = plt.subplots(figsize=(7, 6))
-    points = ax.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
-    fig.colorbar(points, ax=ax, ticks=range(10), label="class")
-    ax.set(
-        title=title,
-        xlabel="z1" if "PCA" not in title else "PC 1",
-        ylabel="z2" if "PCA" not in title else "PC 2",
-    )
+    _scatter_by_class(fig, ax, points, split.labels[:n].cpu().numpy())
+    ax.set(title=f"latent codes of test images ({axis_name})")
     _save(fig, path)
 
 
@@ -153,6 +151,103 @@ def draw_interpolation(model: nn.Module, x_pair: torch.Tensor, path: Path, steps
     row = torch.cat([x_pair[:1], means, x_pair[1:]])
     fig, ax = plt.subplots(figsize=(steps * 0.7, 1.4))
     _show(ax, image_grid(row, len(row)), "interpolation between two test images (ends: data)")
+    _save(fig, path)
+
+
+def has_2d_gaussian_prior(model: nn.Module) -> bool:
+    if not hasattr(model, "prior"):
+        return False
+    prior = model.prior()
+    return isinstance(prior.base_dist, Normal) and prior.event_shape == (2,)
+
+
+def _codes_in_2d(codes: np.ndarray) -> tuple[np.ndarray, PCA | None, str]:
+    """Codes (N, L) as (N, 2): themselves for L <= 2, else their first two principal
+    components (the fitted PCA is returned to project other things the same way)."""
+    if codes.shape[1] == 1:
+        return np.hstack([codes, np.zeros_like(codes)]), None, "z"
+    if codes.shape[1] == 2:
+        return codes, None, "z"
+    pca = PCA(n_components=2).fit(codes)
+    return (
+        pca.transform(codes),
+        pca,
+        f"PCA of z, {pca.explained_variance_ratio_.sum():.0%} of variance",
+    )
+
+
+def _scatter_by_class(fig: plt.Figure, ax: plt.Axes, points: np.ndarray, labels) -> None:
+    dots = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+    fig.colorbar(dots, ax=ax, ticks=range(10), label="class")
+
+
+def draw_mixture(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
+    """Codes of test images by class with the fitted mixture's 2-sigma ellipses on top;
+    beside them, decoded samples from the mixture and from N(0, I)."""
+    codes = torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
+    points, pca, axis_name = _codes_in_2d(codes)
+    mixture = model.mixture()
+    means = mixture.component_distribution.mean.cpu().numpy()  # (C, L)
+    covs = mixture.component_distribution.covariance_matrix.cpu().numpy()  # (C, L, L)
+    if pca is not None:  # project the components the same way as the codes
+        means, covs = pca.transform(means), pca.components_ @ covs @ pca.components_.T
+    elif codes.shape[1] == 1:
+        means = np.hstack([means, np.zeros_like(means)])
+        covs = np.pad(covs, ((0, 0), (0, 1), (0, 1)), constant_values=1e-6)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), width_ratios=[1.25, 1, 1])
+    labels = None if split.labels is None else split.labels[:n].cpu().numpy()
+    _scatter_by_class(fig, axes[0], points, labels)
+    for weight, mean, cov in zip(
+        mixture.mixture_distribution.probs.tolist(), means, covs, strict=True
+    ):
+        eigvals, eigvecs = np.linalg.eigh(cov)
+        angle = np.degrees(np.arctan2(eigvecs[1, 1], eigvecs[0, 1]))
+        width, height = 4 * np.sqrt(np.maximum(eigvals[::-1], 0))  # 2 sigma each side
+        axes[0].add_patch(Ellipse(mean, width, height, angle=angle, fill=False, lw=1 + 6 * weight))
+    axes[0].set(title=f"codes of test images and the mixture ({axis_name})")
+    _show(axes[1], image_grid(model.sample(N_GRID), 8), "z from the mixture")
+    _show(axes[2], image_grid(model.sample_standard_normal(N_GRID), 8), "z from N(0, I)")
+    _save(fig, path)
+
+
+def _pixel_means_and_samples(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Pixel means and Bernoulli samples for the same z (latent-variable models with
+    Bernoulli pixels), else (None, samples)."""
+    if hasattr(model, "prior") and hasattr(model, "decode"):
+        means = model.decode(model.prior().sample((N_GRID,)))
+        return means, torch.bernoulli(means)
+    return None, model.sample(N_GRID)
+
+
+def draw_comparison(
+    names: list[str],
+    all_metrics: list[list[dict]],
+    models: list[nn.Module],
+    metrics: list[str],
+    path: Path,
+) -> None:
+    """Top: one panel per metric with a curve per run (log scale for variances). Below:
+    each run's samples and, where it has them, its pixel means (most probable values)."""
+    fig = plt.figure(figsize=(max(4.2 * len(names), 4.5 * len(metrics)), 12), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 2])
+    curve_axes = np.atleast_1d(top.subplots(1, len(metrics)))
+    for ax, metric in zip(curve_axes, metrics, strict=True):
+        for name, rows in zip(names, all_metrics, strict=True):
+            if rows and metric in rows[0]:
+                ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], label=name)
+        ax.set(xlabel="epoch", title=metric.replace("_", " "))
+        if "var" in metric:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    grid_axes = bottom.subplots(2, len(names), squeeze=False)
+    for col, (name, model) in enumerate(zip(names, models, strict=True)):
+        means, samples = _pixel_means_and_samples(model)
+        _show(grid_axes[0, col], image_grid(samples, 8), f"{name}: samples")
+        if means is None:
+            grid_axes[1, col].axis("off")
+        else:
+            _show(grid_axes[1, col], image_grid(means, 8), f"{name}: pixel means")
     _save(fig, path)
 
 
@@ -184,6 +279,10 @@ def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
         draw("interpolation.png", draw_interpolation, model, test.images[:2])
         if test.labels is not None:
             draw("latents.png", draw_latents, model, test)
-        if getattr(model.cfg, "latent_dim", None) == 2:
+        if has_2d_gaussian_prior(model):
             draw("manifold.png", draw_manifold, model)
+    if hasattr(model, "sample_temperatures"):
+        draw("temperatures.png", draw_temperatures, model)
+    if hasattr(model, "mixture"):
+        draw("mixture.png", draw_mixture, model, test)
     return drawn

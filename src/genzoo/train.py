@@ -26,6 +26,7 @@ from tqdm import tqdm
 from genzoo import plots
 from genzoo.data import Data, Split, batches, load_data
 from genzoo.errors import GenzooError, TrainingDiverged
+from genzoo.models import MODELS
 from genzoo.runs import (
     RunConfig,
     build_model,
@@ -137,6 +138,31 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
+def _restore(run_dir: Path, model: nn.Module, optimizers: list, dev: torch.device) -> LoopState:
+    """Weights, optimizer and generator states and loop counters of the last checkpoint."""
+    state = load_checkpoint(run_dir, "last", model)
+    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    set_rng_state(state["rng"], dev)
+    return LoopState(**state["loop"])
+
+
+def _diagnostics_batch(data: Data, dev: torch.device, size: int = 256) -> torch.Tensor:
+    """A fixed batch of training images (one seeded binarization) for ``epoch_diagnostics``."""
+    with isolated_rng(EVAL_SEED, dev):
+        return next(batches(data.train, size, data.binarize))
+
+
+def _draw_progress(
+    model: nn.Module, run_dir: Path, epoch: int, seed: int, dev: torch.device
+) -> None:
+    if not getattr(model, "samples_while_training", True):  # the autoencoder's mixture
+        return
+    # The same noise every time (seeded), so the grids show the model changing, not the draw.
+    with isolated_rng(seed, dev):
+        plots.draw_progress_samples(model, run_dir, epoch)
+
+
 def train(
     run_dir: Path,
     cfg: RunConfig,
@@ -144,26 +170,34 @@ def train(
     data_dir: str | Path | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary."""
+    """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary.
+
+    Optional model hooks: ``epoch_diagnostics(x)`` adds figures measured on a fixed
+    training batch to each epoch's metrics; ``after_training(data)`` runs once on the
+    best weights at the end (the autoencoder fits its mixture there).
+    """
     dev = resolve_device(device)
     tc = cfg.train
+    allowed = MODELS[cfg.model].binarize
+    if tc.binarize not in allowed:
+        raise GenzooError(
+            f"model {cfg.model} is defined for --binarize {' or '.join(allowed)}, not {tc.binarize}"
+        )
     data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir).to(dev)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data.image_shape).to(dev)
     optimizers = model.configure_optimizers(tc.lr)
-    loop = LoopState()
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        state = load_checkpoint(run_dir, "last", model)
-        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
-        set_rng_state(state["rng"], dev)
-        loop = LoopState(**state["loop"])
+        loop = _restore(run_dir, model, optimizers, dev)
         _trim_metrics(metrics_path, loop.epoch)
     else:
+        loop = LoopState()
         save_run_config(run_dir, cfg)
         metrics_path.unlink(missing_ok=True)
         _draw_progress(model, run_dir, 0, tc.seed, dev)
+    probe = _diagnostics_batch(data, dev)
+    metric = model.val_metric
 
     print(
         f"training {cfg.model} in {run_dir} on {dev}: {len(data.train)} train / "
@@ -184,12 +218,15 @@ def train(
                 **{f"val_{k}": v for k, v in val.items()},
                 "seconds": seconds,
             }
+            if hasattr(model, "epoch_diagnostics"):
+                with isolated_rng(EVAL_SEED, dev):
+                    record.update(model.epoch_diagnostics(probe))
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            improved = val[model.val_metric] < loop.best
+            improved = val[metric] < loop.best
             loop = LoopState(
                 epoch=epoch,
-                best=val[model.val_metric] if improved else loop.best,
+                best=val[metric] if improved else loop.best,
                 best_epoch=epoch if improved else loop.best_epoch,
                 bad_epochs=0 if improved else loop.bad_epochs + 1,
             )
@@ -204,7 +241,6 @@ def train(
                 save_checkpoint(run_dir, "best", model, state)
             if epoch == 1 or epoch % tc.sample_every == 0:
                 _draw_progress(model, run_dir, epoch, tc.seed, dev)
-            metric = model.val_metric
             print(
                 f"epoch {epoch:3d}  train {metric} {train_stats.get(metric, math.nan):8.2f}"
                 f"  val {metric} {val[metric]:8.2f}  ({seconds:.1f} s)"
@@ -219,25 +255,20 @@ def train(
         raise
     if stopped_early:
         print(f"stopped early: no better validation for {tc.patience} epochs")
-    load_checkpoint(run_dir, "best", model, with_state=False)
+    best_state = load_checkpoint(run_dir, "best", model)
     with isolated_rng(EVAL_SEED, dev):
+        if hasattr(model, "after_training"):
+            model.after_training(data)
+            save_checkpoint(run_dir, "best", model, best_state)
         plots.draw_run_figures(model, data, run_dir)
     summary = {
         "run_dir": str(run_dir),
         "epochs": loop.epoch,
         "best_epoch": loop.best_epoch,
-        f"best_val_{model.val_metric}": loop.best,
+        f"best_val_{metric}": loop.best,
     }
     write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _draw_progress(
-    model: nn.Module, run_dir: Path, epoch: int, seed: int, dev: torch.device
-) -> None:
-    # The same noise every time (seeded), so the grids show the model changing, not the draw.
-    with isolated_rng(seed, dev):
-        plots.draw_progress_samples(model, run_dir, epoch)
 
 
 def resume_config(run_dir: Path, epochs: int | None) -> RunConfig:

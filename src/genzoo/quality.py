@@ -1,0 +1,515 @@
+"""Sample quality for any model that can sample, measured with the project's own MNIST classifier.
+
+- Fréchet distance between Gaussians fitted to penultimate classifier features
+  (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local
+  Nash equilibrium"; FID, here with an MNIST CNN in place of Inception-v3);
+- Inception score exp(E_x KL(p(y|x) || p(y))) from the classifier's class probabilities
+  (Salimans et al. 2016, "Improved techniques for training GANs");
+- improved precision and recall: k-nearest-neighbour balls around each feature vector
+  estimate the real and the generated manifold (Kynkäänniemi et al. 2019, "Improved
+  precision and recall metric for assessing generative models");
+- Gaussian Parzen-window log-likelihood on raw pixels, bandwidth chosen on validation
+  images (Breuleux et al. 2011, "Quickly generating representative samples from an
+  RBM-derived process"; the protocol of Goodfellow et al. 2014, "Generative adversarial
+  nets": 10k samples, sigma in logspace(-1, 0, 10) picked on 1000 validation images,
+  mean and standard error over the test set).
+
+The classifier (``FeatureNet``) is trained once on grey-level images and cached with a
+SHA-256 sidecar:
+
+    <data dir>/quality-net/<dataset>.safetensors   weights (metadata: dataset, feature_dim)
+    <data dir>/quality-net/<dataset>.json          sha256, test_accuracy, feature_dim, training
+
+A missing, corrupt or mismatching cache is rebuilt (retrained) with a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from genzoo.data import (
+    EVAL_BINARIZE_SEED,
+    IMAGE_SHAPE,
+    Data,
+    Split,
+    batches,
+    load_data,
+    resolve_data_dir,
+)
+from genzoo.errors import GenzooError
+from genzoo.runs import atomic_write, read_json, write_json
+
+N_CLASSES = 10
+FEATURE_DIM = 128
+MIN_ACCURACY = 0.99  # below this the features are too poor for FID / IS to mean much
+CACHE_FOLDER = "quality-net"
+PARZEN_SIGMAS = tuple(float(s) for s in np.logspace(-1, 0, 10))  # Goodfellow et al.'s grid
+PARZEN_VAL_SIZE = 1000  # validation images for the bandwidth, as in Goodfellow et al.
+REFERENCE_SEED = EVAL_BINARIZE_SEED + 2  # binarizes the reference "samples" of dynamic data
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+class FeatureNet(nn.Module):
+    """Small MNIST CNN: conv32-conv64-maxpool-dense(feature_dim)-dense(10).
+
+    ``features`` is the penultimate (post-ReLU) layer used for FID and precision/recall;
+    ``forward`` gives the class logits used for the Inception score.
+    """
+
+    def __init__(self, feature_dim: int = FEATURE_DIM) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3),  # (B, 32, 26, 26)
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3),  # (B, 64, 24, 24)
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 64, 12, 12)
+            nn.Dropout(0.25),
+            nn.Flatten(),  # (B, 9216)
+            nn.Linear(64 * 12 * 12, feature_dim),
+            nn.ReLU(),  # (B, F)
+        )
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(feature_dim, N_CLASSES))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) images in [0, 1] -> (B, F) penultimate activations."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) images in [0, 1] -> (B, 10) logits."""
+        return self.head(self.features(x))
+
+
+@torch.no_grad()
+def accuracy(net: FeatureNet, split: Split, batch_size: int = 1000) -> float:
+    """Fraction of ``split`` that ``net`` classifies correctly (eval mode)."""
+    if split.labels is None:
+        raise GenzooError("this split has no labels; the feature net needs MNIST-style idx data")
+    net.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        logits = net(split.images[start : start + batch_size])  # (B, 10)
+        correct += (logits.argmax(1) == split.labels[start : start + batch_size]).sum().item()
+    return correct / len(split)
+
+
+def train_feature_net(
+    data: Data,
+    epochs: int = 4,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> tuple[FeatureNet, float]:
+    """Train a ``FeatureNet`` on ``data.train`` (grey levels) with Adam; return it in eval
+    mode with its accuracy on ``data.test``. Runs on the device ``data`` lives on.
+
+    The global random generator is forked, so whether the cache had to be rebuilt never
+    changes the samples a caller draws afterwards.
+    """
+    if data.binarize != "none":
+        raise GenzooError(
+            f"the feature net is trained on grey levels; load the data with "
+            f'binarize="none" (got {data.binarize!r})'
+        )
+    train = data.train
+    if train.labels is None:
+        raise GenzooError("the training split has no labels; the feature net needs idx data")
+    device = train.images.device
+    n_batches = math.ceil(len(train) / batch_size)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        net = FeatureNet().to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        # Batches of indices (not images), so each image keeps its label.
+        index = Split(torch.arange(len(train), device=device), None)
+        for epoch in range(1, epochs + 1):
+            net.train()
+            bar = tqdm(
+                batches(index, batch_size, shuffle=True),
+                total=n_batches,
+                desc=f"feature net, epoch {epoch}/{epochs}",
+                unit="batch",
+                leave=False,
+                disable=None,
+            )
+            for idx in bar:
+                loss = F.cross_entropy(net(train.images[idx]), train.labels[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    return net.eval(), accuracy(net, data.test)
+
+
+# ----------------------------------------------------------------------------- cache
+
+TrainFn = Callable[..., tuple[FeatureNet, float]]
+
+
+def cache_paths(
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    dataset: str = "mnist",
+) -> tuple[Path, Path]:
+    """The weights file and its JSON sidecar (default folder ``<data dir>/quality-net``)."""
+    folder = Path(cache_dir) if cache_dir else resolve_data_dir(data_dir) / CACHE_FOLDER
+    return folder / f"{dataset}.safetensors", folder / f"{dataset}.json"
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_feature_net(
+    net: FeatureNet,
+    test_accuracy: float,
+    weights: Path,
+    sidecar: Path,
+    dataset: str = "mnist",
+    training: dict[str, Any] | None = None,
+) -> None:
+    """Weights, then the sidecar naming their checksum; a crash between the two leaves a
+    checksum mismatch, which the next load treats as a corrupt cache."""
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    meta = {"dataset": dataset, "feature_dim": str(net.feature_dim)}
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    info = {
+        "sha256": sha256sum(weights),
+        "test_accuracy": test_accuracy,
+        "dataset": dataset,
+        "feature_dim": net.feature_dim,
+        "training": training or {},
+    }
+    write_json(sidecar, info)
+
+
+def load_feature_net(weights: Path, sidecar: Path) -> FeatureNet:
+    """Load a cached net after checking its SHA-256; GenzooError says what is wrong."""
+    if not weights.is_file() or not sidecar.is_file():
+        raise GenzooError(f"no cached feature net at {weights} (with {sidecar.name})")
+    info = read_json(sidecar)
+    digest = sha256sum(weights)
+    if digest != info.get("sha256"):
+        raise GenzooError(
+            f"{weights} has SHA-256 {digest}, its sidecar says {info.get('sha256')} "
+            "(corrupt, truncated or half-written)"
+        )
+    try:
+        net = FeatureNet(int(info["feature_dim"]))
+        net.load_state_dict(load_file(str(weights), device="cpu"))
+    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise GenzooError(
+            f"{weights} does not fit this FeatureNet ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    return net.eval()
+
+
+def load_or_train_feature_net(
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
+    dataset: str = "mnist",
+    epochs: int = 4,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val_size: int = 10000,
+    retrain: bool = False,
+    train_fn: TrainFn = train_feature_net,
+) -> FeatureNet:
+    """The cached feature net (checksum verified) on ``device``, in eval mode; trained and
+    cached first when the cache is missing, corrupt or ``retrain`` is set.
+
+    ``train_fn(data, epochs=, batch_size=, lr=, seed=) -> (net, test_accuracy)`` does the
+    training on grey-level ``data`` (``val_size`` images held out of the training split, as
+    for the models); tests pass a fast stand-in.
+    """
+    device = torch.device(device)
+    weights, sidecar = cache_paths(data_dir, cache_dir, dataset)
+    if not retrain:
+        try:
+            return load_feature_net(weights, sidecar).to(device)
+        except GenzooError as err:
+            if weights.exists() or sidecar.exists():
+                print(f"rebuilding the cached feature net: {err}")
+    data = load_data(dataset, "none", val_size, data_dir).to(device)
+    training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    print(
+        f"training the {dataset} feature net on {device}: {len(data.train)} images, "
+        + ", ".join(f"{k} {v}" for k, v in training.items())
+    )
+    net, test_accuracy = train_fn(data, **training)
+    print(f"feature net test accuracy {test_accuracy:.4f}; cached in {weights}")
+    if test_accuracy < MIN_ACCURACY:
+        print(
+            f"warning: test accuracy below {MIN_ACCURACY}; FID and Inception scores with "
+            "these features are less meaningful (train longer with more epochs)"
+        )
+    record = {**training, "n_train": len(data.train), "n_test": len(data.test)}
+    save_feature_net(net, test_accuracy, weights, sidecar, dataset, record)
+    return net.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _float64(x: ArrayLike) -> torch.Tensor:
+    return torch.as_tensor(x).double()
+
+
+def _check_features(name: str, x: torch.Tensor, min_rows: int) -> None:
+    if x.ndim != 2 or x.shape[0] < min_rows:
+        raise GenzooError(f"{name} must be (N, F) with N >= {min_rows}, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise GenzooError(f"{name} holds NaN or infinite values")
+
+
+def _check_images(name: str, images: torch.Tensor) -> None:
+    if tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise GenzooError(f"{name} must be (N, 1, 28, 28) images, got {tuple(images.shape)}")
+    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise GenzooError(f"{name} must hold values in [0, 1] (image space, not logits)")
+
+
+@torch.no_grad()
+def features_and_probs(
+    net: FeatureNet, images: torch.Tensor, batch_size: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) images -> (N, F) features and (N, 10) class probabilities, float64,
+    on the net's device; the net is put in eval mode (dropout off)."""
+    _check_images("images", images)
+    net.eval()
+    device = next(net.parameters()).device
+    feats, probs = [], []
+    for start in range(0, images.shape[0], batch_size):
+        f = net.features(images[start : start + batch_size].to(device, torch.float32))  # (B, F)
+        feats.append(f.double())
+        probs.append(torch.softmax(net.head(f).double(), 1))  # (B, 10)
+    return torch.cat(feats), torch.cat(probs)
+
+
+def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}) of (N, F) and (M, F) features.
+
+    Tr (S_a S_b)^{1/2} is the sum of the square roots of the eigenvalues of S_a S_b, which
+    are those of the symmetric PSD matrix S_a^{1/2} S_b S_a^{1/2} (AB and BA share their
+    non-zero eigenvalues). Two symmetric eigendecompositions in float64 give it exactly up
+    to rounding, with no complex parts and no diagonal offset even when the covariances
+    are singular (fewer samples than features, dead ReLU units), where a general matrix
+    square root (scipy.linalg.sqrtm) loses accuracy or fails.
+    """
+    a, b = _float64(feats_a).cpu(), _float64(feats_b).cpu()  # (N, F), (M, F)
+    _check_features("feats_a", a, 2)
+    _check_features("feats_b", b, 2)
+    if a.shape[1] != b.shape[1]:
+        raise GenzooError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # (F, F), unbiased
+    w, v = torch.linalg.eigh(cov_a)
+    sqrt_a = (v * w.clamp(min=0).sqrt()) @ v.T  # (F, F); tiny negative eigenvalues are rounding
+    middle = sqrt_a @ cov_b @ sqrt_a
+    eigenvalues = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0)
+    mean_term = (a.mean(0) - b.mean(0)).square().sum()
+    trace_term = cov_a.trace() + cov_b.trace() - 2 * eigenvalues.sqrt().sum()
+    return (mean_term + trace_term).item()
+
+
+def _check_probs(probs: torch.Tensor) -> None:
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise GenzooError(f"probs must be (N, C) class probabilities, got {tuple(probs.shape)}")
+    if (probs < 0).any() or not torch.allclose(probs.sum(1), torch.ones_like(probs[:, 0])):
+        raise GenzooError("probs rows must be probabilities summing to 1 (softmax, not logits)")
+
+
+def inception_score(probs: ArrayLike) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) of (N, C) class probabilities, p(y) their mean: 1 when
+    every prediction is the same, C when they are confident and spread evenly."""
+    p = _float64(probs)  # (N, C)
+    _check_probs(p)
+    marginal = p.mean(0, keepdim=True)  # (1, C)
+    kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, marginal)).sum(1)  # (N,)
+    return kl.mean().exp().item()
+
+
+def class_histogram(probs: ArrayLike) -> torch.Tensor:
+    """(C,) int64 count of the predicted (argmax) class of (N, C) probabilities."""
+    p = torch.as_tensor(probs)
+    _check_probs(p.double())
+    return torch.bincount(p.argmax(1).cpu(), minlength=p.shape[1])
+
+
+def _kth_neighbour_radii(feats: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
+    """(N,) distance from each row to its k-th nearest other row."""
+    radii = []
+    for start in range(0, feats.shape[0], batch_size):
+        d = torch.cdist(feats[start : start + batch_size], feats)  # (B, N)
+        # k + 1 smallest: the row itself (distance 0) comes first.
+        radii.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
+    return torch.cat(radii)
+
+
+def _inside_fraction(
+    points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, batch_size: int
+) -> float:
+    """Fraction of ``points`` (P, F) inside any ball (``centres`` (N, F), ``radii`` (N,))."""
+    inside = 0
+    for start in range(0, points.shape[0], batch_size):
+        d = torch.cdist(points[start : start + batch_size], centres)  # (B, N)
+        inside += (d <= radii).any(1).sum().item()
+    return inside / points.shape[0]
+
+
+def precision_recall(
+    real_feats: ArrayLike, fake_feats: ArrayLike, k: int = 3, batch_size: int = 1000
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of (N, F) and (M, F) features.
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest
+    neighbour; precision is the fraction of fake points inside the real manifold (are the
+    samples realistic?), recall the fraction of real points inside the fake one (is the data
+    covered?). Distances in float64, ``batch_size`` rows at a time, so 10k x 10k fits.
+    """
+    real, fake = _float64(real_feats), _float64(fake_feats)
+    fake = fake.to(real.device)
+    _check_features("real_feats", real, k + 1)
+    _check_features("fake_feats", fake, k + 1)
+    if real.shape[1] != fake.shape[1]:
+        raise GenzooError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
+    real_radii = _kth_neighbour_radii(real, k, batch_size)
+    fake_radii = _kth_neighbour_radii(fake, k, batch_size)
+    precision = _inside_fraction(fake, real, real_radii, batch_size)
+    recall = _inside_fraction(real, fake, fake_radii, batch_size)
+    return precision, recall
+
+
+def _parzen_grid(
+    samples: torch.Tensor, test: torch.Tensor, sigmas: Sequence[float], batch_size: int
+) -> torch.Tensor:
+    """(S, M) Parzen log-likelihoods of M test points for S bandwidths, float64; the squared
+    distances of each batch are computed once and shared by every bandwidth."""
+    s = samples.flatten(1).double()  # (N, D)
+    x = test.flatten(1).double().to(s.device)  # (M, D)
+    if s.shape[0] == 0 or s.shape[1] != x.shape[1]:
+        raise GenzooError(f"need samples (N, D) and test (M, D), got {s.shape} and {x.shape}")
+    if min(sigmas) <= 0:
+        raise GenzooError(f"Parzen bandwidths must be positive, got {list(sigmas)}")
+    n, d = s.shape
+    s_sq = s.square().sum(1)  # (N,)
+    rows = [[] for _ in sigmas]
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]  # (B, D)
+        # float64 keeps the expansion exact enough: ||x||^2 ~ 100 for MNIST vs sigma^2 >= 0.01
+        sq = (xb.square().sum(1, keepdim=True) - 2 * xb @ s.T + s_sq).clamp(min=0)  # (B, N)
+        for row, sigma in zip(rows, sigmas, strict=True):
+            norm = math.log(n) + d * math.log(sigma * math.sqrt(2 * math.pi))
+            row.append(torch.logsumexp(-sq / (2 * sigma**2), 1) - norm)  # (B,)
+    return torch.stack([torch.cat(row) for row in rows])
+
+
+def parzen_log_likelihood(
+    samples: torch.Tensor, test: torch.Tensor, sigma: float, batch_size: int = 100
+) -> torch.Tensor:
+    """log p(x) = logsumexp_i(-||x - s_i||^2 / (2 sigma^2)) - log N - D log(sigma sqrt(2 pi))
+    for every test image, under the isotropic Gaussian Parzen window on the N flattened
+    ``samples``: (M,) float64."""
+    return _parzen_grid(samples, test, [sigma], batch_size)[0]
+
+
+def select_parzen_sigma(
+    samples: torch.Tensor,
+    validation: torch.Tensor,
+    sigmas: Sequence[float] = PARZEN_SIGMAS,
+    batch_size: int = 100,
+) -> float:
+    """The bandwidth of ``sigmas`` with the best mean validation log-likelihood."""
+    mean_ll = _parzen_grid(samples, validation, sigmas, batch_size).mean(1)  # (S,)
+    return float(sigmas[int(mean_ll.argmax())])
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean of (N,) values."""
+    n = values.numel()
+    se = values.std().item() / math.sqrt(n) if n > 1 else math.nan
+    return values.mean().item(), se
+
+
+def quality_scores(
+    samples: torch.Tensor,
+    real_test: torch.Tensor,
+    real_val: torch.Tensor,
+    net: FeatureNet,
+    k: int = 3,
+    sigmas: Sequence[float] = PARZEN_SIGMAS,
+    parzen_val_size: int = PARZEN_VAL_SIZE,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Every score of (N, 1, 28, 28) ``samples`` in [0, 1] against the ``real_test`` images
+    (the protocol: 10k samples, the 10k test images); the Parzen bandwidth is chosen on the
+    first ``parzen_val_size`` of ``real_val``. Returns plain numbers (JSON-ready)."""
+    _check_images("samples", samples)
+    _check_images("real_test", real_test)
+    _check_images("real_val", real_val)
+    fake_feats, fake_probs = features_and_probs(net, samples, batch_size)
+    real_feats, _ = features_and_probs(net, real_test, batch_size)
+    precision, recall = precision_recall(real_feats, fake_feats, k, batch_size)
+    sigma = select_parzen_sigma(samples, real_val[:parzen_val_size], sigmas, batch_size)
+    parzen_ll, parzen_ll_se = mean_and_se(
+        parzen_log_likelihood(samples, real_test, sigma, batch_size)
+    )
+    return {
+        "fid": frechet_distance(real_feats, fake_feats),
+        "inception_score": inception_score(fake_probs),
+        "precision": precision,
+        "recall": recall,
+        "parzen_ll": parzen_ll,
+        "parzen_ll_se": parzen_ll_se,
+        "parzen_sigma": sigma,
+        "n_samples": samples.shape[0],
+        "n_test": real_test.shape[0],
+        "k": k,
+        "class_histogram": class_histogram(fake_probs).tolist(),
+    }
+
+
+def reference_quality_scores(
+    data: Data,
+    net: FeatureNet,
+    n_samples: int = 10000,
+    k: int = 3,
+    sigmas: Sequence[float] = PARZEN_SIGMAS,
+    parzen_val_size: int = PARZEN_VAL_SIZE,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """The ideal row of a table: the first ``n_samples`` training images scored by
+    ``quality_scores`` exactly as a model's samples would be. With dynamic binarization
+    they are binarized once (fixed seed), like the test images they are compared with."""
+    if n_samples > len(data.train):
+        raise GenzooError(f"only {len(data.train)} training images, asked for {n_samples}")
+    reference = data.train.images[:n_samples]
+    if data.binarize == "dynamic":
+        generator = torch.Generator().manual_seed(REFERENCE_SEED)
+        reference = torch.bernoulli(reference.cpu(), generator=generator).to(reference.device)
+    return quality_scores(
+        reference, data.test.images, data.val.images, net, k, sigmas, parzen_val_size, batch_size
+    )

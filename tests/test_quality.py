@@ -1,0 +1,393 @@
+"""Sample-quality scores checked against closed forms and brute-force references, and the
+feature-net cache against corruption. Tiny synthetic data; no real training."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.spatial.distance
+import scipy.special
+import torch
+from safetensors.torch import load_file
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from conftest import fake_digits
+from genzoo import quality
+from genzoo.data import Data, load_data
+from genzoo.errors import GenzooError
+from genzoo.quality import (
+    FeatureNet,
+    class_histogram,
+    frechet_distance,
+    inception_score,
+    parzen_log_likelihood,
+    precision_recall,
+    quality_scores,
+    select_parzen_sigma,
+)
+
+
+def exact_moments(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """(n, F) float64 points whose sample mean and (unbiased) covariance are exactly
+    ``mean`` and ``cov``: whitened Gaussian noise, then coloured."""
+    z = torch.randn(n, mean.numel(), generator=torch.Generator().manual_seed(seed)).double()
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T  # sample cov = I
+    return mean + z @ torch.linalg.cholesky(cov).T
+
+
+def random_spd(f: int, seed: int) -> torch.Tensor:
+    a = torch.randn(f, f, generator=torch.Generator().manual_seed(seed)).double()
+    return a @ a.T / f + 0.1 * torch.eye(f, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- FID
+
+
+@pytest.mark.parametrize(("n", "f"), [(300, 16), (20, 64)])  # full rank, and N < F (singular)
+def test_frechet_distance_of_a_set_with_itself_is_zero(n: int, f: int) -> None:
+    feats = torch.relu(torch.randn(n, f, generator=torch.Generator().manual_seed(0)))
+    feats[:, :3] = 0  # dead ReLU units: a singular covariance, as real features have
+    scale = torch.cov(feats.double().T).trace().item()
+    assert abs(frechet_distance(feats, feats.clone())) < 1e-6 * scale
+    assert abs(frechet_distance(feats.numpy(), feats.numpy())) < 1e-6 * scale
+
+
+def test_frechet_distance_grows_with_a_mean_shift_as_its_square() -> None:
+    feats = torch.randn(400, 8, generator=torch.Generator().manual_seed(1)).double()
+    direction = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    shifts = [0.0, 0.25, 0.5, 1.0, 2.0]
+    fids = [frechet_distance(feats, feats + t * direction) for t in shifts]
+    assert all(a < b for a, b in itertools.pairwise(fids)), fids
+    expected = [t**2 * direction.square().sum().item() for t in shifts]
+    np.testing.assert_allclose(fids, expected, rtol=1e-8, atol=1e-9)
+
+
+def test_frechet_distance_matches_closed_form_for_diagonal_gaussians() -> None:
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0, 0.5]), torch.tensor([1.0, 1.0, 0.0, -0.5])
+    var_a, var_b = torch.tensor([1.0, 4.0, 0.25, 2.0]), torch.tensor([9.0, 1.0, 0.25, 0.5])
+    a = exact_moments(mu_a.double(), torch.diag(var_a).double(), 500, seed=2)
+    b = exact_moments(mu_b.double(), torch.diag(var_b).double(), 300, seed=3)
+    expected = ((mu_a - mu_b) ** 2).sum() + ((var_a.sqrt() - var_b.sqrt()) ** 2).sum()
+    assert frechet_distance(a, b) == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_for_full_covariances() -> None:
+    f = 6
+    mu_a, mu_b = torch.zeros(f, dtype=torch.float64), torch.linspace(0, 1, f).double()
+    cov_a, cov_b = random_spd(f, 4), random_spd(f, 5)
+    a, b = exact_moments(mu_a, cov_a, 400, 6), exact_moments(mu_b, cov_b, 400, 7)
+    covmean = scipy.linalg.sqrtm(cov_a.numpy() @ cov_b.numpy()).real
+    expected = (mu_a - mu_b).square().sum().item() + np.trace(
+        cov_a.numpy() + cov_b.numpy() - 2 * covmean
+    )
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- IS
+
+
+def test_inception_score_is_ten_for_confident_evenly_spread_predictions() -> None:
+    probs = torch.eye(10).repeat(7, 1)  # (70, 10), every class 7 times, fully confident
+    assert inception_score(probs) == pytest.approx(10.0, rel=1e-12)
+
+
+def test_inception_score_is_one_for_identical_predictions() -> None:
+    row = torch.softmax(torch.randn(10, generator=torch.Generator().manual_seed(0)), 0)
+    assert inception_score(row.expand(50, 10)) == pytest.approx(1.0, abs=1e-12)
+    assert inception_score(torch.eye(10)[[3] * 50]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_inception_score_matches_scipy_kl_reference() -> None:
+    probs = torch.softmax(3 * torch.randn(40, 10, generator=torch.Generator().manual_seed(1)), 1)
+    p = probs.double().numpy()
+    kl = scipy.special.rel_entr(p, p.mean(0, keepdims=True)).sum(1)
+    assert inception_score(probs) == pytest.approx(math.exp(kl.mean()), rel=1e-10)
+
+
+def test_class_histogram_counts_predicted_classes_and_rejects_logits() -> None:
+    labels = torch.tensor([0, 3, 3, 9, 9, 9])
+    probs = torch.softmax(10 * torch.eye(10)[labels], 1)
+    assert class_histogram(probs).tolist() == [1, 0, 0, 2, 0, 0, 0, 0, 0, 3]
+    with pytest.raises(GenzooError, match="summing to 1"):
+        inception_score(10 * torch.eye(10)[labels])
+
+
+# ----------------------------------------------------------------------------- precision / recall
+
+
+def brute_force_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """Kynkäänniemi et al.'s definition, written out with full distance matrices."""
+
+    def radii(x: np.ndarray) -> np.ndarray:
+        return np.sort(scipy.spatial.distance.cdist(x, x), axis=1)[:, k]
+
+    def inside(points: np.ndarray, centres: np.ndarray, r: np.ndarray) -> float:
+        return float((scipy.spatial.distance.cdist(points, centres) <= r).any(1).mean())
+
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+
+
+def test_precision_recall_of_a_set_with_itself_is_one() -> None:
+    feats = torch.randn(60, 5, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(feats, feats.clone(), k=3, batch_size=7) == (1.0, 1.0)
+
+
+def test_precision_recall_of_far_apart_sets_is_zero() -> None:
+    real = torch.randn(50, 5, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(real, real + 100.0, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_tell_a_dropped_mode_from_unrealistic_samples() -> None:
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.tensor([[0.0, 0.0], [20.0, 0.0]])
+    real = centres[torch.arange(400) % 2] + torch.randn(400, 2, generator=gen)
+    fake = centres[0] + torch.randn(200, 2, generator=gen)  # only the first mode
+    precision, recall = precision_recall(real, fake, k=3)
+    assert precision > 0.9  # every sample looks real ...
+    assert 0.3 < recall <= 0.5  # ... but half of the data is never produced
+
+
+@pytest.mark.parametrize("batch_size", [7, 1000])
+def test_precision_recall_match_brute_force_reference(batch_size: int) -> None:
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(80, 4, generator=gen).double()
+    fake = 1.3 * torch.randn(70, 4, generator=gen).double() + 0.5
+    expected = brute_force_precision_recall(real.numpy(), fake.numpy(), k=5)
+    got = precision_recall(real, fake, k=5, batch_size=batch_size)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1  # a case where both are informative
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- Parzen
+
+
+def test_parzen_of_one_sample_is_the_gaussian_log_density() -> None:
+    gen = torch.Generator().manual_seed(0)
+    sample, x, sigma = (
+        torch.rand(1, 1, 4, 4, generator=gen),
+        torch.rand(1, 1, 4, 4, generator=gen),
+        0.3,
+    )
+    ll = parzen_log_likelihood(sample, x, sigma)
+    d = 16
+    sq = (x - sample).double().square().sum()
+    formula = -sq / (2 * sigma**2) - d * math.log(sigma * math.sqrt(2 * math.pi))
+    assert ll.shape == (1,) and ll.dtype == torch.float64
+    assert ll.item() == pytest.approx(formula.item(), rel=1e-12)
+    reference = Normal(sample.flatten().double(), sigma).log_prob(x.flatten().double()).sum()
+    assert ll.item() == pytest.approx(reference.item(), rel=1e-12)
+
+
+def test_parzen_of_many_samples_is_the_mixture_log_density_in_any_batching() -> None:
+    gen = torch.Generator().manual_seed(1)
+    samples, test, sigma = torch.rand(9, 12, generator=gen), torch.rand(11, 12, generator=gen), 0.2
+    mixture = MixtureSameFamily(
+        Categorical(torch.ones(9, dtype=torch.float64)),
+        Independent(Normal(samples.double(), sigma), 1),
+    )
+    expected = mixture.log_prob(test.double())  # (11,)
+    for batch_size in (3, 100):
+        got = parzen_log_likelihood(samples, test, sigma, batch_size=batch_size)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("true_sigma", [0.05, 0.5])
+def test_select_parzen_sigma_finds_the_true_bandwidth(true_sigma: float) -> None:
+    """Validation points drawn from the Parzen density of the samples with bandwidth
+    ``true_sigma``: the chosen bandwidth is the grid point next to it."""
+    gen = torch.Generator().manual_seed(2)
+    samples = 10 * torch.randn(30, 20, generator=gen)  # centres far apart
+    centre = samples[torch.randint(0, 30, (300,), generator=gen)]
+    validation = centre + true_sigma * torch.randn(300, 20, generator=gen)
+    grid = np.logspace(-2, 1, 16)  # a factor 10**0.2 between neighbours
+    chosen = select_parzen_sigma(samples, validation, grid)
+    assert abs(math.log10(chosen / true_sigma)) <= 0.1 + 1e-9, chosen
+
+
+# ----------------------------------------------------------------------------- feature net
+
+
+def test_feature_net_shapes_and_logits_come_from_the_features() -> None:
+    torch.manual_seed(0)
+    net = FeatureNet().eval()
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        logits, feats = net(x), net.features(x)
+        assert logits.shape == (5, 10)
+        assert feats.shape == (5, quality.FEATURE_DIM)
+        torch.testing.assert_close(net.head(feats), logits)
+    assert FeatureNet(feature_dim=32).features(x).shape == (5, 32)
+
+
+def test_train_feature_net_learns_the_fake_digits_and_keeps_the_global_rng(data_dir: Path) -> None:
+    data = load_data("mnist", "none", val_size=20, data_dir=data_dir)  # 80 train, 30 test
+    rng_before = torch.get_rng_state()
+    net, test_accuracy = quality.train_feature_net(data, epochs=2, batch_size=16, lr=1e-3)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert not net.training
+    # The crosses are trivially separable: anything short of this means images and labels
+    # were paired wrongly.
+    assert test_accuracy >= 0.9
+    assert test_accuracy == quality.accuracy(net, data.test)
+
+
+def test_train_feature_net_refuses_binarized_data(data_dir: Path) -> None:
+    data = load_data("mnist", "dynamic", val_size=20, data_dir=data_dir)
+    with pytest.raises(GenzooError, match="grey levels"):
+        quality.train_feature_net(data, epochs=0)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class FakeTrainer:
+    """Stands in for ``train_feature_net``: a seeded untrained net, and a record of calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, data: Data, **kwargs) -> tuple[FeatureNet, float]:
+        assert data.binarize == "none" and data.train.labels is not None
+        self.calls.append(kwargs)
+        torch.manual_seed(len(self.calls))
+        return FeatureNet(feature_dim=16).eval(), 0.995
+
+
+def test_cache_saves_then_loads_identical_weights(data_dir: Path) -> None:
+    trainer = FakeTrainer()
+    first = quality.load_or_train_feature_net(
+        data_dir=data_dir, epochs=2, val_size=20, train_fn=trainer
+    )
+    assert len(trainer.calls) == 1 and trainer.calls[0]["epochs"] == 2
+    weights, sidecar = (
+        data_dir / "quality-net" / "mnist.safetensors",
+        data_dir / "quality-net" / "mnist.json",
+    )
+    assert quality.cache_paths(data_dir) == (weights, sidecar)
+    info = json.loads(sidecar.read_text())
+    assert info["sha256"] == quality.sha256sum(weights)
+    assert info["test_accuracy"] == 0.995 and info["feature_dim"] == 16
+
+    second = quality.load_or_train_feature_net(data_dir=data_dir, val_size=20, train_fn=trainer)
+    assert len(trainer.calls) == 1  # loaded, not retrained
+    assert not second.training
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+    quality.load_or_train_feature_net(
+        data_dir=data_dir, val_size=20, train_fn=trainer, retrain=True
+    )
+    assert len(trainer.calls) == 2
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_a_weight_bit(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0x01  # inside the tensor data
+    path.write_bytes(bytes(raw))
+    load_file(str(path))  # still a valid safetensors file: only the checksum can tell
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_weight_bit])
+def test_corrupt_cache_is_detected_and_rebuilt(
+    damage, tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer, cache = FakeTrainer(), tmp_path / "cache"
+    original = quality.load_or_train_feature_net(
+        data_dir=data_dir, cache_dir=cache, val_size=20, train_fn=trainer
+    )
+    weights, _ = quality.cache_paths(cache_dir=cache)
+    damage(weights)
+    with pytest.raises(GenzooError, match="SHA-256"):
+        quality.load_feature_net(*quality.cache_paths(cache_dir=cache))
+    capsys.readouterr()
+
+    rebuilt = quality.load_or_train_feature_net(
+        data_dir=data_dir, cache_dir=cache, val_size=20, train_fn=trainer
+    )
+    assert len(trainer.calls) == 2
+    assert "rebuilding the cached feature net" in capsys.readouterr().out
+    # The new net (another seed) was cached and verifies again; no third training.
+    reloaded = quality.load_or_train_feature_net(
+        data_dir=data_dir, cache_dir=cache, val_size=20, train_fn=trainer
+    )
+    assert len(trainer.calls) == 2
+    assert torch.equal(reloaded.head[1].weight, rebuilt.head[1].weight)
+    assert not torch.equal(reloaded.head[1].weight, original.head[1].weight)
+
+
+def test_missing_sidecar_means_rebuild(tmp_path: Path, data_dir: Path) -> None:
+    trainer, cache = FakeTrainer(), tmp_path / "cache"
+    quality.load_or_train_feature_net(
+        data_dir=data_dir, cache_dir=cache, val_size=20, train_fn=trainer
+    )
+    quality.cache_paths(cache_dir=cache)[1].unlink()
+    quality.load_or_train_feature_net(
+        data_dir=data_dir, cache_dir=cache, val_size=20, train_fn=trainer
+    )
+    assert len(trainer.calls) == 2
+
+
+# ----------------------------------------------------------------------------- all scores
+
+
+def digits(n: int, seed: int) -> torch.Tensor:
+    images, _ = fake_digits(n, seed)
+    return torch.from_numpy(images).float().div(255).unsqueeze(1)  # (n, 1, 28, 28)
+
+
+def test_quality_scores_rank_real_images_above_noise() -> None:
+    torch.manual_seed(0)
+    net = FeatureNet(feature_dim=16)
+    test, val, real = digits(40, 1), digits(20, 2), digits(40, 3)
+    noise = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    sigmas = (0.1, 0.3, 1.0)
+
+    itself = quality_scores(test, test, val, net, sigmas=sigmas, batch_size=16)
+    assert abs(itself["fid"]) < 1e-6
+    assert (itself["precision"], itself["recall"]) == (1.0, 1.0)
+    assert itself["n_samples"] == 40 and sum(itself["class_histogram"]) == 40
+    _, probs = quality.features_and_probs(net, test)
+    assert itself["inception_score"] == pytest.approx(inception_score(probs))
+    json.dumps(itself)  # plain numbers only
+
+    good = quality_scores(real, test, val, net, sigmas=sigmas, batch_size=16)
+    bad = quality_scores(noise, test, val, net, sigmas=sigmas, batch_size=16)
+    assert good["fid"] < bad["fid"]
+    assert good["parzen_ll"] > bad["parzen_ll"]
+    assert good["parzen_sigma"] in sigmas and good["parzen_ll_se"] > 0
+    lls = parzen_log_likelihood(real, test, good["parzen_sigma"])
+    assert good["parzen_ll"] == pytest.approx(lls.mean().item())
+    assert good["parzen_ll_se"] == pytest.approx(lls.std().item() / math.sqrt(40))
+
+
+def test_quality_scores_reject_images_outside_the_unit_interval() -> None:
+    net, test = FeatureNet(feature_dim=16), digits(10, 1)
+    with pytest.raises(GenzooError, match=r"samples must hold values in \[0, 1\]"):
+        quality_scores(2 * test - 1, test, test, net)
+
+
+def test_reference_row_scores_training_images_like_samples(data_dir: Path) -> None:
+    data = load_data("mnist", "none", val_size=20, data_dir=data_dir)
+    torch.manual_seed(0)
+    net = FeatureNet(feature_dim=16)
+    sigmas = (0.3, 1.0)
+    row = quality.reference_quality_scores(data, net, n_samples=50, sigmas=sigmas)
+    direct = quality_scores(
+        data.train.images[:50], data.test.images, data.val.images, net, sigmas=sigmas
+    )
+    assert row == direct
+    with pytest.raises(GenzooError, match="only 80 training images"):
+        quality.reference_quality_scores(data, net, n_samples=81)
