@@ -69,6 +69,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_fake_idx_dataset(root / "mnist")
     register(monkeypatch, "mnist", root / "mnist")
     monkeypatch.setenv("GENZOO_DATA", str(root))
+    monkeypatch.setenv("GENZOO_CACHE", str(tmp_path / "cache"))  # never the user's cache
     return root
 
 

@@ -267,10 +267,10 @@ def test_cache_saves_then_loads_identical_weights(data_dir: Path) -> None:
     )
     assert len(trainer.calls) == 1 and trainer.calls[0]["epochs"] == 2
     weights, sidecar = (
-        data_dir / "quality-net" / "mnist.safetensors",
-        data_dir / "quality-net" / "mnist.json",
+        data_dir.parent / "cache" / "quality-net" / "mnist.safetensors",
+        data_dir.parent / "cache" / "quality-net" / "mnist.json",
     )
-    assert quality.cache_paths(data_dir) == (weights, sidecar)
+    assert quality.cache_paths() == (weights, sidecar)
     info = json.loads(sidecar.read_text())
     assert info["sha256"] == quality.sha256sum(weights)
     assert info["test_accuracy"] == 0.995 and info["feature_dim"] == 16

@@ -3,6 +3,9 @@
     genzoo train MODEL [flags]            a new run under runs/ (or --run-dir)
     genzoo train --resume RUN             continue a killed run from its last checkpoint
     genzoo eval RUN [--iw-samples K]      ELBO parts and importance-sampled NLL -> RUN/eval.json
+    genzoo eval RUN --quality             ... and FID, IS, precision/recall, Parzen of samples
+    genzoo eval --reference test          the same scores for real images (the ideal row)
+    genzoo quality-net train              the cached MNIST classifier behind those scores
     genzoo sample RUN -n 64 -o out.png    samples of the best checkpoint
     genzoo plot RUN                       (re)draw every figure of a run
     genzoo compare RUN RUN ...            several runs: one table, one figure
@@ -24,11 +27,13 @@ from genzoo import data as gdata
 from genzoo import plots
 from genzoo.compare import compare_runs
 from genzoo.config import TrainConfig, add_config_arguments, given_values, positive
+from genzoo.data import BINARIZE_MODES
 from genzoo.errors import GenzooError
-from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained
+from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained, reference_quality
 from genzoo.models import MODELS
-from genzoo.runs import RunConfig, check_run_dir, new_run_dir
-from genzoo.train import EVAL_SEED, isolated_rng, resume_config, train
+from genzoo.quality import cache_paths, load_or_train_feature_net
+from genzoo.runs import RunConfig, check_run_dir, new_run_dir, read_json, write_json
+from genzoo.train import EVAL_SEED, isolated_rng, resolve_device, resume_config, train
 
 positive_int = positive(int, 1)
 
@@ -95,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(model_p.add_argument_group(f"model {name}"), family.config)
         _add_runtime_flags(model_p)
 
-    eval_p = commands.add_parser("eval", help="ELBO parts and importance-sampled log-likelihood")
-    eval_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
+    eval_p = commands.add_parser(
+        "eval", help="test-set likelihoods (and sample quality) of a run -> RUN/eval.json"
+    )
+    eval_p.add_argument("run", type=_run_dir_arg, metavar="RUN", nargs="?")
     eval_p.add_argument(
         "--iw-samples",
         type=positive_int,
@@ -115,7 +122,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="proposal: q(z|x) (default) or the prior p(z)",
     )
     eval_p.add_argument("--output", type=Path, help="JSON file (default: RUN/eval.json)")
+    eval_p.add_argument(
+        "--quality",
+        action="store_true",
+        help="also score samples: FID, Inception score, precision/recall, Parzen window",
+    )
+    eval_p.add_argument(
+        "--n-samples", type=positive_int, default=10000, help="samples to score (default: 10000)"
+    )
+    eval_p.add_argument(
+        "--reference",
+        choices=("test",),
+        help="instead of a RUN: score real images (training images against the test "
+        "images) for the ideal row of a quality table",
+    )
+    eval_p.add_argument(
+        "--binarize",
+        choices=BINARIZE_MODES,
+        default="none",
+        help="with --reference: the binarization to score (default: none)",
+    )
+    eval_p.add_argument(
+        "--val-size",
+        type=positive_int,
+        default=10000,
+        help="with --reference: training images held out for validation (default: 10000)",
+    )
     _add_runtime_flags(eval_p)
+
+    net_p = commands.add_parser(
+        "quality-net", help="the MNIST classifier whose features score sample quality"
+    )
+    net_p.add_argument("action", choices=("train",))
+    net_p.add_argument("--epochs", type=positive_int, default=4, help="(default: 4)")
+    net_p.add_argument(
+        "--retrain", action="store_true", help="train again even if a valid cache exists"
+    )
+    _add_runtime_flags(net_p)
 
     sample_p = commands.add_parser("sample", help="draw samples from a trained run")
     sample_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
@@ -210,7 +253,30 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     train(run_dir, cfg, args.device, args.data_dir)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def print_quality(r: dict) -> None:
+    print(
+        f"  sample quality of {r['n_samples']} samples against {r['n_test']} images:\n"
+        f"  FID {r['fid']:.2f}   Inception score {r['inception_score']:.2f}   "
+        f"precision {r['precision']:.3f}   recall {r['recall']:.3f} (k={r['k']})\n"
+        f"  Parzen log-likelihood {r['parzen_ll']:.1f} ± {r['parzen_ll_se']:.1f} nats "
+        f"(sigma {r['parzen_sigma']:.3f})\n"
+        f"  classes {r['class_histogram']}"
+    )
+
+
+def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if (args.run is None) == (args.reference is None):
+        parser.error("give a RUN or --reference test (not both)")
+    if args.reference:
+        r = reference_quality(
+            args.binarize, "mnist", args.device, args.data_dir, args.n_samples, args.val_size
+        )
+        output = args.output or Path(f"reference_{args.reference}_{args.binarize}.json")
+        write_json(output, r)
+        print(f"reference: training images as samples, binarize={args.binarize}")
+        print_quality(r)
+        print(f"  written to {output}")
+        return
     r = evaluate_run(
         check_run_dir(args.run),
         args.iw_samples,
@@ -220,14 +286,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.device,
         args.data_dir,
         args.output,
+        args.quality,
+        args.n_samples,
     )
     print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
     for name, label in TERM_LABELS.items():
         if name in r:
             print(f"  {label:<16}{r[name]:9.2f} ± {r[f'{name}_se']:.2f}")
-    if "nll" in r:
+    if "iw_samples" in r:
         print(f"  (NLL: importance sampling, K={r['iw_samples']}, proposal {r['estimator']})")
+    elif "bpd" in r:
+        print("  (NLL: exact, of 8-bit images, one uniform dequantization per image)")
+    if "fid" in r:
+        print_quality(r)
     print(f"  nats per image; {r['seconds']:.0f} s")
+
+
+def cmd_quality_net(args: argparse.Namespace) -> None:
+    net = load_or_train_feature_net(
+        args.data_dir, resolve_device(args.device), epochs=args.epochs, retrain=args.retrain
+    )
+    weights, sidecar = cache_paths()
+    info = read_json(sidecar)
+    print(
+        f"feature net: {weights}, test accuracy {info['test_accuracy']:.4f}, "
+        f"{sum(p.numel() for p in net.parameters())} parameters"
+    )
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -323,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             cmd_train(args, parser)
         elif args.command == "eval":
-            cmd_eval(args)
+            cmd_eval(args, parser)
+        elif args.command == "quality-net":
+            cmd_quality_net(args)
         elif args.command == "sample":
             cmd_sample(args)
         elif args.command == "plot":

@@ -14,8 +14,6 @@ from genzoo.models import MODELS
 from genzoo.runs import check_run_dir, load_run_config
 from genzoo.train import EVAL_SEED, isolated_rng
 
-BOOKKEEPING = {"epoch", "seconds"}
-
 
 def settings(run_dir: Path) -> str:
     """The model's config values that differ from its family's defaults, e.g. 'baseline=none'."""
@@ -43,7 +41,7 @@ def table_row(run_dir: Path) -> dict[str, Any]:
 def shared_diagnostics(all_metrics: list[list[dict]]) -> list[str]:
     """Metric names other than train_/val_ terms that every run logged (e.g. encoder_grad_var)."""
     names = [
-        {k for k in m[0] if k not in BOOKKEEPING and not k.startswith(("train_", "val_"))}
+        {k for k in m[0] if k not in plots.BOOKKEEPING and not k.startswith(("train_", "val_"))}
         for m in all_metrics
         if m
     ]
@@ -65,7 +63,8 @@ def compare_runs(
     run_dirs = [check_run_dir(r) for r in run_dirs]
     all_metrics = [plots.read_metrics(r) for r in run_dirs]
     if metrics is None:
-        objectives = {f"val_{MODELS[load_run_config(r).model].model.val_metric}" for r in run_dirs}
+        val_metrics = {MODELS[load_run_config(r).model].model.val_metric for r in run_dirs}
+        objectives = {f"val_{m}" for m in val_metrics if m}
         metrics = sorted(objectives) + shared_diagnostics(all_metrics)
     models = []
     for run_dir in run_dirs:

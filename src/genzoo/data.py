@@ -106,12 +106,19 @@ IMAGE_SHAPE = (1, 28, 28)
 # ----------------------------------------------------------------------------- files
 
 
+def cache_root() -> Path:
+    """Where genzoo keeps what it downloads or builds once: ``$GENZOO_CACHE`` if set, else
+    ``$XDG_CACHE_HOME/genzoo`` (``~/.cache/genzoo``)."""
+    if os.environ.get("GENZOO_CACHE"):
+        return Path(os.environ["GENZOO_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "genzoo"
+
+
 def default_data_dir() -> Path:
-    """``$GENZOO_DATA`` if set, else ``$XDG_CACHE_HOME/genzoo/data`` (``~/.cache/genzoo/data``)."""
+    """``$GENZOO_DATA`` if set, else the ``data`` folder of the cache."""
     if os.environ.get("GENZOO_DATA"):
         return Path(os.environ["GENZOO_DATA"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
-    return cache / "genzoo" / "data"
+    return cache_root() / "data"
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:

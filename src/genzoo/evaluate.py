@@ -13,7 +13,6 @@ All figures are in nats per image, on the binarized images the run was trained o
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from genzoo import plots, quality
 from genzoo.data import EVAL_BINARIZE_SEED, Data, Split, load_data
 from genzoo.errors import GenzooError
+from genzoo.quality import mean_and_se
 from genzoo.runs import RunConfig, build_model, load_checkpoint, load_run_config, write_json
 from genzoo.train import EVAL_SEED, isolated_rng, per_example_terms, resolve_device
 
@@ -47,13 +48,6 @@ def load_trained(
     return cfg, model.to(dev).eval(), data, epoch
 
 
-def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error of the mean of (N,) values."""
-    n = values.numel()
-    se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else math.nan
-    return values.mean().item(), se
-
-
 @torch.no_grad()
 def importance_sampled_nll(
     model: nn.Module, split: Split, k: int, estimator: str = "posterior", batch_size: int = 100
@@ -72,6 +66,41 @@ def importance_sampled_nll(
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def draw_many(model: nn.Module, n: int, batch_size: int = 1000) -> torch.Tensor:
+    """``n`` samples of the model, drawn in batches: (n, C, H, W) on the model's device."""
+    return torch.cat([model.sample(min(batch_size, n - i)) for i in range(0, n, batch_size)])
+
+
+def sample_quality(
+    model: nn.Module, data: Data, real: Split, n_samples: int, data_dir: str | Path | None
+) -> dict[str, Any]:
+    """FID, Inception score, precision/recall and Parzen log-likelihood of ``n_samples``
+    samples against the ``real`` images (the run's own binarization), with the cached
+    feature net; the Parzen bandwidth is chosen on validation images."""
+    device = real.images.device
+    net = quality.load_or_train_feature_net(data_dir, device)
+    samples = draw_many(model, n_samples)
+    return quality.quality_scores(samples, real.images, data.val.images, net)
+
+
+def reference_quality(
+    binarize: str = "none",
+    dataset: str = "mnist",
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    n_samples: int = 10000,
+    val_size: int = 10000,
+) -> dict[str, Any]:
+    """The ideal row of a sample-quality table: ``n_samples`` training images scored as if
+    they were a model's samples, against the test images."""
+    dev = resolve_device(device)
+    data = load_data(dataset, binarize, val_size, data_dir).to(dev)
+    net = quality.load_or_train_feature_net(data_dir, dev)
+    scores = quality.reference_quality_scores(data, net, n_samples)
+    return {**scores, "reference": "training images", "dataset": dataset, "binarize": binarize}
+
+
 def evaluate_run(
     run_dir: Path,
     iw_samples: int = 5000,
@@ -81,13 +110,16 @@ def evaluate_run(
     device: str = "auto",
     data_dir: str | Path | None = None,
     output: Path | None = None,
+    quality: bool = False,
+    n_samples: int = 10000,
 ) -> dict[str, Any]:
     """Measure the run's best checkpoint; write the results to ``output`` (default
     RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them.
 
     Every per-example term of ``evaluate_batch`` gets its mean and standard error (for a
     VAE: neg_elbo, recon, kl); models with ``log_likelihood`` add the importance-sampled
-    nll and nll_se.
+    nll and nll_se; ``quality`` adds the sample-quality scores of ``n_samples`` samples
+    (quality.py) against the evaluated images.
     """
     if estimator not in ESTIMATORS:
         raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
@@ -106,6 +138,11 @@ def evaluate_run(
             nll = importance_sampled_nll(model, images, iw_samples, estimator)
             result["nll"], result["nll_se"] = mean_and_se(nll)
             result.update(iw_samples=iw_samples, estimator=estimator)
+        if quality:
+            result.update(sample_quality(model, data, images, n_samples, data_dir))
+            plots.draw_class_histogram(
+                result["class_histogram"], run_dir / "figures" / "class_histogram.png"
+            )
     binarize = cfg.train.binarize
     if binarize == "dynamic":
         seed = EVAL_BINARIZE_SEED + (1 if split == "test" else 0)

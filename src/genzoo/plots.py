@@ -89,24 +89,47 @@ def draw_progress_samples(model: nn.Module, run_dir: Path, epoch: int) -> None:
     draw_samples(model, f"samples {label}", run_dir / "figures" / f"samples_epoch{epoch:03d}.png")
 
 
-def draw_curves(metrics: list[dict], metric: str, path: Path) -> None:
-    """Training and validation curves; a second panel splits validation into its terms."""
+BOOKKEEPING = ("epoch", "seconds")
+
+
+def curve_panels(model: nn.Module, metrics: list[dict]) -> dict[str, list[str]]:
+    """Panel title -> metric names: the model's own ``curve_panels`` if it has them, else
+    its objective, its other validation terms, and one panel per logged diagnostic."""
+    if hasattr(model, "curve_panels"):
+        return model.curve_panels
+    keys, metric = metrics[0].keys(), model.val_metric
+    panels = {"objective": [f"train_{metric}", f"val_{metric}"]}
+    terms = [k for k in keys if k.startswith("val_") and k != f"val_{metric}"]
+    if terms:
+        panels["validation terms"] = terms
+    for k in keys:
+        if k not in BOOKKEEPING and not k.startswith(("train_", "val_")):
+            panels[k.replace("_", " ")] = [k]
+    return panels
+
+
+def draw_curves(
+    metrics: list[dict],
+    panels: dict[str, list[str]],
+    references: dict[str, tuple[float, str]] | None,
+    path: Path,
+) -> None:
+    """One panel per entry of ``panels``, a curve per metric; ``references`` adds a
+    labelled horizontal line to a panel (e.g. the GAN's equilibrium value)."""
     epochs = [m["epoch"] for m in metrics]
-    parts = [k[4:] for k in metrics[0] if k.startswith("val_") and k != f"val_{metric}"]
-    fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(11 if parts else 6, 4), squeeze=False)
-    ax = axes[0, 0]
-    for split in ("train", "val"):
-        if f"{split}_{metric}" in metrics[0]:
-            ax.plot(epochs, [m[f"{split}_{metric}"] for m in metrics], marker=".", label=split)
-    ax.set(xlabel="epoch", ylabel=f"{metric.replace('_', ' ')} (nats)", title="objective")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    for part in parts:
-        axes[0, 1].plot(epochs, [m[f"val_{part}"] for m in metrics], marker=".", label=part)
-    if parts:
-        axes[0, 1].set(xlabel="epoch", ylabel="nats", title="validation terms")
-        axes[0, 1].legend()
-        axes[0, 1].grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
+        for name in names:
+            if name in metrics[0]:
+                ax.plot(epochs, [m[name] for m in metrics], marker=".", label=name)
+        if references and title in references:
+            value, label = references[title]
+            ax.axhline(value, color="gray", ls="--", label=label)
+        if "var" in title:
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", title=title)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     _save(fig, path)
 
 
@@ -251,6 +274,22 @@ def draw_comparison(
     _save(fig, path)
 
 
+def draw_class_histogram(counts: list[int], path: Path) -> None:
+    """How many samples the feature classifier puts in each class: a collapsed generator
+    leaves some classes (nearly) empty."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(counts)), counts, color="tab:blue")
+    ax.axhline(sum(counts) / len(counts), color="gray", ls="--", label="uniform")
+    ax.set(
+        xticks=range(len(counts)),
+        xlabel="class (feature classifier)",
+        ylabel="samples",
+        title=f"classes of {sum(counts)} samples",
+    )
+    ax.legend()
+    _save(fig, path)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -270,7 +309,8 @@ def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
 
     metrics = read_metrics(run_dir)
     if metrics:
-        draw("curves.png", draw_curves, metrics, model.val_metric)
+        panels = curve_panels(model, metrics)
+        draw("curves.png", draw_curves, metrics, panels, getattr(model, "reference_lines", None))
     draw("samples.png", draw_samples, model, "samples (best checkpoint)")
     test = data.test
     if hasattr(model, "reconstruct"):

@@ -45,8 +45,8 @@ from genzoo.data import (
     Data,
     Split,
     batches,
+    cache_root,
     load_data,
-    resolve_data_dir,
 )
 from genzoo.errors import GenzooError
 from genzoo.runs import atomic_write, read_json, write_json
@@ -163,13 +163,10 @@ def train_feature_net(
 TrainFn = Callable[..., tuple[FeatureNet, float]]
 
 
-def cache_paths(
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    dataset: str = "mnist",
-) -> tuple[Path, Path]:
-    """The weights file and its JSON sidecar (default folder ``<data dir>/quality-net``)."""
-    folder = Path(cache_dir) if cache_dir else resolve_data_dir(data_dir) / CACHE_FOLDER
+def cache_paths(cache_dir: str | Path | None = None, dataset: str = "mnist") -> tuple[Path, Path]:
+    """The weights file and its JSON sidecar, in ``cache_dir`` (default: the ``quality-net``
+    folder of genzoo's cache, apart from the data folder, which may be read-only)."""
+    folder = Path(cache_dir) if cache_dir else cache_root() / CACHE_FOLDER
     return folder / f"{dataset}.safetensors", folder / f"{dataset}.json"
 
 
@@ -247,7 +244,7 @@ def load_or_train_feature_net(
     for the models); tests pass a fast stand-in.
     """
     device = torch.device(device)
-    weights, sidecar = cache_paths(data_dir, cache_dir, dataset)
+    weights, sidecar = cache_paths(cache_dir, dataset)
     if not retrain:
         try:
             return load_feature_net(weights, sidecar).to(device)

@@ -105,6 +105,7 @@ def train_epoch(
     """One pass over the training set; returns the mean of each ``train_step`` statistic."""
     model.train()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # some statistics come from some steps only (a GAN's g_loss)
     n_batches = math.ceil(len(data.train) / batch_size)
     bar = tqdm(
         batches(data.train, batch_size, data.binarize, shuffle=True),
@@ -122,9 +123,10 @@ def train_epoch(
             )
         for name, value in stats.items():
             sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
         if step % 20 == 0:
             bar.set_postfix(loss=f"{stats['loss']:.2f}")
-    return {name: total / n_batches for name, total in sums.items()}
+    return {name: total / counts[name] for name, total in sums.items()}
 
 
 def _trim_metrics(path: Path, last_epoch: int) -> None:
@@ -223,10 +225,12 @@ def train(
                     record.update(model.epoch_diagnostics(probe))
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            improved = val[metric] < loop.best
+            # Without a validation metric (a GAN) the latest weights count as the best.
+            score = val[metric] if metric else -epoch
+            improved = score < loop.best
             loop = LoopState(
                 epoch=epoch,
-                best=val[metric] if improved else loop.best,
+                best=score if improved else loop.best,
                 best_epoch=epoch if improved else loop.best_epoch,
                 bad_epochs=0 if improved else loop.bad_epochs + 1,
             )
@@ -241,10 +245,10 @@ def train(
                 save_checkpoint(run_dir, "best", model, state)
             if epoch == 1 or epoch % tc.sample_every == 0:
                 _draw_progress(model, run_dir, epoch, tc.seed, dev)
+            shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
             print(
-                f"epoch {epoch:3d}  train {metric} {train_stats.get(metric, math.nan):8.2f}"
-                f"  val {metric} {val[metric]:8.2f}  ({seconds:.1f} s)"
-                + ("  *" if improved else "")
+                f"epoch {epoch:3d}  train loss {train_stats['loss']:8.2f}  {shown}"
+                f"({seconds:.1f} s)" + ("  *" if improved else "")
             )
             stopped_early = tc.patience and loop.bad_epochs >= tc.patience
     except KeyboardInterrupt:
@@ -261,12 +265,9 @@ def train(
             model.after_training(data)
             save_checkpoint(run_dir, "best", model, best_state)
         plots.draw_run_figures(model, data, run_dir)
-    summary = {
-        "run_dir": str(run_dir),
-        "epochs": loop.epoch,
-        "best_epoch": loop.best_epoch,
-        f"best_val_{metric}": loop.best,
-    }
+    summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
+    if metric:
+        summary[f"best_val_{metric}"] = loop.best
     write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -1,0 +1,171 @@
+"""Generative adversarial network with MLP generator and discriminator.
+
+Goodfellow et al. (2014), "Generative Adversarial Nets".
+
+    min_G max_D  V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))],   z ~ N(0, I).
+
+The discriminator ascends V; the generator descends log(1 - D(G(z))) (``minimax``), or,
+as the paper recommends because that loss saturates while D easily rejects the
+generator's samples early on, descends -log D(G(z)) (``nonsaturating``). Each call of
+``train_step`` takes one discriminator step and, every ``d_steps``-th call, one
+generator step (Algorithm 1 with k = d_steps). D outputs a logit l, and every log D and
+log(1 - D) is a softplus of l (log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) =
+-softplus(l)), so no loss turns into NaN when D saturates. At the equilibrium
+D = 1/2 everywhere and V = -log 4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Independent, Normal
+from torch.optim import Adam, Optimizer
+
+EQUILIBRIUM_VALUE = -math.log(4.0)
+
+
+@dataclass
+class GANConfig:
+    noise_dim: int = field(default=100, metadata={"help": "size of the generator's noise z"})
+    gen_hidden: tuple[int, ...] = field(
+        default=(128, 256, 512, 1024), metadata={"help": "generator hidden layer sizes"}
+    )
+    disc_hidden: tuple[int, ...] = field(
+        default=(512, 256), metadata={"help": "discriminator hidden layer sizes"}
+    )
+    gen_loss: str = field(
+        default="nonsaturating",
+        metadata={
+            "help": "generator loss: log(1 - D(G(z))) or -log D(G(z))",
+            "choices": ("minimax", "nonsaturating"),
+        },
+    )
+    d_steps: int = field(default=1, metadata={"help": "discriminator steps per generator step (k)"})
+
+
+def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.Sequential:
+    """z -> pixel logits: Linear + LeakyReLU layers, BatchNorm on all but the first."""
+    layers: list[nn.Module] = []
+    sizes = [noise_dim, *hidden]
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i:
+            layers.append(nn.BatchNorm1d(n_out))
+        layers.append(nn.LeakyReLU(0.2))
+    layers.append(nn.Linear(sizes[-1], data_dim))
+    return nn.Sequential(*layers)
+
+
+def discriminator_net(data_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """x -> one logit: Linear + LeakyReLU layers."""
+    layers: list[nn.Module] = []
+    sizes = [data_dim, *hidden]
+    for n_in, n_out in itertools.pairwise(sizes):
+        layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2)]
+    layers.append(nn.Linear(sizes[-1], 1))
+    return nn.Sequential(*layers)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-V(D, G) per pair of examples: -log D(x) - log(1 - D(G(z)))."""
+    return F.softplus(-real_logits) + F.softplus(fake_logits)
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """minimax: log(1 - D(G(z))); nonsaturating: -log D(G(z)); per example."""
+    if kind == "minimax":
+        return -F.softplus(fake_logits)
+    return F.softplus(-fake_logits)
+
+
+class GAN(nn.Module):
+    # No likelihood to validate or stop early on: the "best" checkpoint is the last one.
+    val_metric = None
+    curve_panels: ClassVar[dict[str, list[str]]] = {
+        "losses": ["train_d_loss", "train_g_loss"],
+        "discriminator outputs": ["train_d_real", "train_d_fake", "val_d_real", "val_d_fake"],
+        "V(D, G)": ["train_value", "val_value"],
+    }
+    reference_lines: ClassVar[dict[str, tuple[float, str]]] = {
+        "V(D, G)": (EQUILIBRIUM_VALUE, "equilibrium -log 4")
+    }
+
+    def __init__(self, cfg: GANConfig, image_shape: tuple[int, ...]):
+        super().__init__()
+        self.cfg = cfg
+        self.image_shape = tuple(image_shape)
+        data_dim = math.prod(image_shape)
+        self.generator = generator_net(cfg.noise_dim, cfg.gen_hidden, data_dim)
+        self.discriminator = discriminator_net(data_dim, cfg.disc_hidden)
+        self.register_buffer("noise_loc", torch.zeros(cfg.noise_dim))
+        self.register_buffer("noise_scale", torch.ones(cfg.noise_dim))
+        # Counts discriminator steps, so that every d_steps-th one is followed by a
+        # generator step; a buffer, so a resumed run keeps the rhythm.
+        self.register_buffer("d_step_count", torch.tensor(0))
+
+    def prior(self) -> Independent:
+        return Independent(Normal(self.noise_loc, self.noise_scale), 1)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) in (0, 1) for noise z (N, noise_dim); with gradients."""
+        return torch.sigmoid(self.generator(z)).view(-1, *self.image_shape)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(x.flatten(1)).squeeze(-1)  # (B,)
+
+    # ------------------------------------------------------------------ model contract
+
+    def configure_optimizers(self, lr: float) -> list[Optimizer]:
+        # beta1 = 0.5, the usual setting for adversarial training (Radford et al. 2016).
+        return [
+            Adam(self.generator.parameters(), lr=lr, betas=(0.5, 0.999), fused=True),
+            Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999), fused=True),
+        ]
+
+    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
+        opt_g, opt_d = optimizers
+        n = x.shape[0]
+        with torch.no_grad():
+            fake = self.generate(self.prior().sample((n,)))
+        real_logits, fake_logits = self.logits(x), self.logits(fake)  # (B,) each
+        d_loss = discriminator_loss(real_logits, fake_logits).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        self.d_step_count += 1
+        stats = {
+            "loss": d_loss.item(),
+            "d_loss": d_loss.item(),
+            "value": -d_loss.item(),
+            "d_real": torch.sigmoid(real_logits).mean().item(),
+            "d_fake": torch.sigmoid(fake_logits).mean().item(),
+        }
+        if self.d_step_count % self.cfg.d_steps == 0:
+            fake_logits = self.logits(self.generate(self.prior().sample((n,))))
+            g_loss = generator_loss(fake_logits, self.cfg.gen_loss).mean()
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()  # D's gradients too, but they are cleared before D's next step
+            opt_g.step()
+            stats["g_loss"] = g_loss.item()
+        return stats
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D(x), D(G(z)) and the pair's term of V(D, G), one fresh z per image: each (B,)."""
+        real_logits = self.logits(x)
+        fake_logits = self.logits(self.generate(self.prior().sample((x.shape[0],))))
+        return {
+            "d_real": torch.sigmoid(real_logits),
+            "d_fake": torch.sigmoid(fake_logits),
+            "value": -discriminator_loss(real_logits, fake_logits),
+        }
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        return self.generate(self.prior().sample((n,)))
