@@ -81,7 +81,7 @@ def test_data_commands(data_dir: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "gan"], "invalid choice"),
+        (["train", "draw"], "invalid choice"),
         (["train", "vae", "--latent-dim", "-3"], "must be positive"),
         (["train", "vae", "--hidden", "500,x"], "comma-separated"),
         (["train", "vae", "--lr", "0"], "must be positive"),

@@ -19,7 +19,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from conftest import fake_digits
 from genzoo import quality
-from genzoo.data import Data, load_data
+from genzoo.data import Data, file_digest, load_data
 from genzoo.errors import GenzooError
 from genzoo.quality import (
     FeatureNet,
@@ -272,7 +272,7 @@ def test_cache_saves_then_loads_identical_weights(data_dir: Path) -> None:
     )
     assert quality.cache_paths() == (weights, sidecar)
     info = json.loads(sidecar.read_text())
-    assert info["sha256"] == quality.sha256sum(weights)
+    assert info["sha256"] == file_digest(weights, "sha256")
     assert info["test_accuracy"] == 0.995 and info["feature_dim"] == 16
 
     second = quality.load_or_train_feature_net(data_dir=data_dir, val_size=20, train_fn=trainer)

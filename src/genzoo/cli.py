@@ -67,10 +67,6 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     )
 
 
-def _run_dir_arg(text: str) -> Path:
-    return Path(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train MODEL, or continue a run with --resume RUN.",
     )
     train_p.add_argument(
-        "--resume", type=_run_dir_arg, metavar="RUN", help="continue RUN from its last checkpoint"
+        "--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint"
     )
     train_p.add_argument(
         "--epochs",
@@ -103,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p = commands.add_parser(
         "eval", help="test-set likelihoods (and sample quality) of a run -> RUN/eval.json"
     )
-    eval_p.add_argument("run", type=_run_dir_arg, metavar="RUN", nargs="?")
+    eval_p.add_argument("run", type=Path, metavar="RUN", nargs="?")
     eval_p.add_argument(
         "--iw-samples",
         type=positive_int,
@@ -161,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(net_p)
 
     sample_p = commands.add_parser("sample", help="draw samples from a trained run")
-    sample_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
+    sample_p.add_argument("run", type=Path, metavar="RUN")
     sample_p.add_argument("-n", type=positive_int, default=64, help="how many (default: 64)")
     sample_p.add_argument(
         "-o",
@@ -184,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(sample_p)
 
     plot_p = commands.add_parser("plot", help="(re)draw every figure of a run")
-    plot_p.add_argument("run", type=_run_dir_arg, metavar="RUN")
+    plot_p.add_argument("run", type=Path, metavar="RUN")
     _add_runtime_flags(plot_p)
 
     compare_p = commands.add_parser(
         "compare", help="several runs side by side: a table and one figure"
     )
-    compare_p.add_argument("runs", type=_run_dir_arg, nargs="+", metavar="RUN")
+    compare_p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     compare_p.add_argument(
         "-o",
         "--output",

@@ -125,8 +125,9 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir).expanduser() if data_dir else default_data_dir()
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in blocks (the files run to tens of megabytes)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -143,7 +144,7 @@ def verify_file(path: Path, spec: RemoteFile) -> None:
             f"{path} has {size} bytes, expected {spec.size} (truncated or wrong file); "
             "delete it and run `genzoo data download`"
         )
-    digest = md5sum(path)
+    digest = file_digest(path)
     if digest != spec.md5:
         raise GenzooError(
             f"{path} has MD5 {digest}, expected {spec.md5} (corrupt or wrong file); "

@@ -25,7 +25,6 @@ A missing, corrupt or mismatching cache is rebuilt (retrained) with a message.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from genzoo.data import (
     Split,
     batches,
     cache_root,
+    file_digest,
     load_data,
 )
 from genzoo.errors import GenzooError
@@ -170,14 +170,6 @@ def cache_paths(cache_dir: str | Path | None = None, dataset: str = "mnist") -> 
     return folder / f"{dataset}.safetensors", folder / f"{dataset}.json"
 
 
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_feature_net(
     net: FeatureNet,
     test_accuracy: float,
@@ -193,7 +185,7 @@ def save_feature_net(
     meta = {"dataset": dataset, "feature_dim": str(net.feature_dim)}
     atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     info = {
-        "sha256": sha256sum(weights),
+        "sha256": file_digest(weights, "sha256"),
         "test_accuracy": test_accuracy,
         "dataset": dataset,
         "feature_dim": net.feature_dim,
@@ -207,7 +199,7 @@ def load_feature_net(weights: Path, sidecar: Path) -> FeatureNet:
     if not weights.is_file() or not sidecar.is_file():
         raise GenzooError(f"no cached feature net at {weights} (with {sidecar.name})")
     info = read_json(sidecar)
-    digest = sha256sum(weights)
+    digest = file_digest(weights, "sha256")
     if digest != info.get("sha256"):
         raise GenzooError(
             f"{weights} has SHA-256 {digest}, its sidecar says {info.get('sha256')} "
