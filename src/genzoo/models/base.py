@@ -1,9 +1,12 @@
 """The contract every model family follows, so one training loop trains them all.
 
 Each model is an ``nn.Module`` that owns its loss (the wrapper-owns-the-loss pattern).
-Families add what they have on top of this: ``decode`` and ``prior`` (latent-variable
+Families add what they have on top of this: ``prior`` and ``decode`` (latent-variable
 models), ``encode`` and ``reconstruct`` (models with an encoder), ``log_likelihood``
-(importance-sampled, latent-variable models), ``log_prob`` (exact, flows).
+(importance-sampled, latent-variable models), ``log_prob`` (exact, flows). The training
+loop also calls two optional hooks: ``epoch_diagnostics(x) -> dict[str, float]`` on a
+fixed training batch after every epoch (the binary VAE's gradient variance), and
+``after_training(data)`` once on the best weights (the autoencoder's mixture fit).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from torch.optim import Optimizer
 
 class GenerativeModel(Protocol):
     # Name of the ``evaluate_batch`` term that early stopping and the "best" checkpoint
-    # minimise (e.g. "neg_elbo").
-    val_metric: str
+    # minimise (e.g. "neg_elbo"); None where there is none (a GAN: the last epoch is kept).
+    val_metric: str | None
 
     def configure_optimizers(self, lr: float) -> list[Optimizer]: ...
 
