@@ -128,6 +128,12 @@ def test_compare_quality_and_reference(data_dir: Path, tmp_path: Path, capsys) -
     assert keys <= result.keys() and result["n_samples"] == 30
     assert (gan / "figures" / "class_histogram.png").exists()
 
+    # K=0 adds the scores of a model with a likelihood without recomputing (or losing) it.
+    before = json.loads((runs[0] / "eval.json").read_text())
+    assert main(["eval", str(runs[0]), "--quality", "--iw-samples", "0", "--n-samples", "30"]) == 0
+    after = json.loads((runs[0] / "eval.json").read_text())
+    assert after["nll"] == before["nll"] and after["iw_samples"] == 10 and "fid" in after
+
     reference = tmp_path / "reference.json"
     assert (
         main(

@@ -102,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.add_argument("run", type=Path, metavar="RUN", nargs="?")
     eval_p.add_argument(
         "--iw-samples",
-        type=positive_int,
+        type=positive(int, 0),
         default=5000,
         metavar="K",
-        help="importance samples per image (default: 5000)",
+        help="importance samples per image; 0 skips the likelihood (default: 5000)",
     )
     eval_p.add_argument(
         "--limit", type=positive_int, metavar="N", help="evaluate only the first N images"

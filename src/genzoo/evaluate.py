@@ -25,7 +25,14 @@ from genzoo import plots, quality
 from genzoo.data import EVAL_BINARIZE_SEED, Data, Split, load_data
 from genzoo.errors import GenzooError
 from genzoo.quality import mean_and_se
-from genzoo.runs import RunConfig, build_model, load_checkpoint, load_run_config, write_json
+from genzoo.runs import (
+    RunConfig,
+    build_model,
+    load_checkpoint,
+    load_run_config,
+    read_json,
+    write_json,
+)
 from genzoo.train import EVAL_SEED, isolated_rng, per_example_terms, resolve_device
 
 ESTIMATORS = ("posterior", "prior")
@@ -118,7 +125,8 @@ def evaluate_run(
 
     Every per-example term of ``evaluate_batch`` gets its mean and standard error (for a
     VAE: neg_elbo, recon, kl); models with ``log_likelihood`` add the importance-sampled
-    nll and nll_se; ``quality`` adds the sample-quality scores of ``n_samples`` samples
+    nll and nll_se (``iw_samples=0`` skips it, keeping an earlier figure for the same
+    images in ``output``); ``quality`` adds the sample-quality scores of ``n_samples`` samples
     (quality.py) against the evaluated images.
     """
     if estimator not in ESTIMATORS:
@@ -134,7 +142,7 @@ def evaluate_run(
     with isolated_rng(EVAL_SEED, images.images.device):
         for name, values in per_example_terms(model, images).items():
             result[name], result[f"{name}_se"] = mean_and_se(values)
-        if hasattr(model, "log_likelihood"):
+        if hasattr(model, "log_likelihood") and iw_samples > 0:
             nll = importance_sampled_nll(model, images, iw_samples, estimator)
             result["nll"], result["nll_se"] = mean_and_se(nll)
             result.update(iw_samples=iw_samples, estimator=estimator)
@@ -159,5 +167,9 @@ def evaluate_run(
     )
     if output is None:
         output = run_dir / ("eval.json" if estimator == "posterior" else f"eval_{estimator}.json")
+    if output.exists():  # keep earlier figures of the same images (e.g. nll when K=0)
+        earlier = read_json(output)
+        same_images = all(earlier.get(k) == result[k] for k in ("split", "n_examples", "epoch"))
+        result = {**earlier, **result} if same_images else result
     write_json(output, result)
     return result
