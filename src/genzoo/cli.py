@@ -27,7 +27,6 @@ from genzoo import data as gdata
 from genzoo import plots
 from genzoo.compare import compare_runs
 from genzoo.config import TrainConfig, add_config_arguments, given_values, positive
-from genzoo.data import BINARIZE_MODES
 from genzoo.errors import GenzooError
 from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained, reference_quality
 from genzoo.models import MODELS
@@ -134,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eval_p.add_argument(
         "--binarize",
-        choices=BINARIZE_MODES,
+        choices=gdata.BINARIZE_MODES,
         default="none",
         help="with --reference: the binarization to score (default: none)",
     )

@@ -1,0 +1,89 @@
+"""The GAN's losses against their formulas, and Algorithm 1's step rhythm."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genzoo.models.gan import (
+    EQUILIBRIUM_VALUE,
+    GAN,
+    GANConfig,
+    discriminator_loss,
+    generator_loss,
+)
+
+SHAPE = (1, 4, 4)
+
+
+def tiny_gan(**overrides) -> GAN:
+    torch.manual_seed(0)
+    cfg = GANConfig(noise_dim=3, gen_hidden=(8, 8), disc_hidden=(8,), **overrides)
+    return GAN(cfg, SHAPE)
+
+
+def test_value_is_minus_log_4_when_d_is_one_half_everywhere() -> None:
+    zeros = torch.zeros(5)  # logit 0 <=> D = 1/2
+    torch.testing.assert_close(-discriminator_loss(zeros, zeros), torch.full((5,), -math.log(4)))
+    model = tiny_gan()
+    last = model.discriminator[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    terms = model.eval().evaluate_batch(torch.rand(6, *SHAPE))
+    torch.testing.assert_close(terms["value"], torch.full((6,), EQUILIBRIUM_VALUE))
+    torch.testing.assert_close(terms["d_real"], torch.full((6,), 0.5))
+
+
+@pytest.mark.parametrize("kind", ["minimax", "nonsaturating"])
+def test_generator_losses_have_the_gradients_of_their_formulas(kind: str) -> None:
+    logits = torch.linspace(-8, 8, 17, requires_grad=True)
+    generator_loss(logits, kind).sum().backward()
+    d = torch.sigmoid(logits.detach())
+    # d/dl log(1 - sigmoid(l)) = -sigmoid(l);  d/dl -log sigmoid(l) = sigmoid(l) - 1
+    expected = -d if kind == "minimax" else d - 1
+    torch.testing.assert_close(logits.grad, expected)
+    value = generator_loss(logits.detach(), kind)
+    d64 = d.double()  # the naive formula, in float64 where it is still accurate
+    formula = torch.log(1 - d64) if kind == "minimax" else -torch.log(d64)
+    torch.testing.assert_close(value.double(), formula, rtol=1e-6, atol=1e-6)
+
+
+def test_minimax_loss_saturates_where_nonsaturating_does_not() -> None:
+    rejected = torch.tensor([-12.0], requires_grad=True)  # D(G(z)) ~ 6e-6: D wins easily
+    grads = {}
+    for kind in ("minimax", "nonsaturating"):
+        (grad,) = torch.autograd.grad(generator_loss(rejected, kind).sum(), rejected)
+        grads[kind] = grad.abs().item()
+    assert grads["minimax"] < 1e-4 and grads["nonsaturating"] > 0.99
+
+
+def test_saturated_discriminator_gives_finite_losses() -> None:
+    extreme = torch.tensor([-200.0, 200.0])
+    assert torch.isfinite(discriminator_loss(extreme, -extreme)).all()
+    for kind in ("minimax", "nonsaturating"):
+        assert torch.isfinite(generator_loss(extreme, kind)).all()
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_generator_steps_once_every_d_steps_discriminator_steps() -> None:
+    model = tiny_gan(d_steps=3)
+    optimizers = model.configure_optimizers(1e-2)
+    x = torch.rand(8, *SHAPE)
+    generator_moved = []
+    for _ in range(6):
+        generator, discriminator = snapshot(model.generator), snapshot(model.discriminator)
+        stats = model.train_step(x, optimizers)
+        generator_moved.append(changed(generator, model.generator))
+        assert changed(discriminator, model.discriminator)
+        assert ("g_loss" in stats) == generator_moved[-1]
+    assert generator_moved == [False, False, True, False, False, True]
+    assert model.sample(5).shape == (5, *SHAPE)
