@@ -250,9 +250,10 @@ def draw_comparison(
     path: Path,
 ) -> None:
     """Top: one panel per metric with a curve per run (log scale for variances). Below:
-    each run's samples and, where it has them, its pixel means (most probable values)."""
-    fig = plt.figure(figsize=(max(4.2 * len(names), 4.5 * len(metrics)), 12), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 2])
+    each run's samples and, for Bernoulli-pixel models, the pixel means and the most
+    probable pixel values for the same z."""
+    fig = plt.figure(figsize=(max(4.2 * len(names), 4.5 * len(metrics)), 16), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 3])
     curve_axes = np.atleast_1d(top.subplots(1, len(metrics)))
     for ax, metric in zip(curve_axes, metrics, strict=True):
         for name, rows in zip(names, all_metrics, strict=True):
@@ -263,30 +264,17 @@ def draw_comparison(
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    grid_axes = bottom.subplots(2, len(names), squeeze=False)
+    grid_axes = bottom.subplots(3, len(names), squeeze=False)
     for col, (name, model) in enumerate(zip(names, models, strict=True)):
         means, samples = _pixel_means_and_samples(model)
         _show(grid_axes[0, col], image_grid(samples, 8), f"{name}: samples")
         if means is None:
             grid_axes[1, col].axis("off")
-        else:
-            _show(grid_axes[1, col], image_grid(means, 8), f"{name}: pixel means")
-    _save(fig, path)
-
-
-def draw_class_histogram(counts: list[int], path: Path) -> None:
-    """How many samples the feature classifier puts in each class: a collapsed generator
-    leaves some classes (nearly) empty."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(range(len(counts)), counts, color="tab:blue")
-    ax.axhline(sum(counts) / len(counts), color="gray", ls="--", label="uniform")
-    ax.set(
-        xticks=range(len(counts)),
-        xlabel="class (feature classifier)",
-        ylabel="samples",
-        title=f"classes of {sum(counts)} samples",
-    )
-    ax.legend()
+            grid_axes[2, col].axis("off")
+            continue
+        _show(grid_axes[1, col], image_grid(means, 8), f"{name}: pixel means")
+        # The mode of each Bernoulli pixel: the single most probable image for that z.
+        _show(grid_axes[2, col], image_grid((means > 0.5).float(), 8), f"{name}: most probable")
     _save(fig, path)
 
 

@@ -37,9 +37,15 @@ class GenerativeModel(Protocol):
         ...
 
 
-def step_single_loss(loss: torch.Tensor, optimizers: list[Optimizer]) -> None:
-    """The whole update of a one-loss model: clear gradients, backpropagate, step."""
+def step_single_loss(
+    loss: torch.Tensor, optimizers: list[Optimizer], max_grad_norm: float | None = None
+) -> None:
+    """The whole update of a one-loss model: clear gradients, backpropagate, optionally
+    clip the gradient's global norm to ``max_grad_norm``, step."""
     (optimizer,) = optimizers
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()

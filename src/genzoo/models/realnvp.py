@@ -60,6 +60,13 @@ class RealNVPConfig:
         default=0.05,
         metadata={"help": "logit transform: logit(alpha + (1 - 2 alpha) y)", "min": 0.0},
     )
+    max_grad_norm: float = field(
+        default=100.0,
+        metadata={
+            "help": "clip the gradient's global norm (a rare huge step can undo an "
+            "epoch of training of a flow without batch norm)"
+        },
+    )
     multiscale: bool = field(
         default=True,
         metadata={"help": "factor out half of the channels after each scale (conv only)"},
@@ -322,7 +329,7 @@ class RealNVP(nn.Module):
 
     def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
         loss, stats = self.loss(x)
-        step_single_loss(loss, optimizers)
+        step_single_loss(loss, optimizers, self.cfg.max_grad_norm)
         return stats
 
     @torch.no_grad()
