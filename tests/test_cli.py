@@ -87,7 +87,7 @@ def test_data_commands(data_dir: Path, capsys) -> None:
         (["train", "vae", "--lr", "0"], "must be positive"),
         (["train"], "name a MODEL"),
         (["eval", "no/such/run"], "not a run folder"),
-        (["eval", "RUN", "--iw-samples", "0"], "must be positive"),
+        (["eval", "RUN", "--iw-samples", "-1"], "must be >= 0"),
         (["sample", "RUN", "-o", "x.jpg"], ".png"),
         (["train", "vae", "--run-dir", "RUN"], "already holds a run"),
         (["data", "verify", "cifar"], "unknown dataset"),

@@ -278,6 +278,22 @@ def draw_comparison(
     _save(fig, path)
 
 
+def draw_class_histogram(counts: list[int], path: Path) -> None:
+    """How many samples the feature classifier puts in each class: a collapsed generator
+    leaves some classes (nearly) empty."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(counts)), counts, color="tab:blue")
+    ax.axhline(sum(counts) / len(counts), color="gray", ls="--", label="uniform")
+    ax.set(
+        xticks=range(len(counts)),
+        xlabel="class (feature classifier)",
+        ylabel="samples",
+        title=f"classes of {sum(counts)} samples",
+    )
+    ax.legend()
+    _save(fig, path)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
