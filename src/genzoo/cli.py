@@ -341,17 +341,17 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     rows = compare_runs(args.runs, args.output, args.metrics, args.device, args.data_dir)
-    print(f"{'run':<28}{'model':<7}{'epochs':>7}{'-ELBO':>17}{'NLL':>17}  settings")
+    print(f"{'run':<24}{'model':<8}{'epochs':>6}{'images':>8}{'-ELBO':>17}{'NLL':>17}  settings")
     for row in rows:
         cells = [
             f"{row[k]:8.2f} ± {row[k + '_se']:5.2f}" if k in row else f"{'-':>15}"
             for k in ("neg_elbo", "nll")
         ]
         print(
-            f"{row['run']:<28}{row['model']:<7}{row['epochs']:>7}  {cells[0]}  {cells[1]}"
-            f"  {row['settings']}"
+            f"{row['run']:<24}{row['model']:<8}{row['epochs']:>6}{row.get('n_examples', '-'):>8}"
+            f"  {cells[0]}  {cells[1]}  {row['settings']}"
         )
-    print(f"(test set, nats per image, from each run's eval.json; figure: {args.output})")
+    print(f"(test images, nats per image, from each run's eval.json; figure: {args.output})")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
