@@ -358,5 +358,7 @@ def batches(
             else images[start : start + batch_size]
         )
         if binarize == "dynamic":
-            x = torch.bernoulli(x)
+            # A Bernoulli(x) draw; comparing with uniform noise is 2x faster on a CPU than
+            # torch.bernoulli, which costs a fifth of a VAE's training epoch.
+            x = (torch.rand_like(x) < x).float()
         yield x
