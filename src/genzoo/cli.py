@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quality-net", help="the MNIST classifier whose features score sample quality"
     )
     net_p.add_argument("action", choices=("train",))
-    net_p.add_argument("--epochs", type=positive_int, default=4, help="(default: 4)")
+    net_p.add_argument("--epochs", type=positive_int, default=5, help="(default: 5)")
     net_p.add_argument(
         "--retrain", action="store_true", help="train again even if a valid cache exists"
     )

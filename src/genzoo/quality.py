@@ -112,13 +112,15 @@ def accuracy(net: FeatureNet, split: Split, batch_size: int = 1000) -> float:
 
 def train_feature_net(
     data: Data,
-    epochs: int = 4,
+    epochs: int = 5,
     batch_size: int = 128,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     seed: int = 0,
 ) -> tuple[FeatureNet, float]:
-    """Train a ``FeatureNet`` on ``data.train`` (grey levels) with Adam; return it in eval
-    mode with its accuracy on ``data.test``. Runs on the device ``data`` lives on.
+    """Train a ``FeatureNet`` on ``data.train`` (grey levels) with Adam and a one-cycle
+    learning rate peaking at ``lr`` (Smith & Topin 2019: the annealing tail is what takes
+    this net past 99%); return it in eval mode with its accuracy on ``data.test``. Runs
+    on the device ``data`` lives on.
 
     The global random generator is forked, so whether the cache had to be rebuilt never
     changes the samples a caller draws afterwards.
@@ -137,6 +139,9 @@ def train_feature_net(
         torch.manual_seed(seed)
         net = FeatureNet().to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, lr, total_steps=epochs * n_batches
+        )
         # Batches of indices (not images), so each image keeps its label.
         index = Split(torch.arange(len(train), device=device), None)
         for epoch in range(1, epochs + 1):
@@ -154,6 +159,7 @@ def train_feature_net(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     return net.eval(), accuracy(net, data.test)
 
@@ -220,9 +226,9 @@ def load_or_train_feature_net(
     device: str | torch.device = "cpu",
     cache_dir: str | Path | None = None,
     dataset: str = "mnist",
-    epochs: int = 4,
+    epochs: int = 5,
     batch_size: int = 128,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     seed: int = 0,
     val_size: int = 10000,
     retrain: bool = False,
