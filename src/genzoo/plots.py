@@ -252,8 +252,11 @@ def draw_comparison(
     """Top: one panel per metric with a curve per run (log scale for variances). Below:
     each run's samples and, for Bernoulli-pixel models, the pixel means and the most
     probable pixel values for the same z."""
-    fig = plt.figure(figsize=(max(4.2 * len(names), 4.5 * len(metrics)), 16), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 3])
+    drawn = [_pixel_means_and_samples(model) for model in models]
+    grid_rows = 3 if any(means is not None for means, _ in drawn) else 1
+    width = max(4.2 * len(names), 4.5 * len(metrics))
+    fig = plt.figure(figsize=(width, 4 + 4 * grid_rows), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, grid_rows])
     curve_axes = np.atleast_1d(top.subplots(1, len(metrics)))
     for ax, metric in zip(curve_axes, metrics, strict=True):
         for name, rows in zip(names, all_metrics, strict=True):
@@ -264,13 +267,12 @@ def draw_comparison(
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    grid_axes = bottom.subplots(3, len(names), squeeze=False)
-    for col, (name, model) in enumerate(zip(names, models, strict=True)):
-        means, samples = _pixel_means_and_samples(model)
+    grid_axes = bottom.subplots(grid_rows, len(names), squeeze=False)
+    for col, (name, (means, samples)) in enumerate(zip(names, drawn, strict=True)):
         _show(grid_axes[0, col], image_grid(samples, 8), f"{name}: samples")
         if means is None:
-            grid_axes[1, col].axis("off")
-            grid_axes[2, col].axis("off")
+            for row in range(1, grid_rows):
+                grid_axes[row, col].axis("off")
             continue
         _show(grid_axes[1, col], image_grid(means, 8), f"{name}: pixel means")
         # The mode of each Bernoulli pixel: the single most probable image for that z.
