@@ -11,13 +11,12 @@ from typing import Any
 from genzoo import plots
 from genzoo.evaluate import load_trained
 from genzoo.models import MODELS
-from genzoo.runs import check_run_dir, load_run_config
+from genzoo.runs import RunConfig, check_run_dir, load_run_config
 from genzoo.train import EVAL_SEED, isolated_rng
 
 
-def settings(run_dir: Path) -> str:
+def settings(cfg: RunConfig) -> str:
     """The model's config values that differ from its family's defaults, e.g. 'baseline=none'."""
-    cfg = load_run_config(run_dir)
     defaults = MODELS[cfg.model].config()
     changed = [
         f"{f.name}={getattr(cfg.model_config, f.name)}"
@@ -27,9 +26,8 @@ def settings(run_dir: Path) -> str:
     return " ".join(changed) or "defaults"
 
 
-def table_row(run_dir: Path) -> dict[str, Any]:
-    cfg = load_run_config(run_dir)
-    row: dict[str, Any] = {"run": run_dir.name, "model": cfg.model, "settings": settings(run_dir)}
+def table_row(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    row: dict[str, Any] = {"run": run_dir.name, "model": cfg.model, "settings": settings(cfg)}
     metrics = plots.read_metrics(run_dir)
     row["epochs"] = len(metrics)
     eval_path = run_dir / "eval.json"
@@ -61,9 +59,10 @@ def compare_runs(
     objective plus every diagnostic all runs logged.
     """
     run_dirs = [check_run_dir(r) for r in run_dirs]
+    configs = [load_run_config(r) for r in run_dirs]
     all_metrics = [plots.read_metrics(r) for r in run_dirs]
     if metrics is None:
-        val_metrics = {MODELS[load_run_config(r).model].model.val_metric for r in run_dirs}
+        val_metrics = {MODELS[cfg.model].model.val_metric for cfg in configs}
         objectives = {f"val_{m}" for m in val_metrics if m}
         metrics = sorted(objectives) + shared_diagnostics(all_metrics)
     models = []
@@ -72,4 +71,4 @@ def compare_runs(
         models.append(model)
     with isolated_rng(EVAL_SEED, next(models[0].parameters()).device):
         plots.draw_comparison([r.name for r in run_dirs], all_metrics, models, metrics, output)
-    return [table_row(r) for r in run_dirs]
+    return [table_row(r, cfg) for r, cfg in zip(run_dirs, configs, strict=True)]

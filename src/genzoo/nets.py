@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import field
+from typing import Any
 
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def activation_field() -> Any:
+    """The ``activation`` field of every MLP model config (a flag --activation relu|tanh)."""
+    return field(
+        default="relu", metadata={"help": "hidden activation", "choices": tuple(ACTIVATIONS)}
+    )
 
 
 def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:

@@ -156,9 +156,14 @@ def draw_manifold(model: nn.Module, path: Path, n: int = 20) -> None:
     _save(fig, path)
 
 
+def _encode_split(model: nn.Module, split: Split, n: int) -> np.ndarray:
+    """Codes of the first ``n`` images of ``split``, encoded 1000 at a time: (n, L)."""
+    return torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
+
+
 def draw_latents(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
     """Codes (posterior means) of test images coloured by class; PCA above 2 dimensions."""
-    codes = torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
+    codes = _encode_split(model, split, n)
     points, _, axis_name = _codes_in_2d(codes)
     fig, ax = plt.subplots(figsize=(7, 6))
     _scatter_by_class(fig, ax, points, split.labels[:n].cpu().numpy())
@@ -207,7 +212,7 @@ def _scatter_by_class(fig: plt.Figure, ax: plt.Axes, points: np.ndarray, labels)
 def draw_mixture(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
     """Codes of test images by class with the fitted mixture's 2-sigma ellipses on top;
     beside them, decoded samples from the mixture and from N(0, I)."""
-    codes = torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
+    codes = _encode_split(model, split, n)
     points, pca, axis_name = _codes_in_2d(codes)
     mixture = model.mixture()
     means = mixture.component_distribution.mean.cpu().numpy()  # (C, L)

@@ -30,7 +30,7 @@ from torch.optim import Adam, Optimizer
 from genzoo.data import Data, batches
 from genzoo.errors import GenzooError
 from genzoo.models.base import step_single_loss
-from genzoo.nets import ACTIVATIONS, mlp
+from genzoo.nets import activation_field, mlp
 
 
 @dataclass
@@ -39,9 +39,7 @@ class AutoencoderConfig:
     hidden: tuple[int, ...] = field(
         default=(500,), metadata={"help": "hidden layer sizes of encoder (decoder mirrored)"}
     )
-    activation: str = field(
-        default="relu", metadata={"help": "hidden activation", "choices": tuple(ACTIVATIONS)}
-    )
+    activation: str = activation_field()
     recon: str = field(
         default="bce",
         metadata={

@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 from genzoo.errors import GenzooError
 from genzoo.models.base import step_single_loss
 from genzoo.models.latent import LatentVariableModel
-from genzoo.nets import ACTIVATIONS, mlp
+from genzoo.nets import activation_field, mlp
 
 GRAD_VAR_REPEATS = 20  # encoder-gradient estimates whose spread measures the variance
 
@@ -47,9 +47,7 @@ class BinaryVAEConfig:
     hidden: tuple[int, ...] = field(
         default=(500,), metadata={"help": "hidden layer sizes of encoder (and MLP decoder)"}
     )
-    activation: str = field(
-        default="relu", metadata={"help": "hidden activation", "choices": tuple(ACTIVATIONS)}
-    )
+    activation: str = activation_field()
     decoder: str = field(
         default="mlp",
         metadata={

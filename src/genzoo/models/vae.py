@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 
 from genzoo.models.base import step_single_loss
 from genzoo.models.latent import LatentVariableModel
-from genzoo.nets import ACTIVATIONS, mlp
+from genzoo.nets import activation_field, mlp
 
 
 @dataclass
@@ -38,9 +38,7 @@ class VAEConfig:
     hidden: tuple[int, ...] = field(
         default=(500,), metadata={"help": "hidden layer sizes of encoder (decoder mirrored)"}
     )
-    activation: str = field(
-        default="relu", metadata={"help": "hidden activation", "choices": tuple(ACTIVATIONS)}
-    )
+    activation: str = activation_field()
     objective: str = field(
         default="elbo", metadata={"help": "training objective", "choices": ("elbo", "iwae")}
     )
