@@ -68,6 +68,17 @@ def test_resume_continues_to_more_epochs(run_dir: Path) -> None:
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_resume_with_a_new_learning_rate(run_dir: Path) -> None:
+    assert main(["train", "--resume", str(run_dir), "--epochs", "4", "--lr", "2.5e-4"]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == [1e-3, 1e-3, 2.5e-4, 2.5e-4]
+    assert json.loads((run_dir / "config.json").read_text())["train"]["lr"] == 2.5e-4
+    # The rate sticks: a later resume without --lr keeps it, not the optimizer's first one.
+    assert main(["train", "--resume", str(run_dir), "--epochs", "5"]) == 0
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == 5 and last["lr"] == 2.5e-4
+
+
 def test_data_commands(data_dir: Path, capsys) -> None:
     assert main(["data", "info"]) == 0
     assert "mnist/train-images-idx3-ubyte.gz" in capsys.readouterr().out
@@ -85,6 +96,7 @@ def test_data_commands(data_dir: Path, capsys) -> None:
         (["train", "vae", "--latent-dim", "-3"], "must be positive"),
         (["train", "vae", "--hidden", "500,x"], "comma-separated"),
         (["train", "vae", "--lr", "0"], "must be positive"),
+        (["train", "--resume", "RUN", "--lr", "-1"], "must be positive"),
         (["train"], "name a MODEL"),
         (["eval", "no/such/run"], "not a run folder"),
         (["eval", "RUN", "--iw-samples", "-1"], "must be >= 0"),

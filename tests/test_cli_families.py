@@ -53,6 +53,18 @@ def test_every_family_trains_evaluates_samples_and_plots(
     assert expected[0] <= result.keys() and expected[1] <= figures
 
 
+def test_a_family_trains_with_its_own_defaults_unless_told(data_dir: Path, tmp_path: Path) -> None:
+    tiny = ["--epochs", "1", "--val-size", "20", *FAMILIES["realnvp"]]
+    assert main(["train", "realnvp", "--run-dir", str(tmp_path / "a"), *tiny]) == 0
+    train_cfg = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
+    assert train_cfg["batch_size"] == 32 and train_cfg["binarize"] == "none"
+    assert (
+        main(["train", "realnvp", "--run-dir", str(tmp_path / "b"), "--batch-size", "8", *tiny])
+        == 0
+    )
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["batch_size"] == 8
+
+
 def test_family_specific_behaviour(data_dir: Path, tmp_path: Path) -> None:
     bvae = train("bvae", tmp_path / "bvae", "--baseline", "none")
     assert all(m["encoder_grad_var"] > 0 for m in metrics(bvae))

@@ -85,13 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --resume: train up to this epoch (default: the run's own)",
     )
+    train_p.add_argument(
+        "--lr",
+        dest="resume_lr",
+        type=positive(float, 1e-300),
+        metavar="LR",
+        help="with --resume: continue with this learning rate (default: the run's own)",
+    )
     _add_runtime_flags(train_p, prefix="resume_")
     models = train_p.add_subparsers(dest="model", metavar="MODEL", required=False)
     for name, family in MODELS.items():
         summary = (sys.modules[family.model.__module__].__doc__ or "").strip().splitlines()[0]
         model_p = models.add_parser(name, help=summary, description=summary)
         model_p.add_argument("--run-dir", type=Path, help="run folder (default: runs/MODEL-STAMP)")
-        add_config_arguments(model_p.add_argument_group("training"), TrainConfig)
+        add_config_arguments(
+            model_p.add_argument_group("training"),
+            TrainConfig,
+            family.training_defaults(),
+        )
         add_config_arguments(model_p.add_argument_group(f"model {name}"), family.config)
         _add_runtime_flags(model_p)
 
@@ -226,14 +237,15 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         if args.model is not None:
             parser.error("give either MODEL or --resume RUN, not both")
         run_dir = check_run_dir(args.resume)
-        cfg = resume_config(run_dir, args.resume_epochs)
+        cfg = resume_config(run_dir, args.resume_epochs, args.resume_lr)
         train(run_dir, cfg, args.resume_device, args.resume_data_dir, resume=True)
         return
     if args.model is None:
         parser.error(f"name a MODEL ({', '.join(MODELS)}) or give --resume RUN")
     family = MODELS[args.model]
-    if args.binarize is None:
-        args.binarize = family.binarize[0]
+    for name, value in family.training_defaults().items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     cfg = RunConfig(
         args.model,
         TrainConfig(**given_values(args, TrainConfig)),

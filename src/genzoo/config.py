@@ -81,17 +81,24 @@ def _int_tuple(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per field of dataclass ``cls``; numbers must be positive unless told."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any] | None = None
+) -> None:
+    """Add one flag per field of dataclass ``cls``; numbers must be positive unless told.
+
+    ``defaults`` replaces some fields' defaults in the help text (a model family's own);
+    the flags themselves still default to None.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
+        shown = (defaults or {}).get(f.name, f.default)
         if kind is bool:
             parser.add_argument(
                 _flag(f.name),
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{f.metadata.get('help', '')} (default: {f.default})",
+                help=f"{f.metadata.get('help', '')} (default: {shown})",
             )
             continue
         if kind is int or kind is float:
@@ -100,14 +107,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parse = _int_tuple
         else:
             parse = kind
-        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
         parser.add_argument(
             _flag(f.name),
             type=parse,
             default=None,
             choices=f.metadata.get("choices"),
             metavar=None if "choices" in f.metadata else f.name.upper(),
-            help=f"{f.metadata.get('help', '')} (default: {default})",
+            help=f"{f.metadata.get('help', '')} (default: {shown})",
         )
 
 

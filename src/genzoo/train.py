@@ -119,7 +119,8 @@ def train_epoch(
         if not math.isfinite(stats["loss"]):
             raise TrainingDiverged(
                 f"loss became {stats['loss']} at epoch {epoch}, step {step}; the last good "
-                "checkpoint is kept (resume from it with a lower --lr)"
+                "checkpoint is kept (continue from it with a lower rate: genzoo train --resume RUN "
+                "--lr LR)"
             )
         for name, value in stats.items():
             sums[name] = sums.get(name, 0.0) + value
@@ -141,10 +142,17 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
 
 
 def _restore(run_dir: Path, model: nn.Module, optimizers: list, dev: torch.device) -> LoopState:
-    """Weights, optimizer and generator states and loop counters of the last checkpoint."""
+    """Weights, optimizer and generator states and loop counters of the last checkpoint.
+
+    The learning rates stay those the optimizers were just built with from the run's
+    config, so ``genzoo train --resume RUN --lr LR`` continues with a new rate.
+    """
     state = load_checkpoint(run_dir, "last", model)
     for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        rates = [group["lr"] for group in opt.param_groups]
         opt.load_state_dict(opt_state)
+        for group, lr in zip(opt.param_groups, rates, strict=True):
+            group["lr"] = lr
     set_rng_state(state["rng"], dev)
     return LoopState(**state["loop"])
 
@@ -219,6 +227,7 @@ def train(
                 **{f"train_{k}": v for k, v in train_stats.items()},
                 **{f"val_{k}": v for k, v in val.items()},
                 "seconds": seconds,
+                "lr": optimizers[0].param_groups[0]["lr"],
             }
             if hasattr(model, "epoch_diagnostics"):
                 with isolated_rng(EVAL_SEED, dev):
@@ -272,10 +281,15 @@ def train(
     return summary
 
 
-def resume_config(run_dir: Path, epochs: int | None) -> RunConfig:
-    """The run's saved config; ``epochs`` may be raised to train a finished run further."""
+def resume_config(run_dir: Path, epochs: int | None, lr: float | None = None) -> RunConfig:
+    """The run's saved config; ``epochs`` may be raised to train a finished run further,
+    and ``lr`` replaces the learning rate from the next epoch on (metrics.jsonl records
+    each epoch's rate)."""
     cfg = load_run_config(run_dir)
     if epochs is not None:
         cfg.train.epochs = epochs
+    if lr is not None:
+        cfg.train.lr = lr
+    if epochs is not None or lr is not None:
         save_run_config(run_dir, cfg)
     return cfg

@@ -1,9 +1,10 @@
-"""Every model family, by the name the CLI uses: its config, its module, and the pixel
-binarizations it is defined for (the first one is its default)."""
+"""Every model family, by the name the CLI uses: its config, its module, the pixel
+binarizations it is defined for (the first one is its default), and the training
+settings whose defaults differ from TrainConfig's for it."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from genzoo.data import BINARIZE_MODES
 from genzoo.models.autoencoder import Autoencoder, AutoencoderConfig
@@ -18,6 +19,11 @@ class ModelFamily(NamedTuple):
     config: type
     model: type
     binarize: tuple[str, ...] = BINARIZE_MODES
+    train_defaults: dict[str, Any] | None = None
+
+    def training_defaults(self) -> dict[str, Any]:
+        """The TrainConfig values this family trains with unless told otherwise."""
+        return {"binarize": self.binarize[0], **(self.train_defaults or {})}
 
 
 MODELS: dict[str, ModelFamily] = {
@@ -27,7 +33,11 @@ MODELS: dict[str, ModelFamily] = {
     # Trained on grey levels by default, as in Goodfellow et al. (2014).
     "gan": ModelFamily(GANConfig, GAN, binarize=("none", "dynamic", "threshold", "static")),
     # A density over grey levels: dequantization needs the 256 levels, not 0/1 pixels.
-    "realnvp": ModelFamily(RealNVPConfig, RealNVP, binarize=("none",)),
+    # Small batches: on a CPU a step costs time in proportion to the batch, and the flow
+    # learns more from four steps of 32 images than from one of 128 (benchmarks/README.md).
+    "realnvp": ModelFamily(
+        RealNVPConfig, RealNVP, binarize=("none",), train_defaults={"batch_size": 32}
+    ),
 }
 
 __all__ = ["MODELS", "GenerativeModel", "ModelFamily"]

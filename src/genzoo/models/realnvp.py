@@ -16,6 +16,13 @@ so log |det| = sum s. The conv variant uses checkerboard masks, squeezes (C, H, 
 (the multi-scale architecture of section 3.6); the mlp variant alternates halves of the
 flattened image.
 
+Where the paper puts batch normalization (in the flow and in the coupling nets), this
+flow has an actnorm after every coupling (Kingma & Dhariwal 2018, "Glow": a per-channel
+affine map initialised on the first batch to give zero mean and unit variance) and
+per-example group normalization in the coupling nets. Neither makes an image's density
+depend on the rest of its batch; on MNIST they lower the validation bits/dim after 500
+steps from 2.72 to 2.29 (benchmarks/README.md).
+
 Grey levels x = x_int / 255 are dequantized to y = (x_int + u) / 256, u ~ U[0, 1)^D, and
 reported as nll = -log p(y) + D ln 256 nats (an upper bound, in expectation over u, on the
 8-bit discrete NLL) and bpd = nll / (D ln 2).
@@ -49,13 +56,14 @@ class RealNVPConfig:
     n_scales: int = field(
         default=3, metadata={"help": "scales of the multi-scale architecture (conv only)"}
     )
+    # The defaults: the model of benchmarks/README.md, 0.25M parameters, sized for a CPU.
     n_couplings: int = field(
-        default=3, metadata={"help": "coupling layers per mask type and scale"}
+        default=2, metadata={"help": "coupling layers per mask type and scale"}
     )
     width: int = field(
-        default=64, metadata={"help": "hidden channels (conv) or units (mlp) of coupling nets"}
+        default=32, metadata={"help": "hidden channels (conv) or units (mlp) of coupling nets"}
     )
-    depth: int = field(default=2, metadata={"help": "residual blocks per coupling net"})
+    depth: int = field(default=1, metadata={"help": "residual blocks per coupling net"})
     alpha: float = field(
         default=0.05,
         metadata={"help": "logit transform: logit(alpha + (1 - 2 alpha) y)", "min": 0.0},
@@ -119,6 +127,43 @@ class Flatten(nn.Module):
         return y.view(-1, *self.shape)
 
 
+class ActNorm(nn.Module):
+    """y = (x - b) * exp(-log_s) per channel (per coordinate for flat inputs), so
+    log |det| = -(pixels per channel) * sum log_s.
+
+    b and log_s are set on the first batch the layer sees (data-dependent
+    initialisation), so every layer starts with outputs of zero mean and unit variance
+    per channel; ``initialized`` is a buffer, so a loaded checkpoint is not re-initialised.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        """``shape``: one input, (C, H, W) or (D,)."""
+        super().__init__()
+        param_shape = (1, shape[0], *[1] * (len(shape) - 1))  # (1, C, 1, 1) or (1, D)
+        self.loc = nn.Parameter(torch.zeros(param_shape))
+        self.log_scale = nn.Parameter(torch.zeros(param_shape))
+        self.pixels_per_channel = math.prod(shape[1:])
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        dims = [0, *range(2, x.dim())]  # all but the channel
+        self.loc.copy_(x.mean(dims, keepdim=True))
+        # The 1e-6 keeps a constant channel (a one-image batch) finite.
+        self.log_scale.copy_(torch.log(x.std(dims, keepdim=True, correction=0) + 1e-6))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.initialized:
+            self._initialize(x)
+        y = (x - self.loc) * torch.exp(-self.log_scale)
+        log_det = -self.log_scale.sum() * self.pixels_per_channel
+        return y, log_det.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.exp(self.log_scale) + self.loc
+
+
 class AffineCoupling(nn.Module):
     """y = m x + (1 - m) (x exp(s) + t), with (s, t) = net(m x) and binary mask m.
 
@@ -166,28 +211,43 @@ def alternating_mask(d: int, parity: int) -> torch.Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """h + layer(relu(layer(relu(h)))), the pre-activation block of He et al. (2016)."""
+    """h + layer(act(norm(layer(act(norm(h)))))), the pre-activation block of He et al.
+    (2016)."""
 
-    def __init__(self, make_layer: Callable[[], nn.Module]):
+    def __init__(self, make_layer: Callable[[], nn.Module], make_norm: Callable[[], nn.Module]):
         super().__init__()
-        self.body = nn.Sequential(nn.ReLU(), make_layer(), nn.ReLU(), make_layer())
+        self.body = nn.Sequential(
+            make_norm(), nn.ReLU(), make_layer(), make_norm(), nn.ReLU(), make_layer()
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.body(h)
 
 
 def coupling_net(conv: bool, n_in: int, width: int, depth: int) -> nn.Sequential:
-    """n_in -> 2 n_in (raw scale and shift): 3x3 convs or linear layers with residual blocks."""
+    """n_in -> 2 n_in (raw scale and shift): 3x3 convs or linear layers with residual blocks,
+    normalized per example (over all of an image's hidden units)."""
 
     def layer(i: int, o: int) -> nn.Module:
         return nn.Conv2d(i, o, 3, padding=1) if conv else nn.Linear(i, o)
+
+    def norm() -> nn.Module:
+        return nn.GroupNorm(1, width) if conv else nn.LayerNorm(width)
 
     last = layer(width, 2 * n_in)
     # s = t = 0: every coupling starts as the identity.
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
-    blocks = [ResidualBlock(lambda: layer(width, width)) for _ in range(depth)]
-    return nn.Sequential(layer(n_in, width), *blocks, nn.ReLU(), last)
+    blocks = [ResidualBlock(lambda: layer(width, width), norm) for _ in range(depth)]
+    return nn.Sequential(layer(n_in, width), *blocks, norm(), nn.ReLU(), last)
+
+
+def coupling_step(mask: torch.Tensor, cfg: RealNVPConfig) -> list[nn.Module]:
+    """One step of the flow: an affine coupling with ``mask`` (1, C, H, W) or (1, D), then
+    an actnorm."""
+    shape = tuple(mask.shape[1:])
+    net = coupling_net(len(shape) == 3, shape[0], cfg.width, cfg.depth)
+    return [AffineCoupling(mask, net), ActNorm(shape)]
 
 
 # ---------------------------------------------------------------------- the flow
@@ -224,8 +284,9 @@ class RealNVP(nn.Module):
         if d < 2:
             raise GenzooError(f"realnvp couplings need at least 2 dimensions, got {d}")
         couplings = [
-            AffineCoupling(alternating_mask(d, k % 2), coupling_net(False, d, cfg.width, cfg.depth))
+            layer
             for k in range(cfg.n_couplings)
+            for layer in coupling_step(alternating_mask(d, k % 2), cfg)
         ]
         return [nn.ModuleList([Flatten(self.image_shape), *couplings])], [(d,)]
 
@@ -240,12 +301,7 @@ class RealNVP(nn.Module):
             )
 
         def couplings(mask: Callable, shape: tuple[int, int, int], n: int) -> list[nn.Module]:
-            return [
-                AffineCoupling(
-                    mask(shape, k % 2), coupling_net(True, shape[0], cfg.width, cfg.depth)
-                )
-                for k in range(n)
-            ]
+            return [layer for k in range(n) for layer in coupling_step(mask(shape, k % 2), cfg)]
 
         scales, z_shapes = [], []
         for i in range(cfg.n_scales):
