@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from genzoo import plots
 from genzoo.cli import main
 
 TINY = [
@@ -77,6 +79,10 @@ def test_resume_with_a_new_learning_rate(run_dir: Path) -> None:
     assert main(["train", "--resume", str(run_dir), "--epochs", "5"]) == 0
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["epoch"] == 5 and last["lr"] == 2.5e-4
+    # The curves show the rate only where it changed.
+    vae = SimpleNamespace(val_metric="neg_elbo")
+    assert plots.curve_panels(vae, records)["learning rate"] == ["lr"]
+    assert "learning rate" not in plots.curve_panels(vae, records[:2])
 
 
 def test_data_commands(data_dir: Path, capsys) -> None:

@@ -89,12 +89,13 @@ def draw_progress_samples(model: nn.Module, run_dir: Path, epoch: int) -> None:
     draw_samples(model, f"samples {label}", run_dir / "figures" / f"samples_epoch{epoch:03d}.png")
 
 
-BOOKKEEPING = ("epoch", "seconds")
+BOOKKEEPING = ("epoch", "seconds", "lr")
 
 
 def curve_panels(model: nn.Module, metrics: list[dict]) -> dict[str, list[str]]:
     """Panel title -> metric names: the model's own ``curve_panels`` if it has them, else
-    its objective, its other validation terms, and one panel per logged diagnostic."""
+    its objective, its other validation terms, and one panel per logged diagnostic; the
+    learning rate too where it changed (``genzoo train --resume RUN --lr LR``)."""
     if hasattr(model, "curve_panels"):
         return model.curve_panels
     keys, metric = metrics[0].keys(), model.val_metric
@@ -105,6 +106,8 @@ def curve_panels(model: nn.Module, metrics: list[dict]) -> dict[str, list[str]]:
     for k in keys:
         if k not in BOOKKEEPING and not k.startswith(("train_", "val_")):
             panels[k.replace("_", " ")] = [k]
+    if len({m.get("lr") for m in metrics}) > 1:
+        panels["learning rate"] = ["lr"]
     return panels
 
 
