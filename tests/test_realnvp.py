@@ -56,6 +56,7 @@ def skip_actnorm_init(model: torch.nn.Module) -> None:
     for layer in model.modules():
         if isinstance(layer, ActNorm):
             layer.initialized.fill_(True)
+            layer.ready = True
 
 
 def tiny_flow(name: str, seed: int = 0, random: bool = True) -> RealNVP:

@@ -19,11 +19,11 @@ class ModelFamily(NamedTuple):
     config: type
     model: type
     binarize: tuple[str, ...] = BINARIZE_MODES
-    train_defaults: dict[str, Any] | None = None
+    train_overrides: dict[str, Any] | None = None
 
     def training_defaults(self) -> dict[str, Any]:
         """The TrainConfig values this family trains with unless told otherwise."""
-        return {"binarize": self.binarize[0], **(self.train_defaults or {})}
+        return {"binarize": self.binarize[0], **(self.train_overrides or {})}
 
 
 MODELS: dict[str, ModelFamily] = {
@@ -36,7 +36,7 @@ MODELS: dict[str, ModelFamily] = {
     # Small batches: on a CPU a step costs time in proportion to the batch, and the flow
     # learns more from four steps of 32 images than from one of 128 (benchmarks/README.md).
     "realnvp": ModelFamily(
-        RealNVPConfig, RealNVP, binarize=("none",), train_defaults={"batch_size": 32}
+        RealNVPConfig, RealNVP, binarize=("none",), train_overrides={"batch_size": 32}
     ),
 }
 

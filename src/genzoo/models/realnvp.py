@@ -56,7 +56,7 @@ class RealNVPConfig:
     n_scales: int = field(
         default=3, metadata={"help": "scales of the multi-scale architecture (conv only)"}
     )
-    # The defaults: the model of benchmarks/README.md, 0.25M parameters, sized for a CPU.
+    # The defaults: the model of benchmarks/README.md, 0.24M parameters, sized for a CPU.
     n_couplings: int = field(
         default=2, metadata={"help": "coupling layers per mask type and scale"}
     )
@@ -72,7 +72,7 @@ class RealNVPConfig:
         default=100.0,
         metadata={
             "help": "clip the gradient's global norm (a rare huge step can undo an "
-            "epoch of training of a flow without batch norm)"
+            "epoch of training)"
         },
     )
     multiscale: bool = field(
@@ -133,7 +133,8 @@ class ActNorm(nn.Module):
 
     b and log_s are set on the first batch the layer sees (data-dependent
     initialisation), so every layer starts with outputs of zero mean and unit variance
-    per channel; ``initialized`` is a buffer, so a loaded checkpoint is not re-initialised.
+    per channel; the ``initialized`` buffer saves that it happened, so a loaded
+    checkpoint is not re-initialised.
     """
 
     def __init__(self, shape: tuple[int, ...]):
@@ -144,6 +145,13 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(param_shape))
         self.pixels_per_channel = math.prod(shape[1:])
         self.register_buffer("initialized", torch.tensor(False))
+        # A host copy of the buffer, read on every forward pass: reading the buffer itself
+        # would make a GPU wait for every actnorm of every step.
+        self.ready = False
+        self.register_load_state_dict_post_hook(lambda module, _: module._copy_flag())
+
+    def _copy_flag(self) -> None:
+        self.ready = bool(self.initialized)
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
@@ -152,9 +160,10 @@ class ActNorm(nn.Module):
         # The 1e-6 keeps a constant channel (a one-image batch) finite.
         self.log_scale.copy_(torch.log(x.std(dims, keepdim=True, correction=0) + 1e-6))
         self.initialized.fill_(True)
+        self.ready = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.initialized:
+        if not self.ready:
             self._initialize(x)
         y = (x - self.loc) * torch.exp(-self.log_scale)
         log_det = -self.log_scale.sum() * self.pixels_per_channel
@@ -376,7 +385,8 @@ class RealNVP(nn.Module):
         nll = self.nll_8bit(x)  # (B,)
         bpd = nll / (self.data_dim * math.log(2))
         loss = bpd.mean()
-        return loss, {"loss": loss.item(), "bpd": loss.item(), "nll": nll.mean().item()}
+        mean_bpd, mean_nll = torch.stack([loss, nll.mean()]).detach().tolist()
+        return loss, {"loss": mean_bpd, "bpd": mean_bpd, "nll": mean_nll}
 
     # ------------------------------------------------------------------ model contract
 
