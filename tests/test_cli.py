@@ -102,6 +102,8 @@ def test_data_commands(data_dir: Path, capsys) -> None:
         (["train", "vae", "--latent-dim", "-3"], "must be positive"),
         (["train", "vae", "--hidden", "500,x"], "comma-separated"),
         (["train", "vae", "--lr", "0"], "must be positive"),
+        (["train", "vae", "--ema", "1"], "must be below 1"),
+        (["train", "vae", "--ema", "-0.5"], "must be >= 0"),
         (["train", "--resume", "RUN", "--lr", "-1"], "must be positive"),
         (["train"], "name a MODEL"),
         (["eval", "no/such/run"], "not a run folder"),

@@ -92,6 +92,21 @@ def test_dynamic_binarization_fresh_per_draw_and_seeded(data_dir: Path) -> None:
     assert abs(first.mean() - grey) < 0.02
 
 
+def test_bernoulli_draw_frequencies_match_grey_levels() -> None:
+    levels = torch.tensor([0.0, 1.0, 0.1, 0.5, 0.9, 1 / 255])
+    split = gdata.Split(levels.repeat(3, 1).view(3, 1, 2, 3), None)  # (3, 1, 2, 3)
+    torch.manual_seed(0)
+    draws = torch.stack([split.bernoulli_draw() for _ in range(20000)]).float()
+    assert draws.shape == (20000, 3, 1, 2, 3)
+    freq = draws.mean(0).view(3, 6)
+    assert torch.all(freq[:, :2] == levels[:2])  # black and white pixels never flip
+    # Binomial standard error is at most 0.5 / sqrt(20000) = 0.0035: allow 5 of them.
+    assert torch.allclose(freq, levels.expand(3, 6), atol=0.018)
+    # New images (the benchmark trims a split in place) are drawn from, not stale pixels.
+    split.images = torch.ones(1, 1, 2, 3)
+    assert split.bernoulli_draw().all()
+
+
 def test_threshold_and_batches_cover_every_example_once(data_dir: Path) -> None:
     data = gdata.load_data("mnist", "threshold", val_size=20)
     assert set(data.train.images.unique().tolist()) == {0.0, 1.0}

@@ -47,10 +47,16 @@ def test_loss_falls_and_run_folder_is_complete(
     assert load_run_config(run) == tiny_config
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])  # without and with a weight average
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
-    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path,
+    tmp_path: Path,
+    tiny_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    ema: float,
 ) -> None:
     tiny_config.train.epochs = 4
+    tiny_config.train.ema = ema
     gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
 
     original, calls = VAE.train_step, []

@@ -46,14 +46,24 @@ class TrainConfig:
         default=10, metadata={"help": "draw sample grids every this many epochs"}
     )
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
+    ema: float = field(
+        default=0.0,
+        metadata={
+            "help": "decay of the moving average of the weights that validation, the best "
+            "checkpoint and evaluation use (Polyak averaging; 0: off, the weights themselves)",
+            "min": 0,
+            "below": 1,
+        },
+    )
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def positive(kind: type, minimum: float) -> typing.Callable[[str], Any]:
-    """An argparse type: parse ``kind`` and refuse values below ``minimum``."""
+def positive(kind: type, minimum: float, below: float | None = None) -> typing.Callable[[str], Any]:
+    """An argparse type: parse ``kind`` and refuse values below ``minimum`` (and, if
+    given, from ``below`` on)."""
 
     def parse(text: str) -> Any:
         try:
@@ -63,6 +73,8 @@ def positive(kind: type, minimum: float) -> typing.Callable[[str], Any]:
         if value < minimum:
             bound = "positive" if minimum > 0 else f">= {minimum}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be below {below}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -102,7 +114,8 @@ def add_config_arguments(
             )
             continue
         if kind is int or kind is float:
-            parse = positive(kind, f.metadata.get("min", 1 if kind is int else 1e-300))
+            minimum = f.metadata.get("min", 1 if kind is int else 1e-300)
+            parse = positive(kind, minimum, f.metadata.get("below"))
         elif kind == tuple[int, ...]:
             parse = _int_tuple
         else:

@@ -24,7 +24,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +251,29 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor | None
+    # The grey pixels of ``images`` (0 < x < 1), found once for ``bernoulli_draw``:
+    # (the tensor they were found in, their flat indices, their values).
+    _grey: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def bernoulli_draw(self) -> torch.Tensor:
+        """A fresh binary copy of the images, each pixel ~ Bernoulli(x): bool (N, C, H, W).
+
+        Pixels at 0 or 1 are their own draw; only the grey ones (a fifth of MNIST's) take
+        uniform noise, which halves the cost of a draw over noise for every pixel.
+        """
+        if self._grey is None or self._grey[0] is not self.images:
+            flat = self.images.reshape(-1)
+            index = ((flat > 0) & (flat < 1)).nonzero().squeeze(1)
+            self._grey = (self.images, index, flat[index])
+        _, index, p = self._grey
+        draw = (self.images == 1).reshape(-1)
+        draw[index] = torch.rand_like(p) < p
+        return draw.view_as(self.images)
 
     def to(self, device: torch.device) -> Split:
         labels = None if self.labels is None else self.labels.to(device)
@@ -345,10 +365,13 @@ def batches(
 ) -> Iterator[torch.Tensor]:
     """Yield image batches (B, 1, 28, 28) as index slices of the in-memory tensor.
 
-    Shuffling and dynamic binarization draw from torch's global generator, so a seeded
-    run (and a resumed one, which restores that generator) sees the same batches.
+    ``binarize="dynamic"`` draws the whole split once per call (one pass, one epoch), so
+    every image is a fresh Bernoulli draw each time it is seen. Shuffling and that draw
+    take torch's global generator, so a seeded run (and a resumed one, which restores
+    that generator) sees the same batches.
     """
-    images = split.images
+    dynamic = binarize == "dynamic"
+    images = split.bernoulli_draw() if dynamic else split.images
     n = images.shape[0]
     order = torch.randperm(n, device=images.device) if shuffle else None
     for start in range(0, n, batch_size):
@@ -357,8 +380,4 @@ def batches(
             if shuffle
             else images[start : start + batch_size]
         )
-        if binarize == "dynamic":
-            # A Bernoulli(x) draw; comparing with uniform noise is 2x faster on a CPU than
-            # torch.bernoulli, which costs a fifth of a VAE's training epoch.
-            x = (torch.rand_like(x) < x).float()
-        yield x
+        yield x.float() if dynamic else x  # the draw is bool

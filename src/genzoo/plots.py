@@ -115,12 +115,16 @@ def draw_curves(
     metrics: list[dict],
     panels: dict[str, list[str]],
     references: dict[str, tuple[float, str]] | None,
+    note: str | None,
     path: Path,
 ) -> None:
     """One panel per entry of ``panels``, a curve per metric; ``references`` adds a
-    labelled horizontal line to a panel (e.g. the GAN's equilibrium value)."""
+    labelled horizontal line to a panel (e.g. the GAN's equilibrium value), ``note`` a
+    line above them all."""
     epochs = [m["epoch"] for m in metrics]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    if note:
+        fig.suptitle(note, fontsize=9)
     for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
         for name in names:
             if name in metrics[0]:
@@ -311,6 +315,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def _averaging_note(run_dir: Path) -> str | None:
+    """Says so where validation saw a moving average of the weights (``--ema``), which is
+    why its curve can lie below the training one."""
+    config = run_dir / "config.json"
+    ema = json.loads(config.read_text())["train"].get("ema") if config.exists() else None
+    return f"validation: moving average of the weights (ema {ema})" if ema else None
+
+
 def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
     """Every figure the model supports, from its current weights; returns the files."""
     model.eval()
@@ -324,7 +336,8 @@ def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
     metrics = read_metrics(run_dir)
     if metrics:
         panels = curve_panels(model, metrics)
-        draw("curves.png", draw_curves, metrics, panels, getattr(model, "reference_lines", None))
+        references = getattr(model, "reference_lines", None)
+        draw("curves.png", draw_curves, metrics, panels, references, _averaging_note(run_dir))
     draw("samples.png", draw_samples, model, "samples (best checkpoint)")
     test = data.test
     if hasattr(model, "reconstruct"):

@@ -3,9 +3,12 @@
 Per epoch: a pass over the shuffled training set (each model's own ``train_step``),
 validation terms averaged over the validation set, a line in metrics.jsonl, the ``last``
 checkpoint (and ``best`` when validation improved), sample grids every few epochs, and
-early stopping after ``patience`` epochs without improvement. Checkpoints carry the
-optimizer and random-generator states, so a resumed run continues exactly where the
-killed one stopped: on CPU it ends with the very weights of an uninterrupted run.
+early stopping after ``patience`` epochs without improvement. With ``ema`` set, a
+moving average of the weights (averaging.py) is what validation, the grids and the
+``best`` checkpoint see; ``last`` keeps the weights themselves. Checkpoints carry the
+optimizer, average and random-generator states, so a resumed run continues exactly
+where the killed one stopped: on CPU it ends with the very weights of an uninterrupted
+run.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from genzoo import plots
+from genzoo.averaging import WeightAverage
 from genzoo.data import Data, Split, batches, load_data
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models import MODELS
@@ -100,9 +104,15 @@ class LoopState:
 
 
 def train_epoch(
-    model: nn.Module, optimizers: list, data: Data, batch_size: int, epoch: int
+    model: nn.Module,
+    optimizers: list,
+    data: Data,
+    batch_size: int,
+    epoch: int,
+    average: WeightAverage | None = None,
 ) -> dict[str, float]:
-    """One pass over the training set; returns the mean of each ``train_step`` statistic."""
+    """One pass over the training set; returns the mean of each ``train_step`` statistic.
+    ``average``, if given, takes in the weights after every step."""
     model.train()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # some statistics come from some steps only (a GAN's g_loss)
@@ -116,6 +126,8 @@ def train_epoch(
     )
     for step, x in enumerate(bar):
         stats = model.train_step(x, optimizers)
+        if average is not None:
+            average.update()
         if not math.isfinite(stats["loss"]):
             raise TrainingDiverged(
                 f"loss became {stats['loss']} at epoch {epoch}, step {step}; the last good "
@@ -141,8 +153,15 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _restore(run_dir: Path, model: nn.Module, optimizers: list, dev: torch.device) -> LoopState:
-    """Weights, optimizer and generator states and loop counters of the last checkpoint.
+def _restore(
+    run_dir: Path,
+    model: nn.Module,
+    optimizers: list,
+    average: WeightAverage | None,
+    dev: torch.device,
+) -> LoopState:
+    """Weights, optimizer, average and generator states and loop counters of the last
+    checkpoint.
 
     The learning rates stay those the optimizers were just built with from the run's
     config, so ``genzoo train --resume RUN --lr LR`` continues with a new rate.
@@ -153,6 +172,13 @@ def _restore(run_dir: Path, model: nn.Module, optimizers: list, dev: torch.devic
         opt.load_state_dict(opt_state)
         for group, lr in zip(opt.param_groups, rates, strict=True):
             group["lr"] = lr
+    if average is not None:
+        if "average" not in state:
+            raise GenzooError(
+                f"the last checkpoint in {run_dir} holds no weight average although the run's "
+                "config.json sets ema: they do not belong together; delete the run or retrain"
+            )
+        average.load_state_dict(state["average"])
     set_rng_state(state["rng"], dev)
     return LoopState(**state["loop"])
 
@@ -197,9 +223,12 @@ def train(
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data.image_shape).to(dev)
     optimizers = model.configure_optimizers(tc.lr)
+    average = WeightAverage(model, tc.ema) if tc.ema else None
+    # What validation, the grids and the best checkpoint see: the average, if there is one.
+    evaluated = average.swapped_in if average else nullcontext
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        loop = _restore(run_dir, model, optimizers, dev)
+        loop = _restore(run_dir, model, optimizers, average, dev)
         _trim_metrics(metrics_path, loop.epoch)
     else:
         loop = LoopState()
@@ -219,9 +248,10 @@ def train(
             if stopped_early:
                 break
             start = time.perf_counter()
-            train_stats = train_epoch(model, optimizers, data, tc.batch_size, epoch)
+            train_stats = train_epoch(model, optimizers, data, tc.batch_size, epoch, average)
             seconds = time.perf_counter() - start  # the training pass alone
-            val = validate(model, data.val, dev)
+            with evaluated():
+                val = validate(model, data.val, dev)
             record = {
                 "epoch": epoch,
                 **{f"train_{k}": v for k, v in train_stats.items()},
@@ -249,11 +279,14 @@ def train(
                 "rng": rng_state(dev),
                 "optimizers": [opt.state_dict() for opt in optimizers],
             }
+            if average is not None:
+                state["average"] = average.state_dict()
             save_checkpoint(run_dir, "last", model, state)
-            if improved:
-                save_checkpoint(run_dir, "best", model, state)
-            if epoch == 1 or epoch % tc.sample_every == 0:
-                _draw_progress(model, run_dir, epoch, tc.seed, dev)
+            with evaluated():
+                if improved:
+                    save_checkpoint(run_dir, "best", model, state)
+                if epoch == 1 or epoch % tc.sample_every == 0:
+                    _draw_progress(model, run_dir, epoch, tc.seed, dev)
             shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
             print(
                 f"epoch {epoch:3d}  train loss {train_stats['loss']:8.2f}  {shown}"
