@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genzoo.averaging import WeightAverage
+from genzoo.cpu import tune_process
 from genzoo.data import load_data
 from genzoo.evaluate import importance_sampled_nll
-from genzoo.memory import keep_freed_memory
 from genzoo.models import MODELS
 from genzoo.models.latent import MAX_DECODER_ROWS
 from genzoo.models.vae import VAE, VAEConfig
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5000)
     args = parser.parse_args()
 
-    keep_freed_memory()  # as the genzoo command does
+    tune_process()  # as the genzoo command does
     torch.manual_seed(0)
     data = load_data("mnist", "dynamic")
     cfg = VAEConfig(latent_dim=20, hidden=(500,), activation="relu")

@@ -27,9 +27,9 @@ from genzoo import data as gdata
 from genzoo import plots
 from genzoo.compare import compare_runs
 from genzoo.config import TrainConfig, add_config_arguments, given_values, positive
+from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError
 from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained, reference_quality
-from genzoo.memory import keep_freed_memory
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.runs import RunConfig, check_run_dir, new_run_dir, read_json, write_json
@@ -411,7 +411,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()
+    tune_process()
     try:
         if args.command == "train":
             cmd_train(args, parser)

@@ -1,5 +1,6 @@
-"""keep_freed_memory: repeated training steps stop touching new pages (Linux, glibc)."""
+"""The process settings of cpu.py: no page faults a step, denormals flushed to zero."""
 
+import platform
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 STEPS = """
 import resource, sys
 import torch
-from genzoo.memory import keep_freed_memory
+from genzoo.cpu import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.manual_seed(0)
@@ -46,3 +47,28 @@ def test_keep_freed_memory_stops_page_faults_of_repeated_steps():
     assert default > 100
     # Kept: a few stray faults at most (Python's own small-object arenas), not hundreds.
     assert faults_per_step("keep") < default / 20
+
+
+# After tune_process, a parallel operation on denormals gives zeros in every thread's
+# share (a million elements: split over torch's threads); before it, the denormals.
+DENORMALS = """
+import sys
+import torch
+from genzoo.cpu import tune_process
+if sys.argv[1] == "tune":
+    tune_process()
+x = torch.full((1_000_000,), 1e-39)  # float32: below 1.18e-38, a denormal
+print(int(((x * 1.0) == 0).sum()))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="an x86 mode")
+def test_tune_process_flushes_denormals_in_every_thread():
+    def zeros(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", DENORMALS, mode], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout)
+
+    assert zeros("default") == 0
+    assert zeros("tune") == 1_000_000
