@@ -28,6 +28,8 @@ from torch import nn
 
 
 class WeightAverage:
+    """The moving average of ``model``'s trainable parameters, kept beside the model."""
+
     def __init__(self, model: nn.Module, decay: float):
         if not 0 < decay < 1:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
