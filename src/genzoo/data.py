@@ -251,9 +251,9 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor | None
-    # The grey pixels of ``images`` (0 < x < 1), found once for ``bernoulli_draw``:
-    # (the tensor they were found in, their flat indices, their values).
-    _grey: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+    # Found once for ``bernoulli_draw``: (the tensor they were found in, its pixels at 1
+    # as a flat bool mask, the flat indices and values of its grey pixels, 0 < x < 1).
+    _levels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -266,12 +266,12 @@ class Split:
         Pixels at 0 or 1 are their own draw; only the grey ones (a fifth of MNIST's) take
         uniform noise, which halves the cost of a draw over noise for every pixel.
         """
-        if self._grey is None or self._grey[0] is not self.images:
+        if self._levels is None or self._levels[0] is not self.images:
             flat = self.images.reshape(-1)
             index = ((flat > 0) & (flat < 1)).nonzero().squeeze(1)
-            self._grey = (self.images, index, flat[index])
-        _, index, p = self._grey
-        draw = (self.images == 1).reshape(-1)
+            self._levels = (self.images, flat == 1, index, flat[index])
+        _, ones, index, p = self._levels
+        draw = ones.clone()
         draw[index] = torch.rand_like(p) < p
         return draw.view_as(self.images)
 

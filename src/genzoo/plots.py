@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from genzoo.data import Data, Split
+from genzoo.runs import load_run_config
 
 N_GRID = 64  # samples per grid (8 x 8)
 
@@ -318,8 +319,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def _averaging_note(run_dir: Path) -> str | None:
     """Says so where validation saw a moving average of the weights (``--ema``), which is
     why its curve can lie below the training one."""
-    config = run_dir / "config.json"
-    ema = json.loads(config.read_text())["train"].get("ema") if config.exists() else None
+    ema = load_run_config(run_dir).train.ema
     return f"validation: moving average of the weights (ema {ema})" if ema else None
 
 
