@@ -61,7 +61,7 @@ def test_score_function_estimator_is_unbiased(baseline: str) -> None:
     torch.manual_seed(1)
     estimates = torch.stack(
         [
-            encoder_grad(model, model.surrogate_loss(x, update_baseline=False)[0])
+            encoder_grad(model, model.loss(x, update_baseline=False)[0])
             for _ in range(repeats)
         ]
     )  # (R, P)
@@ -86,7 +86,7 @@ def test_gumbel_estimator_uses_binary_latents_and_trains_the_encoder() -> None:
     model = tiny_bvae(estimator="gumbel", temperature=0.5)
     seen = []
     model.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
-    loss, _ = model.surrogate_loss(X)
+    loss, _ = model.loss(X)
     assert set(torch.cat(seen).unique().tolist()) <= {0.0, 1.0}  # hard forward pass
     assert encoder_grad(model, loss).abs().sum() > 0  # relaxed backward pass
 

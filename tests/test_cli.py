@@ -80,7 +80,7 @@ def test_resume_with_a_new_learning_rate(run_dir: Path) -> None:
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["epoch"] == 5 and last["lr"] == 2.5e-4
     # The curves show the rate only where it changed.
-    vae = SimpleNamespace(val_metric="neg_elbo")
+    vae = SimpleNamespace(val_metric="neg_elbo", curve_panels=None)
     assert plots.curve_panels(vae, records)["learning rate"] == ["lr"]
     assert "learning rate" not in plots.curve_panels(vae, records[:2])
 
@@ -98,7 +98,7 @@ def test_data_commands(data_dir: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "draw"], "invalid choice"),
+        (["train", "nosuch"], "invalid choice"),
         (["train", "vae", "--latent-dim", "-3"], "must be positive"),
         (["train", "vae", "--hidden", "500,x"], "comma-separated"),
         (["train", "vae", "--lr", "0"], "must be positive"),

@@ -1,24 +1,15 @@
 """The ``genzoo`` command: a thin argparse layer over the library.
 
-    genzoo train MODEL [flags]            a new run under runs/ (or --run-dir)
-    genzoo train --resume RUN             continue a killed run from its last checkpoint
-    genzoo eval RUN [--iw-samples K]      ELBO parts and importance-sampled NLL -> RUN/eval.json
-    genzoo eval RUN --quality             ... and FID, IS, precision/recall, Parzen of samples
-    genzoo eval --reference test          the same scores for real images (the ideal row)
-    genzoo quality-net train              the cached MNIST classifier behind those scores
-    genzoo sample RUN -n 64 -o out.png    samples of the best checkpoint
-    genzoo plot RUN                       (re)draw every figure of a run
-    genzoo compare RUN RUN ...            several runs: one table, one figure
-    genzoo data download|verify|info      the dataset files
-
-User mistakes end with one line on stderr and exit status 2 (no traceback).
+One small function adds each sub-command (``add_train``, ``add_resume``, ...) and names
+the function that runs it (``set_defaults(func=...)``); each ``cmd_*`` function turns
+the parsed flags into one library call and prints its result. User mistakes end with
+one line on stderr and exit status 2 (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +17,45 @@ import numpy as np
 from genzoo import data as gdata
 from genzoo import plots
 from genzoo.compare import compare_runs
-from genzoo.config import TrainConfig, add_config_arguments, given_values, positive
+from genzoo.config import TrainConfig, add_config_arguments, bounded, given_values
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError
-from genzoo.evaluate import ESTIMATORS, evaluate_run, load_trained, reference_quality
+from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
-from genzoo.runs import RunConfig, check_run_dir, new_run_dir, read_json, write_json
-from genzoo.train import EVAL_SEED, isolated_rng, resolve_device, resume_config, train
+from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
+from genzoo.runs import (
+    RunConfig,
+    check_run_dir,
+    load_trained,
+    new_run_dir,
+    read_json,
+    resume_config,
+    write_json,
+)
+from genzoo.train import train
 
-positive_int = positive(int, 1)
+positive_int = bounded(int)
 
-# How `genzoo eval` names each term it may find in a result, in print order.
-TERM_LABELS = {
-    "neg_elbo": "-ELBO",
-    "recon": "reconstruction",
-    "kl": "KL",
-    "nll": "NLL",
-    "loss": "loss",
-    "l1": "L1 of the code",
-    "bpd": "bits/dim",
-}
+DESCRIPTION = """\
+genzoo trains, evaluates, samples and shows deep generative models of MNIST-like
+images, with the measurements of the papers (ELBO and its parts, importance-sampled
+log-likelihood in nats, bits per dimension, sample-quality scores) and their figures.
+
+model families (genzoo train MODEL --help lists each one's flags):
+{families}
+
+a first run:
+  genzoo train vae --latent-dim 20 --epochs 40     # -> runs/vae-<stamp>/
+  genzoo eval runs/vae-<stamp>                     # test ELBO parts and NLL
+  genzoo sample runs/vae-<stamp> -n 64 -o samples.png
+"""
+
+
+def family_summary(name: str) -> str:
+    """The first line of a family's module docstring: what it is and its paper."""
+    module = sys.modules[MODELS[name].model.__module__]
+    return (module.__doc__ or name).strip().splitlines()[0]
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -54,7 +63,7 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     parser.add_argument(
         "--device",
         dest=prefix + "device",
-        default="auto",
+        default=None if prefix else "auto",
         choices=("auto", "cpu", "cuda"),
         help="where to compute (default: auto)",
     )
@@ -67,53 +76,72 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genzoo", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train_p = commands.add_parser(
-        "train",
-        help="train a model, or resume a run",
-        description="Train MODEL, or continue a run with --resume RUN.",
-    )
-    train_p.add_argument(
-        "--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint"
-    )
-    train_p.add_argument(
+def _add_resume_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """What a resume may change: the last epoch and the base learning rate."""
+    parser.add_argument(
         "--epochs",
-        dest="resume_epochs",
+        dest=prefix + "epochs",
         type=positive_int,
         metavar="N",
-        help="with --resume: train up to this epoch (default: the run's own)",
+        help="train up to this epoch (default: the run's own)",
     )
-    train_p.add_argument(
+    parser.add_argument(
         "--lr",
-        dest="resume_lr",
-        type=positive(float, 1e-300),
+        dest=prefix + "lr",
+        type=bounded(float),
         metavar="LR",
-        help="with --resume: continue with this learning rate (default: the run's own)",
+        help="continue with this base learning rate (default: the run's own)",
     )
-    _add_runtime_flags(train_p, prefix="resume_")
+    _add_runtime_flags(parser, prefix)
+
+
+# ----------------------------------------------------------------------------- sub-commands
+
+
+def add_train(commands: argparse._SubParsersAction) -> None:
+    train_p = commands.add_parser(
+        "train",
+        help="train a model (MODEL and its flags)",
+        description="Train MODEL; its flags follow its name (genzoo train vae --epochs 5).",
+    )
+    train_p.set_defaults(func=cmd_train)
+    # The old spelling of `genzoo resume RUN`, kept as an alias; its flags (prefixed
+    # resume_) also catch a training flag put before MODEL, which cmd_train then applies.
+    train_p.add_argument("--resume", type=Path, metavar="RUN", help="the same as genzoo resume RUN")
+    _add_resume_flags(train_p, prefix="resume_")
     models = train_p.add_subparsers(dest="model", metavar="MODEL", required=False)
     for name, family in MODELS.items():
-        summary = (sys.modules[family.model.__module__].__doc__ or "").strip().splitlines()[0]
+        summary = family_summary(name)
         model_p = models.add_parser(name, help=summary, description=summary)
         model_p.add_argument("--run-dir", type=Path, help="run folder (default: runs/MODEL-STAMP)")
         add_config_arguments(
-            model_p.add_argument_group("training"),
-            TrainConfig,
-            family.training_defaults(),
+            model_p.add_argument_group("training"), TrainConfig, family.training_defaults()
         )
         add_config_arguments(model_p.add_argument_group(f"model {name}"), family.config)
         _add_runtime_flags(model_p)
 
-    eval_p = commands.add_parser(
-        "eval", help="test-set likelihoods (and sample quality) of a run -> RUN/eval.json"
+
+def add_resume(commands: argparse._SubParsersAction) -> None:
+    resume_p = commands.add_parser(
+        "resume",
+        help="continue a run from its last checkpoint",
+        description="Continue RUN exactly where it stopped (its last checkpoint, even one "
+        "within an epoch), optionally for more epochs or at a new base learning rate.",
     )
+    resume_p.set_defaults(func=cmd_resume)
+    resume_p.add_argument("run", type=Path, metavar="RUN")
+    _add_resume_flags(resume_p)
+
+
+def add_eval(commands: argparse._SubParsersAction) -> None:
+    eval_p = commands.add_parser(
+        "eval", help="test-set measurements (and sample quality) of a run -> RUN/eval.json"
+    )
+    eval_p.set_defaults(func=cmd_eval)
     eval_p.add_argument("run", type=Path, metavar="RUN", nargs="?")
     eval_p.add_argument(
         "--iw-samples",
-        type=positive(int, 0),
+        type=bounded(int, min=0),
         default=5000,
         metavar="K",
         help="importance samples per image; 0 skips the likelihood (default: 5000)",
@@ -128,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="posterior",
         help="proposal: q(z|x) (default) or the prior p(z)",
     )
-    eval_p.add_argument("--output", type=Path, help="JSON file (default: RUN/eval.json)")
+    eval_p.add_argument("-o", "--output", type=Path, help="JSON file (default: RUN/eval.json)")
     eval_p.add_argument(
         "--quality",
         action="store_true",
@@ -157,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_flags(eval_p)
 
+
+def add_quality_net(commands: argparse._SubParsersAction) -> None:
     net_p = commands.add_parser(
         "quality-net", help="the MNIST classifier whose features score sample quality"
     )
+    net_p.set_defaults(func=cmd_quality_net)
     net_p.add_argument("action", choices=("train",))
     net_p.add_argument("--epochs", type=positive_int, default=5, help="(default: 5)")
     net_p.add_argument(
@@ -167,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_flags(net_p)
 
+
+def add_sample(commands: argparse._SubParsersAction) -> None:
     sample_p = commands.add_parser("sample", help="draw samples from a trained run")
+    sample_p.set_defaults(func=cmd_sample)
     sample_p.add_argument("run", type=Path, metavar="RUN")
     sample_p.add_argument("-n", type=positive_int, default=64, help="how many (default: 64)")
     sample_p.add_argument(
@@ -177,10 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("samples.png"),
         help="a .png grid or a .npy array (default: samples.png)",
     )
-    sample_p.add_argument("--seed", type=int, default=0)
+    sample_p.add_argument("--seed", type=bounded(int, min=0), default=0)
     sample_p.add_argument(
         "--temperature",
-        type=positive(float, 0.0),
+        type=bounded(float, min=0.0),
         help="flows: scale of the base-density noise (default: 1.0)",
     )
     sample_p.add_argument(
@@ -190,13 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_flags(sample_p)
 
+
+def add_plot(commands: argparse._SubParsersAction) -> None:
     plot_p = commands.add_parser("plot", help="(re)draw every figure of a run")
+    plot_p.set_defaults(func=cmd_plot)
     plot_p.add_argument("run", type=Path, metavar="RUN")
     _add_runtime_flags(plot_p)
 
+
+def add_compare(commands: argparse._SubParsersAction) -> None:
     compare_p = commands.add_parser(
         "compare", help="several runs side by side: a table and one figure"
     )
+    compare_p.set_defaults(func=cmd_compare)
     compare_p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     compare_p.add_argument(
         "-o",
@@ -213,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_flags(compare_p)
 
+
+def add_data(commands: argparse._SubParsersAction) -> None:
     data_p = commands.add_parser("data", help="download, verify or list the dataset files")
+    data_p.set_defaults(func=cmd_data)
     data_p.add_argument("action", choices=("download", "verify", "info"))
     data_p.add_argument(
         "datasets",
@@ -227,22 +270,55 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dataset folder (default: $GENZOO_DATA, else ~/.cache/genzoo/data)",
     )
+
+
+SUBCOMMANDS = (
+    add_train,
+    add_resume,
+    add_eval,
+    add_sample,
+    add_plot,
+    add_compare,
+    add_quality_net,
+    add_data,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    families = "\n".join(f"  {name:<9}{family_summary(name)}" for name in MODELS)
+    parser = argparse.ArgumentParser(
+        prog="genzoo",
+        description=DESCRIPTION.format(families=families),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
     return parser
 
 
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     if args.resume is not None:
         if args.model is not None:
-            parser.error("give either MODEL or --resume RUN, not both")
-        run_dir = check_run_dir(args.resume)
-        cfg = resume_config(run_dir, args.resume_epochs, args.resume_lr)
-        train(run_dir, cfg, args.resume_device, args.resume_data_dir, resume=True)
+            raise GenzooError("give either MODEL or --resume RUN, not both")
+        _resume(
+            args.resume,
+            args.resume_epochs,
+            args.resume_lr,
+            args.resume_device,
+            args.resume_data_dir,
+        )
         return
     if args.model is None:
-        parser.error(f"name a MODEL ({', '.join(MODELS)}) or give --resume RUN")
+        raise GenzooError(f"name a MODEL ({', '.join(MODELS)}) or resume a run: genzoo resume RUN")
+    # A flag given before MODEL (genzoo train --epochs 5 vae) counts as if given after it.
+    for name in ("epochs", "lr", "device", "data_dir"):
+        early = getattr(args, f"resume_{name}")
+        if early is not None:
+            setattr(args, name, early)
     family = MODELS[args.model]
     for name, value in family.training_defaults().items():
         if getattr(args, name) is None:
@@ -256,9 +332,21 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if (run_dir / "config.json").exists():
         raise GenzooError(
             f"{run_dir} already holds a run; choose another --run-dir, "
-            f"or continue it with `genzoo train --resume {run_dir}`"
+            f"or continue it with `genzoo resume {run_dir}`"
         )
     train(run_dir, cfg, args.device, args.data_dir)
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    _resume(args.run, args.epochs, args.lr, args.device, args.data_dir)
+
+
+def _resume(
+    run: Path, epochs: int | None, lr: float | None, device: str | None, data_dir: Path | None
+) -> None:
+    run_dir = check_run_dir(run)
+    cfg = resume_config(run_dir, epochs, lr)
+    train(run_dir, cfg, device or "auto", data_dir, resume=True)
 
 
 def print_quality(r: dict) -> None:
@@ -272,9 +360,9 @@ def print_quality(r: dict) -> None:
     )
 
 
-def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def cmd_eval(args: argparse.Namespace) -> None:
     if (args.run is None) == (args.reference is None):
-        parser.error("give a RUN or --reference test (not both)")
+        raise GenzooError("give a RUN or --reference test (not both)")
     if args.reference:
         r = reference_quality(
             args.binarize, "mnist", args.device, args.data_dir, args.n_samples, args.val_size
@@ -298,16 +386,14 @@ def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         args.n_samples,
     )
     print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
-    for name, label in TERM_LABELS.items():
+    for name, label in r["terms"].items():
         if name in r:
-            print(f"  {label:<16}{r[name]:9.2f} ± {r[f'{name}_se']:.2f}")
+            print(f"  {label:<16}{r[name]:9.3f} ± {r[f'{name}_se']:.3f}")
     if "iw_samples" in r:
         print(f"  (NLL: importance sampling, K={r['iw_samples']}, proposal {r['estimator']})")
-    elif "bpd" in r:
-        print("  (NLL: exact, of 8-bit images, one uniform dequantization per image)")
     if "fid" in r:
         print_quality(r)
-    print(f"  nats per image; {r['seconds']:.0f} s")
+    print(f"  units: {r['units']}; {r['seconds']:.0f} s; written to {r['output']}")
 
 
 def cmd_quality_net(args: argparse.Namespace) -> None:
@@ -327,15 +413,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if suffix not in (".png", ".npy"):
         raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
     _, model, _, epoch = load_trained(check_run_dir(args.run), args.device)
-    if args.standard_normal and not hasattr(model, "sample_standard_normal"):
+    if args.standard_normal and not model.has_mixture:
         raise GenzooError("--standard-normal applies to autoencoders (model ae) only")
-    draw = model.sample_standard_normal if args.standard_normal else model.sample
-    if args.temperature is not None:
-        if not hasattr(model, "sample_temperatures"):
-            raise GenzooError("--temperature applies to flows (model realnvp) only")
-        draw = partial(model.sample, temperature=args.temperature)
+    if args.temperature is not None and not model.sample_temperatures:
+        raise GenzooError("--temperature applies to flows (model realnvp) only")
     with isolated_rng(args.seed, next(model.parameters()).device):
-        samples = draw(args.n).cpu()  # (n, C, H, W)
+        if args.standard_normal:
+            samples = model.sample_standard_normal(args.n)
+        else:
+            samples = model.sample(args.n, temperature=args.temperature or 1.0)
+    samples = samples.cpu()  # (n, C, H, W)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(args.output, samples.numpy())
@@ -369,64 +456,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_data(args: argparse.Namespace) -> None:
     root = gdata.resolve_data_dir(args.data_dir)
-    unknown = set(args.datasets) - set(gdata.DATASETS)
-    if unknown:
-        raise GenzooError(
-            f"unknown dataset(s) {', '.join(sorted(unknown))}; "
-            f"choose from {', '.join(gdata.DATASETS)}"
-        )
-    names = args.datasets or list(gdata.DATASETS)
     print(f"data folder: {root}")
-    if args.action == "download":
-        for name in names:
-            gdata.dataset_paths(name, root)
-            print(f"{name}: ok")
-        return
-    problems = 0
-    for name in names:
-        for spec in gdata.DATASETS[name].files:
-            path = root / name / spec.name
-            if not path.exists():
-                status = "missing"
-                # Without named datasets, verify only the ones that are there at all.
-                problems += args.action == "verify" and (
-                    bool(args.datasets) or (root / name).is_dir()
-                )
-            elif args.action == "info":
-                status = f"{path.stat().st_size} bytes"
-            else:
-                try:
-                    gdata.verify_file(path, spec)
-                    status = "ok (size and MD5)"
-                except GenzooError as err:
-                    status, problems = f"BAD: {err}", problems + 1
-            print(f"  {name}/{spec.name}: {status}")
-    if problems:
-        raise GenzooError(
-            f"{problems} dataset file(s) missing or corrupt; "
-            "run `genzoo data download` or fix --data-dir"
-        )
+    for line in gdata.data_command(args.action, args.datasets, root):
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     tune_process()
     try:
-        if args.command == "train":
-            cmd_train(args, parser)
-        elif args.command == "eval":
-            cmd_eval(args, parser)
-        elif args.command == "quality-net":
-            cmd_quality_net(args)
-        elif args.command == "sample":
-            cmd_sample(args)
-        elif args.command == "plot":
-            cmd_plot(args)
-        elif args.command == "compare":
-            cmd_compare(args)
-        else:
-            cmd_data(args)
+        args.func(args)
     except GenzooError as err:
         print(f"genzoo: error: {err}", file=sys.stderr)
         return err.exit_code

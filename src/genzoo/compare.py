@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from genzoo import plots
-from genzoo.evaluate import load_trained
 from genzoo.models import MODELS
-from genzoo.runs import RunConfig, check_run_dir, load_run_config
-from genzoo.train import EVAL_SEED, isolated_rng
+from genzoo.rng import EVAL_SEED, isolated_rng
+from genzoo.runs import RunConfig, check_run_dir, load_run_config, load_trained, read_metrics
 
 
 def settings(cfg: RunConfig) -> str:
@@ -28,7 +27,7 @@ def settings(cfg: RunConfig) -> str:
 
 def table_row(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
     row: dict[str, Any] = {"run": run_dir.name, "model": cfg.model, "settings": settings(cfg)}
-    metrics = plots.read_metrics(run_dir)
+    metrics = read_metrics(run_dir)
     row["epochs"] = len(metrics)
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
@@ -60,7 +59,7 @@ def compare_runs(
     """
     run_dirs = [check_run_dir(r) for r in run_dirs]
     configs = [load_run_config(r) for r in run_dirs]
-    all_metrics = [plots.read_metrics(r) for r in run_dirs]
+    all_metrics = [read_metrics(r) for r in run_dirs]
     if metrics is None:
         val_metrics = {MODELS[cfg.model].model.val_metric for cfg in configs}
         objectives = {f"val_{m}" for m in val_metrics if m}

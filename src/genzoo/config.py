@@ -2,19 +2,26 @@
 
 A field ``latent_dim`` becomes ``--latent-dim``; its ``help`` and ``choices`` come from the
 field metadata, its default from the dataclass, so the CLI, config.json and the library
-never disagree. Flags default to None in argparse, which lets ``--resume`` tell which
-values the user actually gave.
+never disagree. Bounds live in the metadata too (``min``, ``max``, ``below``) and are
+checked in one place, ``check_fields``/``check_number``, for values from flags,
+config.json and library calls alike. Flags default to None in argparse, which lets a
+resume tell which values the user actually gave.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from genzoo.data import BINARIZE_MODES, DATASETS
+from genzoo.errors import GenzooError
+from genzoo.schedule import SCHEDULES
 
 
 @dataclass
@@ -32,9 +39,30 @@ class TrainConfig:
     val_size: int = field(
         default=10000, metadata={"help": "training images held out for validation"}
     )
-    epochs: int = field(default=40, metadata={"help": "maximum number of epochs"})
+    train_size: int | None = field(
+        default=None,
+        metadata={"help": "train on the first N training images only (quick trials; all if unset)"},
+    )
+    epochs: int = field(default=40, metadata={"help": "maximum number of epochs", "max": 10**6})
     batch_size: int = field(default=128, metadata={"help": "examples per training batch"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "max": 10.0})
+    lr_schedule: str = field(
+        default="constant",
+        metadata={"help": "learning-rate schedule (schedule.py)", "choices": SCHEDULES},
+    )
+    lr_min: float = field(
+        default=0.0, metadata={"help": "final rate of the cosine schedule", "min": 0.0}
+    )
+    lr_decay: float = field(
+        default=0.1,
+        metadata={"help": "rate factor per decay of the step and exponential schedules", "max": 1},
+    )
+    lr_step_epochs: int = field(
+        default=10, metadata={"help": "epochs between decays of the step schedule"}
+    )
+    warmup_epochs: int = field(
+        default=0, metadata={"help": "epochs of linear warm-up of the rate", "min": 0}
+    )
     patience: int = field(
         default=10,
         metadata={
@@ -44,6 +72,14 @@ class TrainConfig:
     )
     sample_every: int = field(
         default=10, metadata={"help": "draw sample grids every this many epochs"}
+    )
+    checkpoint_minutes: float = field(
+        default=10.0,
+        metadata={
+            "help": "also write the last checkpoint within an epoch after this many minutes "
+            "(0: at the end of each epoch only)",
+            "min": 0.0,
+        },
     )
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     ema: float = field(
@@ -61,20 +97,69 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def positive(kind: type, minimum: float, below: float | None = None) -> typing.Callable[[str], Any]:
-    """An argparse type: parse ``kind`` and refuse values below ``minimum`` (and, if
-    given, from ``below`` on)."""
+def check_number(value: float, kind: type, metadata: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``value`` is finite and within the bounds of a field's
+    ``metadata``: ``min`` (inclusive; default 1 for ints, above 0 for floats), ``max``
+    (inclusive) and ``below`` (exclusive)."""
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    minimum = metadata.get("min")
+    if minimum is None and kind is int:
+        minimum = 1
+    if minimum is None:
+        if value <= 0:
+            raise ValueError(f"must be positive, got {value}")
+    elif value < minimum:
+        raise ValueError("must be positive" if minimum == 1 else f"must be >= {minimum}")
+    if "max" in metadata and value > metadata["max"]:
+        raise ValueError(f"must be at most {metadata['max']}, got {value}")
+    if "below" in metadata and value >= metadata["below"]:
+        raise ValueError(f"must be below {metadata['below']}, got {value}")
+
+
+def _field_kind(hint: Any) -> Any:
+    """The type of a field, with ``X | None`` read as X (None: the default, unset)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is types.UnionType and len(args) == 1 else hint
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of a config dataclass against its metadata (bounds, choices,
+    finiteness): the one place where values from flags, config.json and library calls
+    are validated. Raises GenzooError naming the flag."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), _field_kind(hints[f.name])
+        try:
+            if value is None and kind is not hints[f.name]:
+                continue
+            if kind in (int, float) and not isinstance(value, bool):
+                if not isinstance(value, int | float):
+                    raise ValueError(f"must be a number, got {value!r}")
+                check_number(value, kind, f.metadata)
+            elif kind == tuple[int, ...] and (
+                not value or any(not isinstance(v, int) or v <= 0 for v in value)
+            ):
+                raise ValueError(f"must be positive sizes, got {value}")
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        except ValueError as err:
+            raise GenzooError(f"{_flag(f.name)} {err}") from None
+
+
+def bounded(kind: type, **metadata: Any) -> typing.Callable[[str], Any]:
+    """An argparse type: parse ``kind`` and apply ``check_number``'s bounds."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value < minimum:
-            bound = "positive" if minimum > 0 else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"must be below {below}, got {text}")
+        try:
+            check_number(value, kind, metadata)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -96,14 +181,15 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 def add_config_arguments(
     parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any] | None = None
 ) -> None:
-    """Add one flag per field of dataclass ``cls``; numbers must be positive unless told.
+    """Add one flag per field of dataclass ``cls``, checked by ``check_number`` (numbers
+    positive unless the field's metadata says otherwise).
 
     ``defaults`` replaces some fields' defaults in the help text (a model family's own);
     the flags themselves still default to None.
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+        kind = _field_kind(hints[f.name])
         shown = (defaults or {}).get(f.name, f.default)
         if kind is bool:
             parser.add_argument(
@@ -114,13 +200,13 @@ def add_config_arguments(
             )
             continue
         if kind is int or kind is float:
-            minimum = f.metadata.get("min", 1 if kind is int else 1e-300)
-            parse = positive(kind, minimum, f.metadata.get("below"))
+            parse = bounded(kind, **f.metadata)
         elif kind == tuple[int, ...]:
             parse = _int_tuple
         else:
             parse = kind
         shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
+        shown = "unset" if shown is None else shown
         parser.add_argument(
             _flag(f.name),
             type=parse,
@@ -141,7 +227,10 @@ def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Rebuild a config from JSON (lists back to tuples); unknown keys are an error."""
+    """Rebuild a config from JSON (lists back to tuples) and check it; unknown keys are an
+    error (TypeError), and so are values outside a field's bounds (GenzooError)."""
     hints = typing.get_type_hints(cls)
     fixed = {k: tuple(v) if hints.get(k) == tuple[int, ...] else v for k, v in values.items()}
-    return cls(**fixed)
+    config = cls(**fixed)
+    check_fields(config)
+    return config

@@ -34,7 +34,17 @@ from tqdm import tqdm
 from genzoo.errors import GenzooError
 
 BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
-EVAL_BINARIZE_SEED = 1234  # the fixed draw that binarizes validation and test sets
+# The fixed draws that binarize the evaluation sets once (dynamic binarization), and the
+# training images that stand in as "samples" for the reference row of a quality table.
+EVAL_BINARIZE_SEEDS = {"val": 1234, "test": 1235, "reference": 1236}
+
+
+def binarization_note(binarize: str, split: str) -> str:
+    """How the images of ``split`` were binarized, as results state it."""
+    if binarize == "dynamic":
+        seed = EVAL_BINARIZE_SEEDS[split]
+        return f"dynamic (evaluation set drawn once, seed {seed})"
+    return binarize
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,46 @@ def read_amat(path: Path) -> np.ndarray:
     return digits.astype(np.uint8)
 
 
+def data_command(action: str, names: list[str], root: Path) -> Iterator[str]:
+    """``genzoo data download|verify|info [DATASET ...]``: one line per dataset or file.
+
+    ``download`` fetches what is missing (with checksums); ``verify`` checks sizes and
+    MD5s and, without named datasets, only the datasets that are there at all; ``info``
+    lists the files. Raises GenzooError, after the lines, if ``verify`` found a problem.
+    """
+    unknown = set(names) - set(DATASETS)
+    if unknown:
+        raise GenzooError(
+            f"unknown dataset(s) {', '.join(sorted(unknown))}; choose from {', '.join(DATASETS)}"
+        )
+    if action == "download":
+        for name in names or DATASETS:
+            dataset_paths(name, root)
+            yield f"{name}: ok"
+        return
+    problems = 0
+    for name in names or DATASETS:
+        for spec in DATASETS[name].files:
+            path = root / name / spec.name
+            if not path.exists():
+                status = "missing"
+                problems += action == "verify" and (bool(names) or (root / name).is_dir())
+            elif action == "info":
+                status = f"{path.stat().st_size} bytes"
+            else:
+                try:
+                    verify_file(path, spec)
+                    status = "ok (size and MD5)"
+                except GenzooError as err:
+                    status, problems = f"BAD: {err}", problems + 1
+            yield f"  {name}/{spec.name}: {status}"
+    if problems:
+        raise GenzooError(
+            f"{problems} dataset file(s) missing or corrupt; "
+            "run `genzoo data download` or fix --data-dir"
+        )
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -318,16 +368,30 @@ def load_data(
     binarize: str = "dynamic",
     val_size: int = 10000,
     data_dir: str | Path | None = None,
+    train_size: int | None = None,
 ) -> Data:
     """Load a dataset into memory as train / validation / test splits.
 
     MNIST-like idx datasets: the last ``val_size`` of the 60k training images are the
     validation split. ``binarize="static"`` reads the Larochelle & Murray files instead
-    (their own 50k/10k/10k split, no labels).
+    (their own 50k/10k/10k split, no labels). ``train_size`` keeps only the first that
+    many training images (validation and test stay whole).
     """
+    data = _load_splits(dataset, binarize, val_size, resolve_data_dir(data_dir))
+    if train_size is not None:
+        if not 0 < train_size <= len(data.train):
+            raise GenzooError(
+                f"--train-size must be between 1 and {len(data.train)}, got {train_size}"
+            )
+        train = data.train
+        labels = None if train.labels is None else train.labels[:train_size]
+        data = Data(Split(train.images[:train_size], labels), data.val, data.test, binarize)
+    return data
+
+
+def _load_splits(dataset: str, binarize: str, val_size: int, root: Path) -> Data:
     if binarize not in BINARIZE_MODES:
         raise GenzooError(f"unknown binarization {binarize!r}; choose one of {BINARIZE_MODES}")
-    root = resolve_data_dir(data_dir)
     if binarize == "static":
         if dataset != "mnist":
             raise GenzooError("--binarize static exists only for --dataset mnist")
@@ -352,8 +416,8 @@ def load_data(
     val = Split(full.images[cut:], full.labels[cut:])
     if binarize == "threshold":
         train = _binarize_once(train, binarize, 0)
-    val = _binarize_once(val, binarize, EVAL_BINARIZE_SEED)
-    test = _binarize_once(test, binarize, EVAL_BINARIZE_SEED + 1)
+    val = _binarize_once(val, binarize, EVAL_BINARIZE_SEEDS["val"])
+    test = _binarize_once(test, binarize, EVAL_BINARIZE_SEEDS["test"])
     return Data(train, val, test, binarize)
 
 
@@ -362,22 +426,28 @@ def batches(
     batch_size: int,
     binarize: str = "none",
     shuffle: bool = False,
+    skip: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """Yield image batches (B, 1, 28, 28) as index slices of the in-memory tensor.
+    """Image batches (B, 1, 28, 28) as index slices of the in-memory tensor.
 
     ``binarize="dynamic"`` draws the whole split once per call (one pass, one epoch), so
     every image is a fresh Bernoulli draw each time it is seen. Shuffling and that draw
-    take torch's global generator, so a seeded run (and a resumed one, which restores
-    that generator) sees the same batches.
+    take torch's global generator when this function is called (not when the first
+    batch is taken), so a seeded run, and a resumed one that restores that generator,
+    sees the same batches; ``skip`` leaves out the first batches of the pass (a resume
+    within an epoch).
     """
     dynamic = binarize == "dynamic"
     images = split.bernoulli_draw() if dynamic else split.images
     n = images.shape[0]
     order = torch.randperm(n, device=images.device) if shuffle else None
-    for start in range(0, n, batch_size):
+
+    def batch(start: int) -> torch.Tensor:
         x = (
             images[order[start : start + batch_size]]
             if shuffle
             else images[start : start + batch_size]
         )
-        yield x.float() if dynamic else x  # the draw is bool
+        return x.float() if dynamic else x  # the draw is bool
+
+    return (batch(start) for start in range(skip * batch_size, n, batch_size))

@@ -18,46 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from genzoo import plots, quality
-from genzoo.data import EVAL_BINARIZE_SEED, Data, Split, load_data
+from genzoo.data import Data, Split, binarization_note, load_data
 from genzoo.errors import GenzooError
-from genzoo.quality import mean_and_se
-from genzoo.runs import (
-    RunConfig,
-    build_model,
-    load_checkpoint,
-    load_run_config,
-    read_json,
-    write_json,
-)
-from genzoo.train import EVAL_SEED, isolated_rng, per_example_terms, resolve_device
+from genzoo.models import GenerativeModel
+from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
+from genzoo.runs import load_trained, read_json, write_json
+from genzoo.stats import mean_and_se
+from genzoo.train import per_example_terms
 
 ESTIMATORS = ("posterior", "prior")
 
 
-def load_trained(
-    run_dir: Path,
-    device: str = "auto",
-    data_dir: str | Path | None = None,
-    checkpoint: str = "best",
-) -> tuple[RunConfig, nn.Module, Data, int]:
-    """The run's config, its model with ``checkpoint`` weights (in eval mode), its data and
-    the epoch of those weights."""
-    cfg = load_run_config(run_dir)
-    dev = resolve_device(device)
-    tc = cfg.train
-    data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir).to(dev)
-    model = build_model(cfg, data.image_shape)
-    epoch = load_checkpoint(run_dir, checkpoint, model, with_state=False)["epoch"]
-    return cfg, model.to(dev).eval(), data, epoch
-
-
 @torch.no_grad()
 def importance_sampled_nll(
-    model: nn.Module, split: Split, k: int, estimator: str = "posterior", batch_size: int = 100
+    model: GenerativeModel,
+    split: Split,
+    k: int,
+    estimator: str = "posterior",
+    batch_size: int = 100,
 ) -> torch.Tensor:
     """-log p(x) for every image of ``split`` with ``k`` importance samples: (N,) float64."""
     parts = []
@@ -74,13 +55,13 @@ def importance_sampled_nll(
 
 
 @torch.no_grad()
-def draw_many(model: nn.Module, n: int, batch_size: int = 1000) -> torch.Tensor:
+def draw_many(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.Tensor:
     """``n`` samples of the model, drawn in batches: (n, C, H, W) on the model's device."""
     return torch.cat([model.sample(min(batch_size, n - i)) for i in range(0, n, batch_size)])
 
 
 def sample_quality(
-    model: nn.Module, data: Data, real: Split, n_samples: int, data_dir: str | Path | None
+    model: GenerativeModel, data: Data, real: Split, n_samples: int, data_dir: str | Path | None
 ) -> dict[str, Any]:
     """FID, Inception score, precision/recall and Parzen log-likelihood of ``n_samples``
     samples against the ``real`` images (the run's own binarization), with the cached
@@ -142,7 +123,7 @@ def evaluate_run(
     with isolated_rng(EVAL_SEED, images.images.device):
         for name, values in per_example_terms(model, images).items():
             result[name], result[f"{name}_se"] = mean_and_se(values)
-        if hasattr(model, "log_likelihood") and iw_samples > 0:
+        if model.has_likelihood and iw_samples > 0:
             nll = importance_sampled_nll(model, images, iw_samples, estimator)
             result["nll"], result["nll_se"] = mean_and_se(nll)
             result.update(iw_samples=iw_samples, estimator=estimator)
@@ -151,16 +132,13 @@ def evaluate_run(
             plots.draw_class_histogram(
                 result["class_histogram"], run_dir / "figures" / "class_histogram.png"
             )
-    binarize = cfg.train.binarize
-    if binarize == "dynamic":
-        seed = EVAL_BINARIZE_SEED + (1 if split == "test" else 0)
-        binarize = f"dynamic (evaluation set drawn once, seed {seed})"
     result.update(
         n_examples=len(images),
         split=split,
         dataset=cfg.train.dataset,
-        binarize=binarize,
-        units="nats per image",
+        binarize=binarization_note(cfg.train.binarize, split),
+        units=model.units,
+        terms=model.eval_terms,
         checkpoint="best",
         epoch=epoch,
         seconds=time.perf_counter() - start,
@@ -172,4 +150,4 @@ def evaluate_run(
         same_images = all(earlier.get(k) == result[k] for k in ("split", "n_examples", "epoch"))
         result = {**earlier, **result} if same_images else result
     write_json(output, result)
-    return result
+    return {**result, "output": str(output)}

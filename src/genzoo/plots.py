@@ -1,14 +1,14 @@
 """Every figure of a run, as PNG files in RUN/figures/.
 
-Each function draws what a model family supports: sample grids need ``sample`` (and,
-for the Bernoulli-sample / pixel-mean pair, ``prior`` and ``decode``); reconstructions
-need ``reconstruct``; latent scatter, interpolation and the 2-D manifold need
-``encode`` and ``decode``.
+Each figure is drawn for the families that declare what it needs (models/base.py):
+sample grids for all (and the Bernoulli-sample / pixel-mean pair for
+``bernoulli_pixels``); reconstructions for ``can_reconstruct``; latent scatter and
+interpolation for ``can_encode``; the 2-D manifold for a 2-D Gaussian ``prior``;
+temperatures for ``sample_temperatures``; the mixture for ``has_mixture``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,13 +19,14 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import Ellipse
+from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.patches import Ellipse, Rectangle
 from sklearn.decomposition import PCA
-from torch import nn
 from torch.distributions import Normal
 
 from genzoo.data import Data, Split
-from genzoo.runs import load_run_config
+from genzoo.models import GenerativeModel
+from genzoo.runs import load_run_config, read_metrics
 
 N_GRID = 64  # samples per grid (8 x 8)
 
@@ -62,7 +63,7 @@ def save_image_grid(images: torch.Tensor, path: Path, title: str = "") -> None:
     _save(fig, path)
 
 
-def draw_samples(model: nn.Module, title: str, path: Path) -> None:
+def draw_samples(model: GenerativeModel, title: str, path: Path) -> None:
     """Bernoulli samples beside their pixel means for the same z, or plain samples."""
     means, samples = _pixel_means_and_samples(model)
     if means is None:
@@ -75,7 +76,7 @@ def draw_samples(model: nn.Module, title: str, path: Path) -> None:
     _save(fig, path)
 
 
-def draw_temperatures(model: nn.Module, path: Path) -> None:
+def draw_temperatures(model: GenerativeModel, path: Path) -> None:
     """Flow samples at each of the model's temperatures (z ~ N(0, T^2 I)), side by side."""
     temperatures = model.sample_temperatures
     fig, axes = plt.subplots(1, len(temperatures), figsize=(5 * len(temperatures), 5.4))
@@ -84,7 +85,7 @@ def draw_temperatures(model: nn.Module, path: Path) -> None:
     _save(fig, path)
 
 
-def draw_progress_samples(model: nn.Module, run_dir: Path, epoch: int) -> None:
+def draw_progress_samples(model: GenerativeModel, run_dir: Path, epoch: int) -> None:
     model.eval()
     label = "before training" if epoch == 0 else f"after epoch {epoch}"
     draw_samples(model, f"samples {label}", run_dir / "figures" / f"samples_epoch{epoch:03d}.png")
@@ -93,12 +94,12 @@ def draw_progress_samples(model: nn.Module, run_dir: Path, epoch: int) -> None:
 BOOKKEEPING = ("epoch", "seconds", "lr")
 
 
-def curve_panels(model: nn.Module, metrics: list[dict]) -> dict[str, list[str]]:
-    """Panel title -> metric names: the model's own ``curve_panels`` if it has them, else
-    its objective, its other validation terms, and one panel per logged diagnostic; the
-    learning rate too where it changed (``genzoo train --resume RUN --lr LR``)."""
-    if hasattr(model, "curve_panels"):
-        return model.curve_panels
+def curve_panels(model: GenerativeModel, metrics: list[dict]) -> dict[str, list[str]]:
+    """Panel title -> metric names: the model's own ``curve_panels`` if it declares them,
+    else its objective, its other validation terms, and one panel per logged diagnostic;
+    the learning rate too where it changed (a schedule, or ``genzoo resume RUN --lr LR``)."""
+    if model.curve_panels is not None:
+        return {**model.curve_panels, **_rate_panel(metrics)}
     keys, metric = metrics[0].keys(), model.val_metric
     panels = {"objective": [f"train_{metric}", f"val_{metric}"]}
     terms = [k for k in keys if k.startswith("val_") and k != f"val_{metric}"]
@@ -107,9 +108,11 @@ def curve_panels(model: nn.Module, metrics: list[dict]) -> dict[str, list[str]]:
     for k in keys:
         if k not in BOOKKEEPING and not k.startswith(("train_", "val_")):
             panels[k.replace("_", " ")] = [k]
-    if len({m.get("lr") for m in metrics}) > 1:
-        panels["learning rate"] = ["lr"]
-    return panels
+    return {**panels, **_rate_panel(metrics)}
+
+
+def _rate_panel(metrics: list[dict]) -> dict[str, list[str]]:
+    return {"learning rate": ["lr"]} if len({m.get("lr") for m in metrics}) > 1 else {}
 
 
 def draw_curves(
@@ -141,7 +144,9 @@ def draw_curves(
     _save(fig, path)
 
 
-def draw_reconstructions(model: nn.Module, x: torch.Tensor, path: Path, ncol: int = 10) -> None:
+def draw_reconstructions(
+    model: GenerativeModel, x: torch.Tensor, path: Path, ncol: int = 10
+) -> None:
     """Rows of test images, each followed by a row of their reconstructions."""
     x = x[: 3 * ncol]
     recon = model.reconstruct(x)
@@ -151,7 +156,7 @@ def draw_reconstructions(model: nn.Module, x: torch.Tensor, path: Path, ncol: in
     _save(fig, path)
 
 
-def draw_manifold(model: nn.Module, path: Path, n: int = 20) -> None:
+def draw_manifold(model: GenerativeModel, path: Path, n: int = 20) -> None:
     """Decoded means over an n x n grid of a 2-D latent, spaced by the inverse normal CDF
     so that every cell holds equal prior mass (Kingma & Welling 2014, fig. 4)."""
     device = next(model.parameters()).device
@@ -164,12 +169,12 @@ def draw_manifold(model: nn.Module, path: Path, n: int = 20) -> None:
     _save(fig, path)
 
 
-def _encode_split(model: nn.Module, split: Split, n: int) -> np.ndarray:
+def _encode_split(model: GenerativeModel, split: Split, n: int) -> np.ndarray:
     """Codes of the first ``n`` images of ``split``, encoded 1000 at a time: (n, L)."""
     return torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
 
 
-def draw_latents(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
+def draw_latents(model: GenerativeModel, split: Split, path: Path, n: int = 5000) -> None:
     """Codes (posterior means) of test images coloured by class; PCA above 2 dimensions."""
     codes = _encode_split(model, split, n)
     points, _, axis_name = _codes_in_2d(codes)
@@ -179,7 +184,9 @@ def draw_latents(model: nn.Module, split: Split, path: Path, n: int = 5000) -> N
     _save(fig, path)
 
 
-def draw_interpolation(model: nn.Module, x_pair: torch.Tensor, path: Path, steps: int = 10) -> None:
+def draw_interpolation(
+    model: GenerativeModel, x_pair: torch.Tensor, path: Path, steps: int = 10
+) -> None:
     """Decoded means along the straight line between the codes of two test images."""
     z = model.encode(x_pair)  # (2, L)
     t = torch.linspace(0, 1, steps, device=z.device)[:, None]
@@ -190,8 +197,8 @@ def draw_interpolation(model: nn.Module, x_pair: torch.Tensor, path: Path, steps
     _save(fig, path)
 
 
-def has_2d_gaussian_prior(model: nn.Module) -> bool:
-    if not hasattr(model, "prior"):
+def has_2d_gaussian_prior(model: GenerativeModel) -> bool:
+    if not (model.has_prior and model.can_encode):
         return False
     prior = model.prior()
     return isinstance(prior.base_dist, Normal) and prior.event_shape == (2,)
@@ -217,7 +224,7 @@ def _scatter_by_class(fig: plt.Figure, ax: plt.Axes, points: np.ndarray, labels)
     fig.colorbar(dots, ax=ax, ticks=range(10), label="class")
 
 
-def draw_mixture(model: nn.Module, split: Split, path: Path, n: int = 5000) -> None:
+def draw_mixture(model: GenerativeModel, split: Split, path: Path, n: int = 5000) -> None:
     """Codes of test images by class with the fitted mixture's 2-sigma ellipses on top;
     beside them, decoded samples from the mixture and from N(0, I)."""
     codes = _encode_split(model, split, n)
@@ -246,10 +253,12 @@ def draw_mixture(model: nn.Module, split: Split, path: Path, n: int = 5000) -> N
     _save(fig, path)
 
 
-def _pixel_means_and_samples(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _pixel_means_and_samples(
+    model: GenerativeModel,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Pixel means and Bernoulli samples for the same z (latent-variable models with
     Bernoulli pixels), else (None, samples)."""
-    if hasattr(model, "prior") and hasattr(model, "decode"):
+    if model.bernoulli_pixels:
         means = model.decode(model.prior().sample((N_GRID,)))
         return means, torch.bernoulli(means)
     return None, model.sample(N_GRID)
@@ -258,7 +267,7 @@ def _pixel_means_and_samples(model: nn.Module) -> tuple[torch.Tensor | None, tor
 def draw_comparison(
     names: list[str],
     all_metrics: list[list[dict]],
-    models: list[nn.Module],
+    models: list[GenerativeModel],
     metrics: list[str],
     path: Path,
 ) -> None:
@@ -309,13 +318,6 @@ def draw_class_histogram(counts: list[int], path: Path) -> None:
     _save(fig, path)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
 def _averaging_note(run_dir: Path) -> str | None:
     """Says so where validation saw a moving average of the weights (``--ema``), which is
     why its curve can lie below the training one."""
@@ -323,7 +325,7 @@ def _averaging_note(run_dir: Path) -> str | None:
     return f"validation: moving average of the weights (ema {ema})" if ema else None
 
 
-def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
+def draw_run_figures(model: GenerativeModel, data: Data, run_dir: Path) -> list[Path]:
     """Every figure the model supports, from its current weights; returns the files."""
     model.eval()
     out = run_dir / "figures"
@@ -336,20 +338,146 @@ def draw_run_figures(model: nn.Module, data: Data, run_dir: Path) -> list[Path]:
     metrics = read_metrics(run_dir)
     if metrics:
         panels = curve_panels(model, metrics)
-        references = getattr(model, "reference_lines", None)
+        references = model.reference_lines
         draw("curves.png", draw_curves, metrics, panels, references, _averaging_note(run_dir))
     draw("samples.png", draw_samples, model, "samples (best checkpoint)")
     test = data.test
-    if hasattr(model, "reconstruct"):
+    if model.can_reconstruct:
         draw("reconstructions.png", draw_reconstructions, model, test.images)
-    if hasattr(model, "encode") and hasattr(model, "decode"):
+    if model.can_encode:
         draw("interpolation.png", draw_interpolation, model, test.images[:2])
         if test.labels is not None:
             draw("latents.png", draw_latents, model, test)
         if has_2d_gaussian_prior(model):
             draw("manifold.png", draw_manifold, model)
-    if hasattr(model, "sample_temperatures"):
+    if model.sample_temperatures:
         draw("temperatures.png", draw_temperatures, model)
-    if hasattr(model, "mixture"):
+    if model.has_mixture:
         draw("mixture.png", draw_mixture, model, test)
+    if model.draws_on_canvas:
+        drawn += draw_canvas_figures(model, test.images, out)
     return drawn
+
+
+# ---------------------------------------------------------------------- DRAW's canvas
+
+DRAWING_SAMPLES = 8  # samples in drawing.png and drawing.gif
+MAX_STRIP_STEPS = 16  # columns of a step-by-step strip
+
+
+def draw_canvas_figures(model: GenerativeModel, images: torch.Tensor, out: Path) -> list[Path]:
+    """The figures of a model that ``draws_on_canvas`` (DRAW): samples drawn step by step
+    (drawing.png, and drawing.gif from the same samples), test images read and redrawn
+    (reading.png) and the KL of each step (kl_per_step.png)."""
+    canvases, windows = model.sample_sequence(DRAWING_SAMPLES)
+    paths = [out / name for name in ("drawing.png", "drawing.gif", "reading.png")]
+    draw_drawing(canvases, windows, paths[0])
+    draw_drawing_gif(canvases, windows, paths[1])
+    draw_reading(model, images[:4], paths[2])
+    draw_kl_per_step(model, images, out / "kl_per_step.png")
+    return [*paths, out / "kl_per_step.png"]
+
+
+def _strip_steps(n_steps: int) -> list[int]:
+    """At most MAX_STRIP_STEPS steps spread evenly over 0..n_steps-1, the last among them."""
+    picks = np.linspace(0, n_steps - 1, min(n_steps, MAX_STRIP_STEPS)).round().astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def _window_box(
+    window: torch.Tensor, row: int, col: int, h: int, w: int
+) -> tuple[float, float, float, float]:
+    """A window (centre x, centre y, width, height) in an image's pixels as a Rectangle's
+    (x, y, width, height) on tile (row, col) of ``image_grid``, clipped to the tile so
+    that a window partly off its image does not cover the neighbours."""
+    gx, gy, bw, bh = (float(v) for v in window)
+    x0, x1 = max(gx - bw / 2, -0.5), min(gx + bw / 2, w - 0.5)
+    y0, y1 = max(gy - bh / 2, -0.5), min(gy + bh / 2, h - 0.5)
+    return col * (w + 1) + x0, row * (h + 1) + y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)
+
+
+def _add_window(ax: plt.Axes, window: torch.Tensor, row: int, col: int, h: int, w: int) -> None:
+    x, y, width, height = _window_box(window, row, col, h, w)
+    ax.add_patch(Rectangle((x, y), width, height, fill=False, edgecolor="tab:red", lw=1))
+
+
+def draw_drawing(canvases: torch.Tensor, windows: torch.Tensor | None, path: Path) -> None:
+    """A row per sample, a column per step: the canvas sigmoid(c_t) (T, n, 1, H, W) with
+    the window written at step t (T, n, 4) in red, every few steps where T is large."""
+    steps = _strip_steps(len(canvases))
+    n, h, w = canvases.shape[1], *canvases.shape[-2:]
+    tiles = canvases[steps].transpose(0, 1).flatten(0, 1)  # (n * S, 1, H, W), sample-major
+    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, n * 0.7 + 0.7))
+    labels = ", ".join(str(t + 1) for t in steps)
+    _show(ax, image_grid(tiles, len(steps)), f"canvas at steps {labels} (red: write window)")
+    if windows is not None:
+        for col, t in enumerate(steps):
+            for row in range(n):
+                _add_window(ax, windows[t, row], row, col, h, w)
+    _save(fig, path)
+
+
+def draw_drawing_gif(
+    canvases: torch.Tensor, windows: torch.Tensor | None, path: Path, fps: int = 4
+) -> None:
+    """The samples of ``draw_drawing`` in one row, a frame per step, as an animated GIF."""
+    n_steps, n, _, h, w = canvases.shape
+    frames = [image_grid(canvas, n) for canvas in canvases]
+    fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
+    _show(ax, frames[0])
+    image = ax.images[0]
+    boxes: list[Rectangle] = []
+    if windows is not None:  # moved to each step's windows by show()
+        boxes = [ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, ec="tab:red")) for _ in range(n)]
+
+    def show(t: int) -> list[matplotlib.artist.Artist]:
+        image.set_data(frames[t])
+        ax.set_title(f"step {t + 1} of {n_steps}")
+        for col, box in enumerate(boxes):
+            box.set_bounds(*_window_box(windows[t, col], 0, col, h, w))
+        return [image, *boxes]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FuncAnimation(fig, show, frames=n_steps).save(path, writer=PillowWriter(fps=fps))
+    plt.close(fig)
+
+
+def draw_reading(model: GenerativeModel, x: torch.Tensor, path: Path) -> None:
+    """For each test image in x (B, 1, H, W), two rows: the image with the window read at
+    step t, and the canvas after step t (z_t at the posterior means)."""
+    canvases, windows = model.reconstruct_sequence(x)  # (T, B, 1, H, W), (T, B, 4)
+    steps = _strip_steps(len(canvases))
+    b, h, w = x.shape[0], *x.shape[-2:]
+    targets = x[None].expand(len(steps), *x.shape)  # (S, B, 1, H, W)
+    tiles = torch.stack([targets, canvases[steps]], 2)  # (S, B, 2, 1, H, W)
+    tiles = tiles.permute(1, 2, 0, 3, 4, 5).flatten(0, 2)  # rows: image, canvas, image, ...
+    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, 2 * b * 0.7 + 0.7))
+    title = "test images read (red: read window) and redrawn, step by step"
+    _show(ax, image_grid(tiles, len(steps)), title)
+    if windows is not None:
+        for col, t in enumerate(steps):
+            for i in range(b):
+                _add_window(ax, windows[t, i], 2 * i, col, h, w)
+    _save(fig, path)
+
+
+def draw_kl_per_step(
+    model: GenerativeModel, images: torch.Tensor, path: Path, n: int = 1000
+) -> None:
+    """Mean KL(q(z_t|.) || p(z_t)) of each step over the first ``n`` images, from the
+    ``kl_step{t}`` terms of ``evaluate_batch``, with standard errors: when the model
+    spends its nats."""
+    parts = [model.evaluate_batch(x) for x in images[:n].split(500)]
+    names = [name for name in parts[0] if name.startswith("kl_step")]
+    kl = torch.stack([torch.cat([p[name] for p in parts]) for name in names]).double().cpu()
+    mean, se = kl.mean(1), kl.std(1) / np.sqrt(kl.shape[1])  # (T,) each
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(names) + 2), 3.5))
+    ax.bar(range(1, len(names) + 1), mean.numpy(), yerr=se.numpy(), color="tab:blue")
+    ax.set(
+        xlabel="step t",
+        xticks=[t + 1 for t in _strip_steps(len(names))],
+        ylabel="KL (nats per image)",
+        title=f"KL per step, mean over {kl.shape[1]} test images",
+    )
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from genzoo.data import (
-    EVAL_BINARIZE_SEED,
+    EVAL_BINARIZE_SEEDS,
     IMAGE_SHAPE,
     Data,
     Split,
@@ -49,7 +49,8 @@ from genzoo.data import (
     load_data,
 )
 from genzoo.errors import GenzooError
-from genzoo.runs import atomic_write, read_json, write_json
+from genzoo.runs import read_json, save_weights, write_json
+from genzoo.stats import mean_and_se
 
 N_CLASSES = 10
 FEATURE_DIM = 128
@@ -57,7 +58,6 @@ MIN_ACCURACY = 0.99  # below this the features are too poor for FID / IS to mean
 CACHE_FOLDER = "quality-net"
 PARZEN_SIGMAS = tuple(float(s) for s in np.logspace(-1, 0, 10))  # Goodfellow et al.'s grid
 PARZEN_VAL_SIZE = 1000  # validation images for the bandwidth, as in Goodfellow et al.
-REFERENCE_SEED = EVAL_BINARIZE_SEED + 2  # binarizes the reference "samples" of dynamic data
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -186,10 +186,7 @@ def save_feature_net(
 ) -> None:
     """Weights, then the sidecar naming their checksum; a crash between the two leaves a
     checksum mismatch, which the next load treats as a corrupt cache."""
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {"dataset": dataset, "feature_dim": str(net.feature_dim)}
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    save_weights(weights, net, {"dataset": dataset, "feature_dim": str(net.feature_dim)})
     info = {
         "sha256": file_digest(weights, "sha256"),
         "test_accuracy": test_accuracy,
@@ -442,13 +439,6 @@ def select_parzen_sigma(
     return float(sigmas[int(mean_ll.argmax())])
 
 
-def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error of the mean of (N,) values."""
-    n = values.numel()
-    se = values.std().item() / math.sqrt(n) if n > 1 else math.nan
-    return values.mean().item(), se
-
-
 def quality_scores(
     samples: torch.Tensor,
     real_test: torch.Tensor,
@@ -503,7 +493,7 @@ def reference_quality_scores(
         raise GenzooError(f"only {len(data.train)} training images, asked for {n_samples}")
     reference = data.train.images[:n_samples]
     if data.binarize == "dynamic":
-        generator = torch.Generator().manual_seed(REFERENCE_SEED)
+        generator = torch.Generator().manual_seed(EVAL_BINARIZE_SEEDS["reference"])
         reference = torch.bernoulli(reference.cpu(), generator=generator).to(reference.device)
     return quality_scores(
         reference, data.test.images, data.val.images, net, k, sigmas, parzen_val_size, batch_size

@@ -1,84 +1,57 @@
-"""The one training loop, shared by every model family (see models/base.py).
+"""The one training loop, shared by every model family (the contract: models/base.py).
 
-Per epoch: a pass over the shuffled training set (each model's own ``train_step``),
-validation terms averaged over the validation set, a line in metrics.jsonl, the ``last``
-checkpoint (and ``best`` when validation improved), sample grids every few epochs, and
-early stopping after ``patience`` epochs without improvement. With ``ema`` set, a
-moving average of the weights (averaging.py) is what validation, the grids and the
-``best`` checkpoint see; ``last`` keeps the weights themselves. Checkpoints carry the
-optimizer, average and random-generator states, so a resumed run continues exactly
-where the killed one stopped: on CPU it ends with the very weights of an uninterrupted
-run.
+Per epoch: a pass over the shuffled training set (each model's own ``train_step``, at
+the rate the schedule gives for that step), validation terms averaged over the
+validation set, a line in metrics.jsonl, the ``last`` checkpoint (and ``best`` when
+validation improved), sample grids every few epochs, and early stopping after
+``patience`` epochs without improvement. Within a long epoch the ``last`` checkpoint is
+also written every ``checkpoint_minutes``. With ``ema`` set, a moving average of the
+weights (averaging.py) is what validation, the grids and the ``best`` checkpoint see;
+``last`` keeps the weights themselves.
+
+Checkpoints carry the optimizer, average and random-generator states, the generator
+state from the start of the epoch (to redraw its shuffle and binarization) and the
+batches already taken, so a resumed run continues exactly where the killed one
+stopped: on CPU it ends with the very weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch.optim import Optimizer
 from tqdm import tqdm
 
 from genzoo import plots
 from genzoo.averaging import WeightAverage
-from genzoo.data import Data, Split, batches, load_data
+from genzoo.data import Data, Split, batches
 from genzoo.errors import GenzooError, TrainingDiverged
-from genzoo.models import MODELS
+from genzoo.models import MODELS, GenerativeModel
+from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
+    append_metrics,
     build_model,
+    checkpoint_paths,
     load_checkpoint,
-    load_run_config,
+    load_data_of,
     save_checkpoint,
     save_run_config,
+    trim_metrics,
     write_json,
 )
-
-EVAL_SEED = 2024  # validation and figures draw from their own generator, never training's
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GenzooError(
-            "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto"
-        )
-    return torch.device(name)
-
-
-@contextmanager
-def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Run a block on a freshly seeded generator and restore the training generator after."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+from genzoo.schedule import LRSchedule
 
 
 @torch.no_grad()
 def per_example_terms(
-    model: nn.Module, split: Split, batch_size: int = 1000
+    model: GenerativeModel, split: Split, batch_size: int = 1000
 ) -> dict[str, torch.Tensor]:
     """``evaluate_batch`` over a whole split, concatenated: each term (N,) on the CPU."""
     model.eval()
@@ -89,7 +62,7 @@ def per_example_terms(
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def validate(model: nn.Module, split: Split, device: torch.device) -> dict[str, float]:
+def validate(model: GenerativeModel, split: Split, device: torch.device) -> dict[str, float]:
     with isolated_rng(EVAL_SEED, device):
         terms = per_example_terms(model, split)
     return {name: values.mean().item() for name, values in terms.items()}
@@ -103,100 +76,225 @@ class LoopState:
     bad_epochs: int = 0  # epochs since the best one
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizers: list,
-    data: Data,
-    batch_size: int,
-    epoch: int,
-    average: WeightAverage | None = None,
-) -> dict[str, float]:
-    """One pass over the training set; returns the mean of each ``train_step`` statistic.
-    ``average``, if given, takes in the weights after every step."""
-    model.train()
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}  # some statistics come from some steps only (a GAN's g_loss)
-    n_batches = math.ceil(len(data.train) / batch_size)
-    bar = tqdm(
-        batches(data.train, batch_size, data.binarize, shuffle=True),
-        total=n_batches,
-        desc=f"epoch {epoch}",
-        leave=False,
-        disable=None,
-    )
-    for step, x in enumerate(bar):
-        stats = model.train_step(x, optimizers)
-        if average is not None:
-            average.update()
-        if not math.isfinite(stats["loss"]):
-            raise TrainingDiverged(
-                f"loss became {stats['loss']} at epoch {epoch}, step {step}; the last good "
-                "checkpoint is kept (continue from it with a lower rate: genzoo train --resume RUN "
-                "--lr LR)"
-            )
+@dataclass
+class EpochProgress:
+    """How far the running epoch has come: what a checkpoint within it holds."""
+
+    step: int = 0  # batches taken
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # a GAN's g_loss: some steps only
+    seconds: float = 0.0  # training time so far
+    start_rng: dict[str, torch.Tensor] | None = None  # generator before the shuffle and draw
+
+    def add(self, stats: dict[str, float]) -> None:
+        self.step += 1
         for name, value in stats.items():
-            sums[name] = sums.get(name, 0.0) + value
-            counts[name] = counts.get(name, 0) + 1
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{stats['loss']:.2f}")
-    return {name: total / counts[name] for name, total in sums.items()}
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.counts[name] for name, total in self.sums.items()}
 
 
-def _trim_metrics(path: Path, last_epoch: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (a run killed between the two)."""
-    if path.exists():
-        lines = [
-            ln
-            for ln in path.read_text().splitlines()
-            if ln and json.loads(ln)["epoch"] <= last_epoch
-        ]
-        path.write_text("".join(ln + "\n" for ln in lines))
+def epoch_batches(
+    data: Data, batch_size: int, progress: EpochProgress, device: torch.device
+) -> Any:
+    """The epoch's batches from ``progress.step`` on. A new epoch records the generator
+    state before its shuffle and binarization; a resumed one redraws them from that
+    state, then goes on with the generator where the checkpoint left it."""
+    if progress.step == 0:
+        progress.start_rng = rng_state(device)
+        return batches(data.train, batch_size, data.binarize, shuffle=True)
+    now = rng_state(device)
+    set_rng_state(progress.start_rng, device)
+    loader = batches(data.train, batch_size, data.binarize, shuffle=True, skip=progress.step)
+    set_rng_state(now, device)
+    return loader
 
 
-def _restore(
-    run_dir: Path,
-    model: nn.Module,
-    optimizers: list,
-    average: WeightAverage | None,
-    dev: torch.device,
-) -> LoopState:
-    """Weights, optimizer, average and generator states and loop counters of the last
-    checkpoint.
+class Trainer:
+    """One run's model, optimizers, average, schedule and data, and the loop over them."""
 
-    The learning rates stay those the optimizers were just built with from the run's
-    config, so ``genzoo train --resume RUN --lr LR`` continues with a new rate.
-    """
-    state = load_checkpoint(run_dir, "last", model)
-    for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-        rates = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(opt_state)
-        for group, lr in zip(opt.param_groups, rates, strict=True):
-            group["lr"] = lr
-    if average is not None:
-        if "average" not in state:
-            raise GenzooError(
-                f"the last checkpoint in {run_dir} holds no weight average although the run's "
-                "config.json sets ema: they do not belong together; delete the run or retrain"
-            )
-        average.load_state_dict(state["average"])
-    set_rng_state(state["rng"], dev)
-    return LoopState(**state["loop"])
+    def __init__(self, run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data):
+        tc = cfg.train
+        self.run_dir, self.cfg, self.dev, self.data = run_dir, cfg, dev, data
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg, data.image_shape).to(dev)
+        self.optimizers: list[Optimizer] = self.model.configure_optimizers(tc.lr)
+        self.average = WeightAverage(self.model, tc.ema) if tc.ema else None
+        self.steps_per_epoch = math.ceil(len(data.train) / tc.batch_size)
+        self.schedule = LRSchedule(
+            tc.lr_schedule,
+            tc.lr,
+            self.steps_per_epoch,
+            tc.epochs,
+            tc.lr_min,
+            tc.lr_decay,
+            tc.lr_step_epochs,
+            tc.warmup_epochs,
+        )
+        self.loop = LoopState()
+        self.progress = EpochProgress()
+
+    def evaluated(self) -> Any:
+        """What validation, the grids and the best checkpoint see: the average, if any."""
+        return self.average.swapped_in() if self.average else nullcontext()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "epoch": self.loop.epoch,
+            "step": self.progress.step,
+            "loop": asdict(self.loop),
+            "rng": rng_state(self.dev),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "progress": asdict(self.progress) if self.progress.step else None,
+        }
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
+
+    def restore(self) -> None:
+        """Weights, optimizer, average and generator states, loop counters and the running
+        epoch's progress of the last checkpoint.
+
+        The learning rates come from the schedule at the next step, so ``genzoo resume
+        RUN --lr LR`` continues with a new base rate.
+        """
+        state = load_checkpoint(self.run_dir, "last", self.model)
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        if self.average is not None:
+            if "average" not in state:
+                raise GenzooError(
+                    f"the last checkpoint in {self.run_dir} holds no weight average although "
+                    "the run's config.json sets ema: they do not belong together; delete the "
+                    "run or retrain"
+                )
+            self.average.load_state_dict(state["average"])
+        set_rng_state(state["rng"], self.dev)
+        self.loop = LoopState(**state["loop"])
+        self.progress = (
+            EpochProgress(**state["progress"]) if state.get("progress") else EpochProgress()
+        )
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """The rest of epoch ``epoch`` (all of it unless resumed within it); returns the
+        mean of each ``train_step`` statistic over the whole epoch."""
+        tc, progress = self.cfg.train, self.progress
+        self.model.train()
+        loader = epoch_batches(self.data, tc.batch_size, progress, self.dev)
+        bar = tqdm(
+            loader,
+            total=self.steps_per_epoch,
+            initial=progress.step,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=None,
+        )
+        last_save = start = time.perf_counter()
+        for x in bar:
+            self.schedule.apply(self.optimizers, (epoch - 1) * self.steps_per_epoch + progress.step)
+            stats = self.model.train_step(x, self.optimizers)
+            if not math.isfinite(stats["loss"]):
+                raise TrainingDiverged(
+                    f"loss became {stats['loss']} at epoch {epoch}, step {progress.step}; the "
+                    "last good checkpoint is kept (continue from it with a lower rate: "
+                    f"genzoo resume {self.run_dir} --lr LR)"
+                )
+            if self.average is not None:
+                self.average.update()
+            progress.add(stats)
+            if progress.step % 20 == 0:
+                bar.set_postfix(loss=f"{stats['loss']:.2f}")
+            now = time.perf_counter()
+            minutes = tc.checkpoint_minutes
+            if minutes and now - last_save >= 60 * minutes and progress.step < self.steps_per_epoch:
+                progress.seconds += now - start
+                save_checkpoint(self.run_dir, "last", self.model, self.state())
+                last_save = start = time.perf_counter()
+        progress.seconds += time.perf_counter() - start
+        return progress.means()
+
+    def end_epoch(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        """Validation, metrics, checkpoints and grids after epoch ``epoch``."""
+        model, tc, metric = self.model, self.cfg.train, self.model.val_metric
+        with self.evaluated():
+            val = validate(model, self.data.val, self.dev)
+        record = {
+            "epoch": epoch,
+            **{f"train_{k}": v for k, v in train_stats.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": self.progress.seconds,  # the training pass alone
+            "lr": self.optimizers[0].param_groups[0]["lr"],
+        }
+        with isolated_rng(EVAL_SEED, self.dev):
+            record.update(model.epoch_diagnostics(diagnostics_batch(self.data, self.dev)))
+        append_metrics(self.run_dir, record)
+        # Without a validation metric (a GAN) the latest weights count as the best.
+        score = val[metric] if metric else -epoch
+        improved = score < self.loop.best
+        self.loop = LoopState(
+            epoch=epoch,
+            best=score if improved else self.loop.best,
+            best_epoch=epoch if improved else self.loop.best_epoch,
+            bad_epochs=0 if improved else self.loop.bad_epochs + 1,
+        )
+        self.progress = EpochProgress()
+        state = self.state()
+        save_checkpoint(self.run_dir, "last", model, state)
+        with self.evaluated():
+            if improved:
+                save_checkpoint(self.run_dir, "best", model, state)
+            if epoch == 1 or epoch % tc.sample_every == 0:
+                draw_progress(model, self.run_dir, epoch, tc.seed, self.dev)
+        shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
+        print(
+            f"epoch {epoch:3d}  train loss {train_stats['loss']:8.2f}  {shown}"
+            f"lr {record['lr']:.2e}  ({record['seconds']:.1f} s)" + ("  *" if improved else "")
+        )
+        return record
+
+    def stopped_early(self) -> bool:
+        patience = self.cfg.train.patience
+        return bool(patience) and self.loop.bad_epochs >= patience
+
+    def run(self) -> None:
+        for epoch in range(self.loop.epoch + 1, self.cfg.train.epochs + 1):
+            if self.stopped_early():
+                break
+            self.end_epoch(epoch, self.train_epoch(epoch))
+        if self.stopped_early():
+            print(f"stopped early: no better validation for {self.cfg.train.patience} epochs")
 
 
-def _diagnostics_batch(data: Data, dev: torch.device, size: int = 256) -> torch.Tensor:
+def diagnostics_batch(data: Data, dev: torch.device, size: int = 256) -> torch.Tensor:
     """A fixed batch of training images (one seeded binarization) for ``epoch_diagnostics``."""
     with isolated_rng(EVAL_SEED, dev):
         return next(batches(data.train, size, data.binarize))
 
 
-def _draw_progress(
-    model: nn.Module, run_dir: Path, epoch: int, seed: int, dev: torch.device
+def draw_progress(
+    model: GenerativeModel, run_dir: Path, epoch: int, seed: int, dev: torch.device
 ) -> None:
-    if not getattr(model, "samples_while_training", True):  # the autoencoder's mixture
+    if not model.samples_while_training:  # the autoencoder's mixture comes at the end
         return
     # The same noise every time (seeded), so the grids show the model changing, not the draw.
     with isolated_rng(seed, dev):
         plots.draw_progress_samples(model, run_dir, epoch)
+
+
+def describe(cfg: RunConfig, data: Data, run_dir: Path, dev: torch.device) -> str:
+    tc = cfg.train
+    subset = f" (the first {tc.train_size}: --train-size)" if tc.train_size else ""
+    return (
+        f"training {cfg.model} in {run_dir} on {dev}: {len(data.train)} train{subset} / "
+        f"{len(data.val)} validation images, binarize={tc.binarize}, lr {tc.lr:g} "
+        f"({tc.lr_schedule})"
+    )
 
 
 def train(
@@ -208,9 +306,8 @@ def train(
 ) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary.
 
-    Optional model hooks: ``epoch_diagnostics(x)`` adds figures measured on a fixed
-    training batch to each epoch's metrics; ``after_training(data)`` runs once on the
-    best weights at the end (the autoencoder fits its mixture there).
+    A resume of a run that has no checkpoint yet (killed early) starts it afresh from
+    its saved config; a resume changes config.json only once its checkpoint has loaded.
     """
     dev = resolve_device(device)
     tc = cfg.train
@@ -219,110 +316,40 @@ def train(
         raise GenzooError(
             f"model {cfg.model} is defined for --binarize {' or '.join(allowed)}, not {tc.binarize}"
         )
-    data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir).to(dev)
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, data.image_shape).to(dev)
-    optimizers = model.configure_optimizers(tc.lr)
-    average = WeightAverage(model, tc.ema) if tc.ema else None
-    # What validation, the grids and the best checkpoint see: the average, if there is one.
-    evaluated = average.swapped_in if average else nullcontext
-    metrics_path = run_dir / "metrics.jsonl"
-    if resume:
-        loop = _restore(run_dir, model, optimizers, average, dev)
-        _trim_metrics(metrics_path, loop.epoch)
-    else:
-        loop = LoopState()
+    data = load_data_of(cfg, dev, data_dir)
+    trainer = Trainer(run_dir, cfg, dev, data)
+    if resume and checkpoint_paths(run_dir, "last")[0].is_file():
+        trainer.restore()
         save_run_config(run_dir, cfg)
-        metrics_path.unlink(missing_ok=True)
-        _draw_progress(model, run_dir, 0, tc.seed, dev)
-    probe = _diagnostics_batch(data, dev)
-    metric = model.val_metric
+        trim_metrics(run_dir, trainer.loop.epoch)
+        where = f"epoch {trainer.loop.epoch}" + (
+            f", step {trainer.progress.step}" if trainer.progress.step else ""
+        )
+        print(f"resuming from the checkpoint after {where}")
+    else:
+        if resume:
+            print(f"{run_dir} has no checkpoint yet: training from the start with its config")
+        save_run_config(run_dir, cfg)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        draw_progress(trainer.model, run_dir, 0, tc.seed, dev)
 
-    print(
-        f"training {cfg.model} in {run_dir} on {dev}: {len(data.train)} train / "
-        f"{len(data.val)} validation images, binarize={tc.binarize}"
-    )
-    stopped_early = tc.patience and loop.bad_epochs >= tc.patience
+    print(describe(cfg, data, run_dir, dev))
     try:
-        for epoch in range(loop.epoch + 1, tc.epochs + 1):
-            if stopped_early:
-                break
-            start = time.perf_counter()
-            train_stats = train_epoch(model, optimizers, data, tc.batch_size, epoch, average)
-            seconds = time.perf_counter() - start  # the training pass alone
-            with evaluated():
-                val = validate(model, data.val, dev)
-            record = {
-                "epoch": epoch,
-                **{f"train_{k}": v for k, v in train_stats.items()},
-                **{f"val_{k}": v for k, v in val.items()},
-                "seconds": seconds,
-                "lr": optimizers[0].param_groups[0]["lr"],
-            }
-            if hasattr(model, "epoch_diagnostics"):
-                with isolated_rng(EVAL_SEED, dev):
-                    record.update(model.epoch_diagnostics(probe))
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            # Without a validation metric (a GAN) the latest weights count as the best.
-            score = val[metric] if metric else -epoch
-            improved = score < loop.best
-            loop = LoopState(
-                epoch=epoch,
-                best=score if improved else loop.best,
-                best_epoch=epoch if improved else loop.best_epoch,
-                bad_epochs=0 if improved else loop.bad_epochs + 1,
-            )
-            state = {
-                "epoch": epoch,
-                "loop": asdict(loop),
-                "rng": rng_state(dev),
-                "optimizers": [opt.state_dict() for opt in optimizers],
-            }
-            if average is not None:
-                state["average"] = average.state_dict()
-            save_checkpoint(run_dir, "last", model, state)
-            with evaluated():
-                if improved:
-                    save_checkpoint(run_dir, "best", model, state)
-                if epoch == 1 or epoch % tc.sample_every == 0:
-                    _draw_progress(model, run_dir, epoch, tc.seed, dev)
-            shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
-            print(
-                f"epoch {epoch:3d}  train loss {train_stats['loss']:8.2f}  {shown}"
-                f"({seconds:.1f} s)" + ("  *" if improved else "")
-            )
-            stopped_early = tc.patience and loop.bad_epochs >= tc.patience
+        trainer.run()
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted; checkpoint of epoch {loop.epoch} is kept. Continue with: "
-            f"genzoo train --resume {run_dir}"
+            f"\ninterrupted; the last checkpoint (epoch {trainer.loop.epoch} or later within "
+            f"the next) is kept. Continue with: genzoo resume {run_dir}"
         )
         raise
-    if stopped_early:
-        print(f"stopped early: no better validation for {tc.patience} epochs")
+    model, loop, metric = trainer.model, trainer.loop, trainer.model.val_metric
     best_state = load_checkpoint(run_dir, "best", model)
     with isolated_rng(EVAL_SEED, dev):
-        if hasattr(model, "after_training"):
-            model.after_training(data)
-            save_checkpoint(run_dir, "best", model, best_state)
+        model.after_training(data)
+        save_checkpoint(run_dir, "best", model, best_state)  # with what after_training set
         plots.draw_run_figures(model, data, run_dir)
     summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
     if metric:
         summary[f"best_val_{metric}"] = loop.best
     write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def resume_config(run_dir: Path, epochs: int | None, lr: float | None = None) -> RunConfig:
-    """The run's saved config; ``epochs`` may be raised to train a finished run further,
-    and ``lr`` replaces the learning rate from the next epoch on (metrics.jsonl records
-    each epoch's rate)."""
-    cfg = load_run_config(run_dir)
-    if epochs is not None:
-        cfg.train.epochs = epochs
-    if lr is not None:
-        cfg.train.lr = lr
-    if epochs is not None or lr is not None:
-        save_run_config(run_dir, cfg)
-    return cfg

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
-from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
-from torch.optim import Adam, Optimizer
 
 from genzoo.data import Data, batches
 from genzoo.errors import GenzooError
-from genzoo.models.base import step_single_loss
+from genzoo.models.base import GenerativeModel
 from genzoo.nets import activation_field, mlp
 
 
@@ -55,8 +54,14 @@ class AutoencoderConfig:
     )
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(GenerativeModel):
     val_metric = "loss"
+    eval_terms: ClassVar[dict[str, str]] = {
+        "loss": "loss",
+        "recon": "reconstruction",
+        "l1": "L1 of the code",
+    }
+    can_encode = can_reconstruct = has_mixture = True
     samples_while_training = False  # sampling needs the mixture, fitted at the end
 
     def __init__(self, cfg: AutoencoderConfig, image_shape: tuple[int, ...]):
@@ -75,7 +80,7 @@ class Autoencoder(nn.Module):
 
     # ------------------------------------------------------------------ loss
 
-    def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def per_example_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example reconstruction loss, L1 norm of the code and their sum: each (B,)."""
         z = self.encoder(x.flatten(1))  # (B, L)
         logits = self.decoder(z)  # (B, D)
@@ -87,18 +92,13 @@ class Autoencoder(nn.Module):
         l1 = z.abs().sum(-1)
         return {"loss": recon + self.cfg.sparsity * l1, "recon": recon, "l1": l1}
 
-    def configure_optimizers(self, lr: float) -> list[Optimizer]:
-        return [Adam(self.parameters(), lr=lr, fused=True)]
-
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
-        terms = self.terms(x)
-        loss = terms["loss"].mean()
-        step_single_loss(loss, optimizers)
-        return {name: value.mean().item() for name, value in terms.items()}
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = self.per_example_terms(x)
+        return terms["loss"].mean(), {name: value.mean().item() for name, value in terms.items()}
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.terms(x)
+        return self.per_example_terms(x)
 
     # ------------------------------------------------------------------ the mixture
 
@@ -146,8 +146,9 @@ class Autoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Decoded images of codes drawn from the fitted mixture: (n, C, H, W)."""
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Decoded images of codes drawn from the fitted mixture: (n, C, H, W)
+        (``temperature`` unused)."""
         return self.decode(self.mixture().sample((n,)))
 
     @torch.no_grad()

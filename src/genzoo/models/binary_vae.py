@@ -31,10 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.distributions import Bernoulli, Independent, RelaxedBernoulli
-from torch.optim import Optimizer
 
-from genzoo.errors import GenzooError
-from genzoo.models.base import step_single_loss
 from genzoo.models.latent import LatentVariableModel
 from genzoo.nets import activation_field, mlp
 
@@ -66,7 +63,9 @@ class BinaryVAEConfig:
             "choices": ("none", "ema"),
         },
     )
-    ema_decay: float = field(default=0.9, metadata={"help": "decay of the running average"})
+    ema_decay: float = field(
+        default=0.9, metadata={"help": "decay of the running average", "below": 1}
+    )
     temperature: float = field(
         default=1.0, metadata={"help": "temperature of the relaxed Bernoulli (gumbel)"}
     )
@@ -75,8 +74,6 @@ class BinaryVAEConfig:
 class BinaryVAE(LatentVariableModel):
     def __init__(self, cfg: BinaryVAEConfig, image_shape: tuple[int, ...]):
         super().__init__()
-        if not 0 < cfg.ema_decay < 1:
-            raise GenzooError(f"--ema-decay must lie in (0, 1), got {cfg.ema_decay}")
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         data_dim = math.prod(image_shape)
@@ -96,10 +93,11 @@ class BinaryVAE(LatentVariableModel):
     def posterior(self, x: torch.Tensor) -> Independent:
         return Independent(Bernoulli(logits=self.encoder(x.flatten(1))), 1)  # (B,) x (L,)
 
-    def surrogate_loss(
+    def loss(
         self, x: torch.Tensor, update_baseline: bool = True
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """A loss whose gradient is the chosen estimate of -grad ELBO; and the batch's terms."""
+        """A surrogate loss whose gradient is the chosen estimate of -grad ELBO (its value
+        is not the -ELBO); and the batch's terms, the -ELBO as ``"loss"``."""
         q = self.posterior(x)
         kl = self.kl(q)  # (B,), closed form, differentiated exactly
         if self.cfg.estimator == "gumbel":
@@ -133,17 +131,12 @@ class BinaryVAE(LatentVariableModel):
         }
         return loss, stats
 
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
-        loss, stats = self.surrogate_loss(x)
-        step_single_loss(loss, optimizers)
-        return stats
-
     def encoder_gradients(self, x: torch.Tensor, repeats: int) -> torch.Tensor:
         """``repeats`` independent estimates of the encoder gradient on batch x: (R, P)."""
         estimates = []
         for _ in range(repeats):
             self.zero_grad(set_to_none=True)
-            self.surrogate_loss(x, update_baseline=False)[0].backward()
+            self.loss(x, update_baseline=False)[0].backward()
             estimates.append(torch.cat([p.grad.flatten() for p in self.encoder.parameters()]))
         self.zero_grad(set_to_none=True)
         return torch.stack(estimates)

@@ -27,6 +27,8 @@ from torch import nn
 from torch.distributions import Independent, Normal
 from torch.optim import Adam, Optimizer
 
+from genzoo.models.base import GenerativeModel, check_stats, fused_adam_available
+
 EQUILIBRIUM_VALUE = -math.log(4.0)
 
 
@@ -84,9 +86,16 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     return F.softplus(-fake_logits)
 
 
-class GAN(nn.Module):
+class GAN(GenerativeModel):
     # No likelihood to validate or stop early on: the "best" checkpoint is the last one.
     val_metric = None
+    eval_terms: ClassVar[dict[str, str]] = {
+        "d_real": "D(x)",
+        "d_fake": "D(G(z))",
+        "value": "V(D, G)",
+    }
+    units = "D: probability that an image is real; V(D, G): nats per image pair"
+    has_prior = True
     curve_panels: ClassVar[dict[str, list[str]]] = {
         "losses": ["train_d_loss", "train_g_loss"],
         "discriminator outputs": ["train_d_real", "train_d_fake", "val_d_real", "val_d_fake"],
@@ -123,22 +132,19 @@ class GAN(nn.Module):
 
     def configure_optimizers(self, lr: float) -> list[Optimizer]:
         # beta1 = 0.5, the usual setting for adversarial training (Radford et al. 2016).
+        fused = fused_adam_available(self)
         return [
-            Adam(self.generator.parameters(), lr=lr, betas=(0.5, 0.999), fused=True),
-            Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999), fused=True),
+            Adam(self.generator.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
+            Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
         ]
 
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
-        opt_g, opt_d = optimizers
-        n = x.shape[0]
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The discriminator's loss -V(D, G) on real batch ``x`` and as many generated
+        images, and its statistics (``"loss"``: that same value)."""
         with torch.no_grad():
-            fake = self.generate(self.prior().sample((n,)))
+            fake = self.generate(self.prior().sample((x.shape[0],)))
         real_logits, fake_logits = self.logits(x), self.logits(fake)  # (B,) each
         d_loss = discriminator_loss(real_logits, fake_logits).mean()
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        self.d_step_count += 1
         stats = {
             "loss": d_loss.item(),
             "d_loss": d_loss.item(),
@@ -146,6 +152,17 @@ class GAN(nn.Module):
             "d_real": torch.sigmoid(real_logits).mean().item(),
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
         }
+        return d_loss, stats
+
+    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
+        opt_g, opt_d = optimizers
+        n = x.shape[0]
+        d_loss, stats = self.loss(x)
+        check_stats(stats)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        self.d_step_count += 1
         if self.d_step_count % self.cfg.d_steps == 0:
             fake_logits = self.logits(self.generate(self.prior().sample((n,))))
             g_loss = generator_loss(fake_logits, self.cfg.gen_loss).mean()
@@ -167,5 +184,6 @@ class GAN(nn.Module):
         }
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Generated images (n, C, H, W) in (0, 1) (``temperature`` unused)."""
         return self.generate(self.prior().sample((n,)))

@@ -12,20 +12,29 @@ for a Gaussian latent (vae.py) and a Bernoulli latent (binary_vae.py):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, kl_divergence
-from torch.optim import Adam, Optimizer
+
+from genzoo.models.base import GenerativeModel
 
 # The one place where the number of (latent-sample x example) rows pushed through the
 # decoder at once is set: bounds the memory of the importance-sampled likelihood.
 MAX_DECODER_ROWS = 16384
 
 
-class LatentVariableModel(nn.Module):
+class LatentVariableModel(GenerativeModel):
     val_metric = "neg_elbo"
+    eval_terms: ClassVar[dict[str, str]] = {
+        "neg_elbo": "-ELBO",
+        "recon": "reconstruction",
+        "kl": "KL",
+        "nll": "NLL",
+    }
+    can_encode = can_reconstruct = has_prior = bernoulli_pixels = has_likelihood = True
     image_shape: tuple[int, ...]
     decoder: nn.Module
 
@@ -110,11 +119,6 @@ class LatentVariableModel(nn.Module):
 
     # ------------------------------------------------------------------ model contract
 
-    def configure_optimizers(self, lr: float) -> list[Optimizer]:
-        # fused: one kernel for the whole update; the unfused update costs as much as the
-        # forward and backward matrix products of this small MLP on a CPU.
-        return [Adam(self.parameters(), lr=lr, fused=True)]
-
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon, kl = self.elbo_terms(x)
@@ -137,6 +141,6 @@ class LatentVariableModel(nn.Module):
         return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Pixels drawn from p(x|z), z ~ p(z): (n, C, H, W) of 0/1."""
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Pixels drawn from p(x|z), z ~ p(z): (n, C, H, W) of 0/1 (``temperature`` unused)."""
         return self.likelihood(self.prior().sample((n,))).sample().view(-1, *self.image_shape)

@@ -33,15 +33,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
-from torch.optim import Adam, Optimizer
 
 from genzoo.errors import GenzooError
-from genzoo.models.base import step_single_loss
+from genzoo.models.base import GenerativeModel
 
 
 @dataclass
@@ -66,7 +66,11 @@ class RealNVPConfig:
     depth: int = field(default=1, metadata={"help": "residual blocks per coupling net"})
     alpha: float = field(
         default=0.05,
-        metadata={"help": "logit transform: logit(alpha + (1 - 2 alpha) y)", "min": 0.0},
+        metadata={
+            "help": "logit transform: logit(alpha + (1 - 2 alpha) y)",
+            "min": 0.0,
+            "below": 0.5,
+        },
     )
     max_grad_norm: float = field(
         default=100.0,
@@ -262,17 +266,19 @@ def coupling_step(mask: torch.Tensor, cfg: RealNVPConfig) -> list[nn.Module]:
 # ---------------------------------------------------------------------- the flow
 
 
-class RealNVP(nn.Module):
+class RealNVP(GenerativeModel):
     val_metric = "bpd"
+    eval_terms: ClassVar[dict[str, str]] = {"nll": "NLL", "bpd": "bits/dim"}
+    units = "nll: nats per image (8-bit grey levels); bpd: bits per dimension"
+    can_encode = True
     sample_temperatures = (1.0, 0.7)  # the figures show both; lower T trades variety for quality
 
     def __init__(self, cfg: RealNVPConfig, image_shape: tuple[int, ...]):
         super().__init__()
-        if not 0 <= cfg.alpha < 0.5:
-            raise GenzooError(f"realnvp needs 0 <= --alpha < 0.5, got {cfg.alpha}")
         if len(image_shape) != 3:
             raise GenzooError(f"realnvp needs (C, H, W) images, got shape {image_shape}")
         self.cfg = cfg
+        self.max_grad_norm = cfg.max_grad_norm
         self.image_shape = tuple(image_shape)
         self.data_dim = math.prod(image_shape)
         self.logit = LogitTransform(cfg.alpha)
@@ -389,14 +395,6 @@ class RealNVP(nn.Module):
         return loss, {"loss": mean_bpd, "bpd": mean_bpd, "nll": mean_nll}
 
     # ------------------------------------------------------------------ model contract
-
-    def configure_optimizers(self, lr: float) -> list[Optimizer]:
-        return [Adam(self.parameters(), lr=lr, fused=True)]
-
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
-        loss, stats = self.loss(x)
-        step_single_loss(loss, optimizers, self.cfg.max_grad_norm)
-        return stats
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

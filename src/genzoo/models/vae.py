@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.distributions import Independent, Normal
-from torch.optim import Optimizer
 
-from genzoo.models.base import step_single_loss
 from genzoo.models.latent import LatentVariableModel
 from genzoo.nets import activation_field, mlp
 
@@ -84,8 +82,3 @@ class VAE(LatentVariableModel):
             "kl": kl.mean().item(),
         }
         return loss, stats
-
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
-        loss, stats = self.loss(x)
-        step_single_loss(loss, optimizers)
-        return stats
