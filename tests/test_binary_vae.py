@@ -60,10 +60,7 @@ def test_score_function_estimator_is_unbiased(baseline: str) -> None:
     x = X.repeat(copies, 1, 1, 1)
     torch.manual_seed(1)
     estimates = torch.stack(
-        [
-            encoder_grad(model, model.loss(x, update_baseline=False)[0])
-            for _ in range(repeats)
-        ]
+        [encoder_grad(model, model.loss(x, update_baseline=False)[0]) for _ in range(repeats)]
     )  # (R, P)
     mean, se = estimates.mean(0), estimates.std(0) / math.sqrt(repeats)
     assert ((mean - exact).abs() < 5 * se + 1e-6).all(), (mean - exact) / se

@@ -35,13 +35,18 @@ def metrics(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("model", FAMILIES)
 def test_every_family_trains_evaluates_samples_and_plots(
-    model: str, data_dir: Path, tmp_path: Path
+    model: str, data_dir: Path, tmp_path: Path, capsys
 ) -> None:
     run = train(model, tmp_path / model)
     assert [m["epoch"] for m in metrics(run)] == [1, 2]
+    capsys.readouterr()
     assert main(["eval", str(run), "--iw-samples", "20", "--limit", "10"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["n_examples"] == 10
+    printed = capsys.readouterr().out
+    # Every family prints its own measurements under its own labels, with their units.
+    assert result["terms"] and all(label in printed for label in result["terms"].values())
+    assert result["units"] in printed
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
     assert main(["plot", str(run)]) == 0
     figures = {p.name for p in (run / "figures").iterdir()}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from genzoo import train as gtrain
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models.vae import VAE
-from genzoo.runs import RunConfig, load_checkpoint, load_run_config
+from genzoo.runs import RunConfig, load_checkpoint, load_run_config, resume_config
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -47,23 +47,34 @@ def test_loss_falls_and_run_folder_is_complete(
     assert load_run_config(run) == tiny_config
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])  # without and with a weight average
+@pytest.mark.parametrize(
+    ("ema", "minutes", "schedule"),
+    [
+        (0.0, 0.0, "constant"),  # checkpoints at the ends of epochs only
+        (0.9, 0.0, "cosine"),  # with a weight average and a per-batch schedule
+        (0.0, 1e-9, "step"),  # a checkpoint after every batch: resumed within the epoch
+        (0.9, 1e-9, "cosine"),
+    ],
+)
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     data_dir: Path,
     tmp_path: Path,
     tiny_config: RunConfig,
     monkeypatch: pytest.MonkeyPatch,
     ema: float,
+    minutes: float,
+    schedule: str,
 ) -> None:
-    tiny_config.train.epochs = 4
-    tiny_config.train.ema = ema
+    tc = tiny_config.train
+    tc.epochs, tc.ema, tc.checkpoint_minutes = 4, ema, minutes
+    tc.lr_schedule, tc.lr_step_epochs, tc.warmup_epochs = schedule, 2, 1
     gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
 
     original, calls = VAE.train_step, []
 
     def killed_in_epoch_3(self, x, optimizers):
         calls.append(1)
-        if len(calls) == 2 * 5 + 2:  # 5 batches an epoch: dies in the middle of epoch 3
+        if len(calls) == 2 * 5 + 3:  # 5 batches an epoch: dies at the 3rd batch of epoch 3
             raise KeyboardInterrupt
         return original(self, x, optimizers)
 
@@ -72,6 +83,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
         gtrain.train(tmp_path / "killed", tiny_config, device="cpu")
     monkeypatch.setattr(VAE, "train_step", original)
     assert [r["epoch"] for r in metrics(tmp_path / "killed")] == [1, 2]
+    last = load_checkpoint(tmp_path / "killed", "last", VAE(tiny_config.model_config, (1, 28, 28)))
+    assert (last["epoch"], last["step"]) == ((2, 2) if minutes else (2, 0))
 
     gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
     for tag in ("last", "best"):
@@ -79,8 +92,43 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
         resumed = load_file(tmp_path / "killed" / "checkpoints" / f"{tag}.safetensors")
         assert whole.keys() == resumed.keys()
         assert all(torch.equal(whole[k], resumed[k]) for k in whole), tag
+    # The same per-epoch figures, the training means of the interrupted epoch included.
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(metrics(tmp_path / "whole")) == strip(metrics(tmp_path / "killed"))
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_config.train.epochs = 2
+    gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
+
+    def killed_at_once(self, x, optimizers):
+        raise KeyboardInterrupt
+
+    original = VAE.train_step
+    monkeypatch.setattr(VAE, "train_step", killed_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        gtrain.train(tmp_path / "killed", tiny_config, device="cpu")
+    monkeypatch.setattr(VAE, "train_step", original)
+    assert not (tmp_path / "killed" / "checkpoints").exists()
+    gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
+    whole = load_file(tmp_path / "whole" / "checkpoints" / "last.safetensors")
+    resumed = load_file(tmp_path / "killed" / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_failed_resume_leaves_config_json_alone(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    tiny_config.train.epochs = 1
+    run = tmp_path / "run"
+    gtrain.train(run, tiny_config, device="cpu")
+    before = (run / "config.json").read_text()
+    (run / "checkpoints" / "last.safetensors").write_bytes(b"junk")
+    with pytest.raises(GenzooError, match="corrupt"):
+        gtrain.train(run, resume_config(run, epochs=5, lr=1e-4), "cpu", resume=True)
+    assert (run / "config.json").read_text() == before
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(

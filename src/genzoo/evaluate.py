@@ -21,15 +21,27 @@ import torch
 from tqdm import tqdm
 
 from genzoo import plots, quality
-from genzoo.data import Data, Split, binarization_note, load_data
+from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
 from genzoo.models import GenerativeModel
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import load_trained, read_json, write_json
 from genzoo.stats import mean_and_se
-from genzoo.train import per_example_terms
 
 ESTIMATORS = ("posterior", "prior")
+
+
+@torch.no_grad()
+def per_example_terms(
+    model: GenerativeModel, split: Split, batch_size: int = 1000
+) -> dict[str, torch.Tensor]:
+    """``evaluate_batch`` over a whole split, concatenated: each term (N,) on the CPU."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for x in batches(split, batch_size):
+        for name, value in model.evaluate_batch(x).items():
+            parts.setdefault(name, []).append(value.double().cpu())
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
 @torch.no_grad()

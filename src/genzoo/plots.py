@@ -424,6 +424,7 @@ def draw_drawing_gif(
     n_steps, n, _, h, w = canvases.shape
     frames = [image_grid(canvas, n) for canvas in canvases]
     fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8)  # frames are not cropped
     _show(ax, frames[0])
     image = ax.images[0]
     boxes: list[Rectangle] = []
@@ -452,7 +453,8 @@ def draw_reading(model: GenerativeModel, x: torch.Tensor, path: Path) -> None:
     tiles = torch.stack([targets, canvases[steps]], 2)  # (S, B, 2, 1, H, W)
     tiles = tiles.permute(1, 2, 0, 3, 4, 5).flatten(0, 2)  # rows: image, canvas, image, ...
     fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, 2 * b * 0.7 + 0.7))
-    title = "test images read (red: read window) and redrawn, step by step"
+    labels = ", ".join(str(t + 1) for t in steps)
+    title = f"test images read (red: read window) and redrawn, steps {labels}"
     _show(ax, image_grid(tiles, len(steps)), title)
     if windows is not None:
         for col, t in enumerate(steps):

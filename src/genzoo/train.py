@@ -32,6 +32,7 @@ from genzoo import plots
 from genzoo.averaging import WeightAverage
 from genzoo.data import Data, Split, batches
 from genzoo.errors import GenzooError, TrainingDiverged
+from genzoo.evaluate import per_example_terms
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device, rng_state, set_rng_state
 from genzoo.runs import (
@@ -47,19 +48,6 @@ from genzoo.runs import (
     write_json,
 )
 from genzoo.schedule import LRSchedule
-
-
-@torch.no_grad()
-def per_example_terms(
-    model: GenerativeModel, split: Split, batch_size: int = 1000
-) -> dict[str, torch.Tensor]:
-    """``evaluate_batch`` over a whole split, concatenated: each term (N,) on the CPU."""
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    for x in batches(split, batch_size):
-        for name, value in model.evaluate_batch(x).items():
-            parts.setdefault(name, []).append(value.double().cpu())
-    return {name: torch.cat(values) for name, values in parts.items()}
 
 
 def validate(model: GenerativeModel, split: Split, device: torch.device) -> dict[str, float]:
@@ -94,6 +82,11 @@ class EpochProgress:
 
     def means(self) -> dict[str, float]:
         return {name: total / self.counts[name] for name, total in self.sums.items()}
+
+
+def training_point(epoch: int, step: int) -> str:
+    """How far training had come, in words: 'epoch 3' or 'epoch 3 and 40 batches of the next'."""
+    return f"epoch {epoch}" + (f" and {step} batches of the next" if step else "")
 
 
 def epoch_batches(
@@ -135,6 +128,7 @@ class Trainer:
         )
         self.loop = LoopState()
         self.progress = EpochProgress()
+        self.saved_at = "none yet"  # the point of training of the last checkpoint
 
     def evaluated(self) -> Any:
         """What validation, the grids and the best checkpoint see: the average, if any."""
@@ -153,6 +147,12 @@ class Trainer:
         }
         if self.average is not None:
             state["average"] = self.average.state_dict()
+        return state
+
+    def save_last(self) -> dict[str, Any]:
+        state = self.state()
+        save_checkpoint(self.run_dir, "last", self.model, state)
+        self.saved_at = training_point(state["epoch"], state["step"])
         return state
 
     def restore(self) -> None:
@@ -178,6 +178,7 @@ class Trainer:
         self.progress = (
             EpochProgress(**state["progress"]) if state.get("progress") else EpochProgress()
         )
+        self.saved_at = training_point(self.loop.epoch, self.progress.step)
 
     # ------------------------------------------------------------------ one epoch
 
@@ -214,7 +215,7 @@ class Trainer:
             minutes = tc.checkpoint_minutes
             if minutes and now - last_save >= 60 * minutes and progress.step < self.steps_per_epoch:
                 progress.seconds += now - start
-                save_checkpoint(self.run_dir, "last", self.model, self.state())
+                self.save_last()
                 last_save = start = time.perf_counter()
         progress.seconds += time.perf_counter() - start
         return progress.means()
@@ -244,8 +245,7 @@ class Trainer:
             bad_epochs=0 if improved else self.loop.bad_epochs + 1,
         )
         self.progress = EpochProgress()
-        state = self.state()
-        save_checkpoint(self.run_dir, "last", model, state)
+        state = self.save_last()
         with self.evaluated():
             if improved:
                 save_checkpoint(self.run_dir, "best", model, state)
@@ -322,10 +322,7 @@ def train(
         trainer.restore()
         save_run_config(run_dir, cfg)
         trim_metrics(run_dir, trainer.loop.epoch)
-        where = f"epoch {trainer.loop.epoch}" + (
-            f", step {trainer.progress.step}" if trainer.progress.step else ""
-        )
-        print(f"resuming from the checkpoint after {where}")
+        print(f"resuming from the checkpoint after {trainer.saved_at}")
     else:
         if resume:
             print(f"{run_dir} has no checkpoint yet: training from the start with its config")
@@ -338,8 +335,8 @@ def train(
         trainer.run()
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted; the last checkpoint (epoch {trainer.loop.epoch} or later within "
-            f"the next) is kept. Continue with: genzoo resume {run_dir}"
+            f"\ninterrupted; the last checkpoint (after {trainer.saved_at}) is kept. "
+            f"Continue with: genzoo resume {run_dir}"
         )
         raise
     model, loop, metric = trainer.model, trainer.loop, trainer.model.val_metric

@@ -10,6 +10,7 @@ from genzoo.data import BINARIZE_MODES
 from genzoo.models.autoencoder import Autoencoder, AutoencoderConfig
 from genzoo.models.base import GenerativeModel
 from genzoo.models.binary_vae import BinaryVAE, BinaryVAEConfig
+from genzoo.models.draw import DRAW, DRAWConfig
 from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.realnvp import RealNVP, RealNVPConfig
 from genzoo.models.vae import VAE, VAEConfig
@@ -40,6 +41,8 @@ MODELS: dict[str, ModelFamily] = {
     "realnvp": ModelFamily(
         RealNVPConfig, RealNVP, binarize=("none",), train_overrides={"batch_size": 32}
     ),
+    # The paper trains on the static binarization; dynamic is the default, as for the VAE.
+    "draw": ModelFamily(DRAWConfig, DRAW, binarize=("dynamic", "static", "threshold")),
 }
 
 __all__ = ["MODELS", "GenerativeModel", "ModelFamily"]
