@@ -16,7 +16,7 @@ from genzoo.averaging import WeightAverage
 from genzoo.cli import main
 from genzoo.data import load_data
 from genzoo.models.vae import VAE
-from genzoo.runs import RunConfig
+from genzoo.runs import RunConfig, checkpoint_files
 
 
 def all_equal(xs, ys) -> bool:
@@ -87,8 +87,8 @@ def test_validation_and_best_checkpoint_see_the_average(
     tiny_config.train.ema = 0.9
     run = tmp_path / "run"
     gtrain.train(run, tiny_config, device="cpu")
-    last = load_file(run / "checkpoints" / "last.safetensors")
-    best = load_file(run / "checkpoints" / "best.safetensors")
+    last = load_file(checkpoint_files(run, "last")[0])
+    best = load_file(checkpoint_files(run, "best")[0])
     assert any(not torch.equal(last[k], best[k]) for k in last)  # the average, not the weights
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best_row = min(rows, key=lambda r: r["val_neg_elbo"])

@@ -13,6 +13,7 @@ import pytest
 
 from genzoo import plots
 from genzoo.cli import main
+from genzoo.runs import checkpoint_files
 
 TINY = [
     "--epochs",
@@ -126,7 +127,7 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path: Path, capsys, argv, mes
 
 
 def test_corrupt_checkpoint_via_cli(run_dir: Path, capsys) -> None:
-    (run_dir / "checkpoints" / "best.safetensors").write_bytes(b"\x00" * 20)
+    (checkpoint_files(run_dir, "best")[0]).write_bytes(b"\x00" * 20)
     assert main(["eval", str(run_dir), "--iw-samples", "5"]) == 2
     assert "corrupt" in capsys.readouterr().err
 

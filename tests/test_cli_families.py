@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from genzoo import quality
 from genzoo.cli import main
+from genzoo.runs import checkpoint_files
 
 COMMON = ["--epochs", "2", "--batch-size", "16", "--val-size", "20", "--device", "cpu"]
 FAMILIES = {
@@ -68,8 +69,8 @@ def test_averaged_weights_with_buffers_evaluate_and_sample(
     # BatchNorm statistics (gan) and ActNorm's data-dependent start (realnvp) are buffers:
     # the average leaves them to the model, and the averaged weights still work with them.
     run = train(model, tmp_path / model, "--ema", "0.5")
-    last = load_file(run / "checkpoints" / "last.safetensors")
-    best = load_file(run / "checkpoints" / "best.safetensors")
+    last = load_file(checkpoint_files(run, "last")[0])
+    best = load_file(checkpoint_files(run, "best")[0])
     assert any(not torch.equal(last[k], best[k]) for k in last)
     assert main(["eval", str(run), "--iw-samples", "20", "--limit", "10"]) == 0
     values = json.loads((run / "eval.json").read_text())

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from genzoo import train as gtrain
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models.vae import VAE
-from genzoo.runs import RunConfig, load_checkpoint, load_run_config, resume_config
+from genzoo.runs import RunConfig, checkpoint_files, load_checkpoint, load_run_config, resume_config
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -88,8 +88,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
 
     gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
     for tag in ("last", "best"):
-        whole = load_file(tmp_path / "whole" / "checkpoints" / f"{tag}.safetensors")
-        resumed = load_file(tmp_path / "killed" / "checkpoints" / f"{tag}.safetensors")
+        whole = load_file(checkpoint_files(tmp_path / "whole", tag)[0])
+        resumed = load_file(checkpoint_files(tmp_path / "killed", tag)[0])
         assert whole.keys() == resumed.keys()
         assert all(torch.equal(whole[k], resumed[k]) for k in whole), tag
     # The same per-epoch figures, the training means of the interrupted epoch included.
@@ -113,8 +113,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(
     monkeypatch.setattr(VAE, "train_step", original)
     assert not (tmp_path / "killed" / "checkpoints").exists()
     gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
-    whole = load_file(tmp_path / "whole" / "checkpoints" / "last.safetensors")
-    resumed = load_file(tmp_path / "killed" / "checkpoints" / "last.safetensors")
+    whole = load_file(checkpoint_files(tmp_path / "whole", "last")[0])
+    resumed = load_file(checkpoint_files(tmp_path / "killed", "last")[0])
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
@@ -125,7 +125,7 @@ def test_a_failed_resume_leaves_config_json_alone(
     run = tmp_path / "run"
     gtrain.train(run, tiny_config, device="cpu")
     before = (run / "config.json").read_text()
-    (run / "checkpoints" / "last.safetensors").write_bytes(b"junk")
+    (checkpoint_files(run, "last")[0]).write_bytes(b"junk")
     with pytest.raises(GenzooError, match="corrupt"):
         gtrain.train(run, resume_config(run, epochs=5, lr=1e-4), "cpu", resume=True)
     assert (run / "config.json").read_text() == before
@@ -172,7 +172,16 @@ def test_corrupt_checkpoint_is_a_clear_error(
     tiny_config.train.epochs = 1
     run = tmp_path / "run"
     gtrain.train(run, tiny_config, device="cpu")
-    weights = run / "checkpoints" / "last.safetensors"
+    weights = checkpoint_files(run, "last")[0]
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(GenzooError, match="corrupt"):
         load_checkpoint(run, "last", VAE(tiny_config.model_config, (1, 28, 28)))
+
+
+def test_sample_grids_at_chosen_epochs(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    tiny_config.train.sample_epochs = (0, 2)
+    gtrain.train(tmp_path / "run", tiny_config, device="cpu")
+    grids = sorted(p.name for p in (tmp_path / "run" / "figures").glob("samples_epoch*.png"))
+    assert grids == ["samples_epoch000.png", "samples_epoch002.png"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
 
 from genzoo import data as gdata
 from genzoo import plots
-from genzoo.compare import compare_runs
+from genzoo.compare import comparability, compare_runs, n_images, nll_samples, units_note
 from genzoo.config import TrainConfig, add_config_arguments, bounded, given_values
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError
@@ -50,6 +51,13 @@ a first run:
   genzoo eval runs/vae-<stamp>                     # test ELBO parts and NLL
   genzoo sample runs/vae-<stamp> -n 64 -o samples.png
 """
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line that points to --help, not the whole usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def family_summary(name: str) -> str:
@@ -286,7 +294,7 @@ SUBCOMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     families = "\n".join(f"  {name:<9}{family_summary(name)}" for name in MODELS)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="genzoo",
         description=DESCRIPTION.format(families=families),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -441,17 +449,25 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     rows = compare_runs(args.runs, args.output, args.metrics, args.device, args.data_dir)
-    print(f"{'run':<24}{'model':<8}{'epochs':>6}{'images':>8}{'-ELBO':>17}{'NLL':>17}  settings")
-    for row in rows:
+    reasons = comparability(rows)
+    print(
+        f"{'run':<24}{'model':<8}{'epochs':>6}{'K':>7}{'images':>8}{'-ELBO':>17}{'NLL':>17}"
+        "  settings"
+    )
+    for row, reason in zip(rows, reasons, strict=True):
         cells = [
             f"{row[k]:8.2f} ± {row[k + '_se']:5.2f}" if k in row else f"{'-':>15}"
             for k in ("neg_elbo", "nll")
         ]
         print(
-            f"{row['run']:<24}{row['model']:<8}{row['epochs']:>6}{row.get('n_examples', '-'):>8}"
-            f"  {cells[0]}  {cells[1]}  {row['settings']}"
+            f"{row['run']:<24}{row['model']:<8}{row['epochs']:>6}{nll_samples(row):>7}"
+            f"{n_images(row):>8}  {cells[0]}  {cells[1]}  {row['settings']}"
+            + (" *" if reason else "")
         )
-    print(f"(test images, nats per image, from each run's eval.json; figure: {args.output})")
+    for row, reason in zip(rows, reasons, strict=True):
+        if reason:
+            print(f"* {row['run']}: {reason}")
+    print(f"(units: {units_note(rows)}; from each run's eval.json; figure: {args.output})")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -469,6 +485,16 @@ def main(argv: list[str] | None = None) -> int:
     except GenzooError as err:
         print(f"genzoo: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a folder that cannot be made or read: the user's to fix
+        where = f" {err.filename}" if err.filename else ""
+        # mkdir over a file says "File exists": name the real problem
+        why = (
+            "a file is in the way of a folder"
+            if isinstance(err, FileExistsError | NotADirectoryError)
+            else err.strerror or err
+        )
+        print(f"genzoo: error: cannot use{where}: {why}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

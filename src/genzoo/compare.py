@@ -35,6 +35,84 @@ def table_row(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
     return row
 
 
+# What a row's -ELBO and NLL depend on besides the model: eval.json key -> the word a
+# footnote uses. Rows that differ in any of these measure different quantities, or the
+# same quantity on different images, and their figures cannot be set side by side.
+PROTOCOL = {
+    "dataset": "dataset",
+    "binarize": "binarize",
+    "split": "split",
+    "n_examples": "images",
+    "units": "units",
+}
+# ... and what the NLL alone depends on: the importance sampler's bias shrinks with K.
+NLL_PROTOCOL = {"iw_samples": "K", "estimator": "proposal"}
+FIGURES = ("neg_elbo", "nll")  # the table's columns
+
+
+def shows_figures(row: dict[str, Any]) -> bool:
+    """Whether the table prints a number for ``row`` (a GAN's or an autoencoder's has none)."""
+    return any(name in row for name in FIGURES)
+
+
+def nll_samples(row: dict[str, Any]) -> str:
+    """The K behind the row's NLL: importance samples, 'exact' for a model that computes
+    its likelihood itself (the flow), '-' without an NLL."""
+    if "nll" not in row:
+        return "-"
+    return str(row.get("iw_samples", "exact"))
+
+
+def n_images(row: dict[str, Any]) -> str:
+    """The number of images behind the row's figures, '-' when the table shows none."""
+    return str(row.get("n_examples", "-")) if shows_figures(row) else "-"
+
+
+def protocol_value(row: dict[str, Any], key: str) -> str:
+    """``row``'s value of a protocol key as a footnote prints it ('-' where eval.json
+    lacks it, so that a missing value differs from any given one)."""
+    return nll_samples(row) if key == "iw_samples" else str(row.get(key, "-"))
+
+
+def differences(reference: dict[str, Any], row: dict[str, Any]) -> str:
+    """What of the protocol ``row`` measured differently from ``reference``, e.g.
+    'K 100 vs 5000' (this row's value first); "" when nothing."""
+    keys = dict(PROTOCOL)
+    if "nll" in reference and "nll" in row:
+        keys.update(NLL_PROTOCOL)
+    pairs = [
+        (label, protocol_value(row, key), protocol_value(reference, key))
+        for key, label in keys.items()
+    ]
+    return ", ".join(
+        f"{label} {mine} vs {theirs}" for label, mine, theirs in pairs if mine != theirs
+    )
+
+
+def comparability(rows: list[dict[str, Any]]) -> list[str]:
+    """Per row, why its figures cannot be compared with those of the first row that has
+    any, e.g. 'not comparable with a: K 100 vs 5000' ("" when they can): a table of NLLs
+    at different K or on other images reads as a ranking that it is not. Rows without
+    figures are never marked."""
+    reference = next((row for row in rows if shows_figures(row)), None)
+    reasons = []
+    for row in rows:
+        differ = differences(reference, row) if reference and shows_figures(row) else ""
+        reasons.append(differ and f"not comparable with {reference['run']}: {differ}")
+    return reasons
+
+
+def units_note(rows: list[dict[str, Any]]) -> str:
+    """The units of the table's figures as each run's eval.json states them: once when
+    the rows share them, else per run."""
+    units = {row["run"]: str(row.get("units", "-")) for row in rows if shows_figures(row)}
+    if not units:
+        return "no figures yet: genzoo eval RUN"
+    if len(set(units.values())) == 1:
+        return next(iter(units.values()))
+    return "; ".join(f"{run}: {unit}" for run, unit in units.items())
+
+
 def shared_diagnostics(all_metrics: list[list[dict]]) -> list[str]:
     """Metric names other than train_/val_ terms that every run logged (e.g. encoder_grad_var)."""
     names = [

@@ -45,13 +45,14 @@ class TrainConfig:
     )
     epochs: int = field(default=40, metadata={"help": "maximum number of epochs", "max": 10**6})
     batch_size: int = field(default=128, metadata={"help": "examples per training batch"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "max": 10.0})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "max": 1e4})
     lr_schedule: str = field(
         default="constant",
         metadata={"help": "learning-rate schedule (schedule.py)", "choices": SCHEDULES},
     )
     lr_min: float = field(
-        default=0.0, metadata={"help": "final rate of the cosine schedule", "min": 0.0}
+        default=0.0,
+        metadata={"help": "final rate of the cosine schedule", "min": 0.0, "max": 1e4},
     )
     lr_decay: float = field(
         default=0.1,
@@ -71,11 +72,20 @@ class TrainConfig:
         },
     )
     sample_every: int = field(
-        default=10, metadata={"help": "draw sample grids every this many epochs"}
+        default=10, metadata={"help": "draw sample grids after epoch 1 and every this many epochs"}
+    )
+    sample_epochs: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "help": "draw sample grids after just these epochs instead, e.g. 0,1,25,40 "
+            "(0: before training)",
+            "min": 0,
+        },
     )
     checkpoint_minutes: float = field(
         default=10.0,
         metadata={
+            "max": 1e6,
             "help": "also write the last checkpoint within an epoch after this many minutes "
             "(0: at the end of each epoch only)",
             "min": 0.0,
@@ -97,10 +107,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+MAX_INT = 10**9  # a bound for counts and sizes that no field states itself
+
+
 def check_number(value: float, kind: type, metadata: Mapping[str, Any]) -> None:
     """Raise ValueError unless ``value`` is finite and within the bounds of a field's
     ``metadata``: ``min`` (inclusive; default 1 for ints, above 0 for floats), ``max``
-    (inclusive) and ``below`` (exclusive)."""
+    (inclusive; default MAX_INT for ints) and ``below`` (exclusive)."""
     if not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value}")
     minimum = metadata.get("min")
@@ -111,8 +124,9 @@ def check_number(value: float, kind: type, metadata: Mapping[str, Any]) -> None:
             raise ValueError(f"must be positive, got {value}")
     elif value < minimum:
         raise ValueError("must be positive" if minimum == 1 else f"must be >= {minimum}")
-    if "max" in metadata and value > metadata["max"]:
-        raise ValueError(f"must be at most {metadata['max']}, got {value}")
+    maximum = metadata.get("max", MAX_INT if kind is int else math.inf)
+    if value > maximum:
+        raise ValueError(f"must be at most {maximum}, got {value}")
     if "below" in metadata and value >= metadata["below"]:
         raise ValueError(f"must be below {metadata['below']}, got {value}")
 
@@ -137,10 +151,12 @@ def check_fields(config: Any) -> None:
                 if not isinstance(value, int | float):
                     raise ValueError(f"must be a number, got {value!r}")
                 check_number(value, kind, f.metadata)
-            elif kind == tuple[int, ...] and (
-                not value or any(not isinstance(v, int) or v <= 0 for v in value)
+            elif kind == tuple[int, ...] and any(
+                not isinstance(v, int) or v < f.metadata.get("min", 1) for v in value
             ):
-                raise ValueError(f"must be positive sizes, got {value}")
+                raise ValueError(
+                    f"must be whole numbers >= {f.metadata.get('min', 1)}, got {value}"
+                )
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
                 raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -166,16 +182,22 @@ def bounded(kind: type, **metadata: Any) -> typing.Callable[[str], Any]:
     return parse
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of sizes, e.g. 500,500"
-        ) from None
-    if not sizes or min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text}")
-    return sizes
+def int_tuple(minimum: int = 1) -> typing.Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated whole numbers, each >= ``minimum``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of whole numbers, e.g. 500,500"
+            ) from None
+        if min(values) < minimum:
+            bound = "positive" if minimum == 1 else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"values must be {bound}, got {text}")
+        return values
+
+    return parse
 
 
 def add_config_arguments(
@@ -202,7 +224,7 @@ def add_config_arguments(
         if kind is int or kind is float:
             parse = bounded(kind, **f.metadata)
         elif kind == tuple[int, ...]:
-            parse = _int_tuple
+            parse = int_tuple(f.metadata.get("min", 1))
         else:
             parse = kind
         shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown

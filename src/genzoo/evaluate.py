@@ -28,7 +28,8 @@ from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import load_trained, read_json, write_json
 from genzoo.stats import mean_and_se
 
-ESTIMATORS = ("posterior", "prior")
+PROPOSALS = {"posterior": "q(z|x)", "prior": "p(z)"}  # estimator -> where z is drawn from
+ESTIMATORS = tuple(PROPOSALS)
 
 
 @torch.no_grad()
@@ -52,17 +53,25 @@ def importance_sampled_nll(
     estimator: str = "posterior",
     batch_size: int = 100,
 ) -> torch.Tensor:
-    """-log p(x) for every image of ``split`` with ``k`` importance samples: (N,) float64."""
+    """-log p(x) for every image of ``split`` with ``k`` importance samples: (N,) float64.
+
+    With K in the thousands this takes minutes, so the progress bar shows the mean NLL of
+    the images done so far: a user sees early whether the figure is worth waiting for.
+    """
     parts = []
-    for start in tqdm(
+    total = 0.0
+    bar = tqdm(
         range(0, len(split), batch_size),
-        desc=f"log p(x), K={k}",
+        desc=f"NLL by importance sampling, K={k}, proposal {PROPOSALS[estimator]}",
         unit="batch",
         leave=False,
         disable=None,
-    ):
+    )
+    for start in bar:
         x = split.images[start : start + batch_size]
         parts.append(-model.log_likelihood(x, k, estimator).cpu())
+        total += parts[-1].sum().item()
+        bar.set_postfix(nll=f"{total / (start + len(x)):.2f}")
     return torch.cat(parts)
 
 

@@ -3,21 +3,32 @@ train.py and read by every other command.
 
     RUN/config.json          model name and every config value needed to rebuild it
     RUN/metrics.jsonl        one JSON object per epoch
-    RUN/checkpoints/{last,best}.safetensors   weights (metadata: epoch and step)
-    RUN/checkpoints/{last,best}.state.pt      optimizer, RNG and loop state (same point)
+    RUN/checkpoints/TAG.json                   manifest: the current and previous pair
+    RUN/checkpoints/TAG-NNNNNN.safetensors     weights (metadata: epoch and step)
+    RUN/checkpoints/TAG-NNNNNN.state.pt        optimizer, RNG and loop state (same point)
     RUN/figures/*.png
+    RUN/.lock                the lock a training holds (flock), with its PID
 
-Every file is written to a temporary name and renamed, so a killed run never leaves a
-half-written checkpoint; the epoch and step stored in both halves of a checkpoint must
-agree. A ``last`` checkpoint may be written within an epoch (``step`` batches into the
-epoch after ``epoch``), so a kill loses minutes, not an epoch.
+TAG is ``last`` or ``best``. Every file is written to a temporary name and renamed, and a
+checkpoint becomes current only when its manifest, written last, names its two files
+and their checksums (see "checkpoints" below). A ``last`` checkpoint may be written
+within an epoch (``step`` batches into the epoch after ``epoch``), so a kill loses
+minutes, not an epoch. A write that fails (a full disk) removes its temporary file and
+ends with one line naming the file system and the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import io
 import json
 import os
+import pickle
+import signal
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,11 +36,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from genzoo.config import TrainConfig, check_fields, config_from_dict
-from genzoo.data import Data, load_data
+from genzoo.data import Data, file_digest, load_data
 from genzoo.errors import GenzooError
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.rng import resolve_device
@@ -44,11 +55,91 @@ def new_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
     return path
 
 
+class WriteFailed(GenzooError):
+    """A file could not be written (full disk, no permission); nothing half-written stays."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename tmp to ``path`` (atomic on POSIX and Windows)."""
+    """Call ``write(tmp)`` then rename tmp to ``path`` (atomic on POSIX and Windows). If
+    either fails, the temporary file is removed and the old ``path`` stays as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        _kill_hook()
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):  # e.g. its folder could not be made
+            tmp.unlink(missing_ok=True)
+        raise WriteFailed(_write_problem(path, err)) from None
+
+
+_writes = 0
+
+
+def _kill_hook() -> None:
+    """Test hook: with GENZOO_KILL_AT_WRITE=N in the environment the process kills itself
+    (SIGKILL) after writing its N-th temporary file and before renaming it, the worst
+    instant for a kill (tests/test_kill.py)."""
+    global _writes
+    at = os.environ.get("GENZOO_KILL_AT_WRITE")
+    if at:
+        _writes += 1
+        if _writes == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_problem(path: Path, err: Exception) -> str:
+    if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left" in str(err):
+        return f"no space left on {_mount_point(path)} while writing {path}"
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: {err.strerror}; choose a writable folder"
+    return f"cannot write {path}: {err}"
+
+
+def _mount_point(path: Path) -> str:
+    """The file system a path lies on, as the user knows it: its mount point."""
+    path = path.absolute()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- the lock
+
+_held_locks: dict[Path, Any] = {}  # run folder -> open lock file, held for the process's life
+
+
+def lock_run(run_dir: Path) -> None:
+    """Take the run folder's lock, an OS advisory lock (flock) on RUN/.lock held until
+    this process ends: a killed process releases it, so no stale lock is ever left. A
+    second training of the same folder gets a clear error naming the first one's PID."""
+    key = run_dir.resolve()
+    if key in _held_locks:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - kept open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "unknown"
+        handle.close()
+        raise GenzooError(
+            f"{run_dir} is being trained by another genzoo process (PID {pid}); wait for it "
+            "to end or stop it, or choose another --run-dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _held_locks[key] = handle
+
+
+def unlock_run(run_dir: Path) -> None:
+    """Release the lock early (tests, and a library caller that trains many runs)."""
+    handle = _held_locks.pop(run_dir.resolve(), None)
+    if handle is not None:
+        handle.close()
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -58,9 +149,11 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 def save_weights(path: Path, module: nn.Module, metadata: dict[str, str]) -> None:
     """A module's state dict as a safetensors file (atomically), with string ``metadata``:
     the one weights writer, for checkpoints and the quality-net cache alike."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # Serialized in memory, then written by Python, so a full disk is an OSError (ENOSPC)
+    # here rather than an opaque error from inside the serializer.
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -188,32 +281,127 @@ def trim_metrics(run_dir: Path, last_epoch: int) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+#
+# A checkpoint TAG (last, best) is two files, the weights (safetensors) and the rest of
+# the state (optimizers, RNG, loop counters: a torch file read with weights_only=True),
+# named by a sequence number (TAG-000017.safetensors, TAG-000017.state.pt), and a manifest
+# TAG.json written last, atomically, that names both with their SHA-256. A kill at any
+# instant leaves the manifest naming a complete pair; the manifest keeps the previous pair
+# too, and a pair that does not match its checksums (torn, truncated, tampered) falls back
+# to the previous one with a warning.
+
+MANIFEST_VERSION = 1
 
 
-def checkpoint_paths(run_dir: Path, tag: str) -> tuple[Path, Path]:
+def _manifest_path(run_dir: Path, tag: str) -> Path:
+    return run_dir / "checkpoints" / f"{tag}.json"
+
+
+def _legacy_paths(run_dir: Path, tag: str) -> tuple[Path, Path]:
+    """The two files of a checkpoint written before manifests (no checksums)."""
     folder = run_dir / "checkpoints"
     return folder / f"{tag}.safetensors", folder / f"{tag}.state.pt"
 
 
+def _manifest_entries(run_dir: Path, tag: str) -> list[dict[str, Any]]:
+    path = _manifest_path(run_dir, tag)
+    if not path.exists():
+        return []
+    manifest = read_json(path)
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise GenzooError(f"{path} is not a genzoo checkpoint manifest (or a newer one)")
+    return manifest["entries"]
+
+
+def has_checkpoint(run_dir: Path, tag: str) -> bool:
+    return bool(_manifest_path(run_dir, tag).exists() or _legacy_paths(run_dir, tag)[0].exists())
+
+
+def checkpoint_files(run_dir: Path, tag: str) -> tuple[Path, Path]:
+    """The weights and state files of the newest ``tag`` checkpoint."""
+    entries = _manifest_entries(run_dir, tag)
+    if not entries:
+        return _legacy_paths(run_dir, tag)
+    folder = run_dir / "checkpoints"
+    return folder / entries[0]["weights"], folder / entries[0]["state"]
+
+
 def save_checkpoint(run_dir: Path, tag: str, model: nn.Module, state: dict[str, Any]) -> None:
-    """Weights as safetensors, the rest (optimizers, RNG, loop counters) as a torch file;
-    both name the point of training they hold: ``epoch`` finished epochs and ``step``
-    batches into the next one."""
-    weights, rest = checkpoint_paths(run_dir, tag)
-    save_weights(weights, model, {"epoch": str(state["epoch"]), "step": str(state.get("step", 0))})
-    atomic_write(rest, lambda tmp: torch.save(state, tmp))
+    """Write the weights and the state of one point of training (``epoch`` finished
+    epochs, ``step`` batches into the next) as a new pair, then the manifest that makes it
+    the current one; the pair before it stays as the fallback, older ones are removed."""
+    folder = run_dir / "checkpoints"
+    previous = _manifest_entries(run_dir, tag)
+    number = previous[0]["number"] + 1 if previous else 1
+    weights, rest = (
+        folder / f"{tag}-{number:06d}.safetensors",
+        folder / f"{tag}-{number:06d}.state.pt",
+    )
+    point = {"epoch": state["epoch"], "step": state.get("step", 0)}
+    save_weights(weights, model, {k: str(v) for k, v in point.items()})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory first, as in save_weights
+    atomic_write(rest, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    entry = {
+        "number": number,
+        **point,
+        "weights": weights.name,
+        "state": rest.name,
+        "sha256": {p.name: file_digest(p, "sha256") for p in (weights, rest)},
+    }
+    entries = [entry, *previous[:1]]
+    write_json(_manifest_path(run_dir, tag), {"version": MANIFEST_VERSION, "entries": entries})
+    kept = {name for e in entries for name in (e["weights"], e["state"])}
+    for path in [*folder.glob(f"{tag}-*.safetensors"), *folder.glob(f"{tag}-*.state.pt")]:
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
+    for path in _legacy_paths(run_dir, tag):
+        path.unlink(missing_ok=True)
 
 
 def load_checkpoint(
     run_dir: Path, tag: str, model: nn.Module, with_state: bool = True
 ) -> dict[str, Any]:
-    """Load weights into ``model``; return the saved state (epoch, optimizers, RNG, ...)."""
-    weights, rest = checkpoint_paths(run_dir, tag)
-    if not weights.is_file():
-        raise GenzooError(
-            f"{run_dir} has no '{tag}' checkpoint ({weights} is missing); "
-            "train it first or resume with `genzoo train --resume`"
-        )
+    """Load the newest intact ``tag`` checkpoint's weights into ``model``; return its
+    state (epoch, step, optimizers, RNG, ...), or with ``with_state=False`` its point.
+    A damaged newest pair falls back to the previous one, with a warning on stderr."""
+    entries = _manifest_entries(run_dir, tag)
+    if not entries:
+        if not _legacy_paths(run_dir, tag)[0].is_file():
+            raise GenzooError(
+                f"{run_dir} has no '{tag}' checkpoint yet; train it first, or continue it "
+                f"with `genzoo resume {run_dir}`"
+            )
+        return _load_pair(*_legacy_paths(run_dir, tag), model, with_state)
+    folder = run_dir / "checkpoints"
+    problems = []
+    for entry in entries:
+        weights, rest = folder / entry["weights"], folder / entry["state"]
+        try:
+            for path in (weights, rest):
+                digest = file_digest(path, "sha256") if path.is_file() else "missing"
+                if digest != entry["sha256"][path.name]:
+                    raise GenzooError(
+                        f"{path} does not match its checksum (torn, truncated or tampered)"
+                    )
+            state = _load_pair(weights, rest, model, with_state)
+        except GenzooError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            print(
+                f"genzoo: warning: the newest '{tag}' checkpoint is damaged ({problems[0]}); "
+                f"using the previous one, after epoch {entry['epoch']}",
+                file=sys.stderr,
+            )
+        return state
+    raise GenzooError(
+        f"every '{tag}' checkpoint in {folder} is corrupt ({'; '.join(problems)}); "
+        "delete the run or retrain"
+    )
+
+
+def _load_pair(weights: Path, rest: Path, model: nn.Module, with_state: bool) -> dict[str, Any]:
     try:
         tensors = load_file(str(weights), device="cpu")
         with safe_open(str(weights), "pt") as f:
@@ -222,15 +410,23 @@ def load_checkpoint(
         model.load_state_dict(tensors)
         state = torch.load(rest, weights_only=True) if with_state else {"epoch": epoch}
         state.setdefault("step", step)  # checkpoints of earlier versions: ends of epochs
-    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, EOFError) as err:
+    except (
+        SafetensorError,
+        OSError,
+        RuntimeError,
+        KeyError,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as err:
         raise GenzooError(
-            f"checkpoint {weights} is corrupt or does not fit this model "
-            f"({type(err).__name__}: {str(err)[:200]}); delete it or retrain"
+            f"checkpoint {weights.parent / weights.stem} is corrupt or does not fit this model "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+            "delete it or retrain"
         ) from None
     if (state["epoch"], state["step"]) != (epoch, step):
         raise GenzooError(
-            f"checkpoint '{tag}' in {run_dir} is inconsistent (weights of epoch "
-            f"{epoch} step {step}, state of epoch {state['epoch']} step {state['step']}); "
-            "delete it or retrain"
+            f"checkpoint {weights} is inconsistent (weights of epoch {epoch} step {step}, "
+            f"state of epoch {state['epoch']} step {state['step']}); delete it or retrain"
         )
     return state

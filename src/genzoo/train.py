@@ -37,14 +37,17 @@ from genzoo.models import MODELS, GenerativeModel
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
+    WriteFailed,
     append_metrics,
     build_model,
-    checkpoint_paths,
+    has_checkpoint,
     load_checkpoint,
     load_data_of,
+    lock_run,
     save_checkpoint,
     save_run_config,
     trim_metrics,
+    unlock_run,
     write_json,
 )
 from genzoo.schedule import LRSchedule
@@ -151,9 +154,15 @@ class Trainer:
 
     def save_last(self) -> dict[str, Any]:
         state = self.state()
-        save_checkpoint(self.run_dir, "last", self.model, state)
+        self.save("last", state)
         self.saved_at = training_point(state["epoch"], state["step"])
         return state
+
+    def save(self, tag: str, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(self.run_dir, tag, self.model, state)
+        except WriteFailed as err:
+            raise WriteFailed(f"{err}; the last good checkpoint is after {self.saved_at}") from None
 
     def restore(self) -> None:
         """Weights, optimizer, average and generator states, loop counters and the running
@@ -201,11 +210,7 @@ class Trainer:
             self.schedule.apply(self.optimizers, (epoch - 1) * self.steps_per_epoch + progress.step)
             stats = self.model.train_step(x, self.optimizers)
             if not math.isfinite(stats["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {stats['loss']} at epoch {epoch}, step {progress.step}; the "
-                    "last good checkpoint is kept (continue from it with a lower rate: "
-                    f"genzoo resume {self.run_dir} --lr LR)"
-                )
+                raise self.diverged(f"the loss became {stats['loss']}", epoch)
             if self.average is not None:
                 self.average.update()
             progress.add(stats)
@@ -248,15 +253,27 @@ class Trainer:
         state = self.save_last()
         with self.evaluated():
             if improved:
-                save_checkpoint(self.run_dir, "best", model, state)
-            if epoch == 1 or epoch % tc.sample_every == 0:
+                self.save("best", state)
+            if draws_samples_after(epoch, tc.sample_every, tc.sample_epochs):
                 draw_progress(model, self.run_dir, epoch, tc.seed, self.dev)
         shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
         print(
-            f"epoch {epoch:3d}  train loss {train_stats['loss']:8.2f}  {shown}"
+            f"epoch {epoch:3d}  train {model.loss_label} {train_stats['loss']:8.2f}  {shown}"
             f"lr {record['lr']:.2e}  ({record['seconds']:.1f} s)" + ("  *" if improved else "")
         )
         return record
+
+    def diverged(self, what: str, epoch: int) -> TrainingDiverged:
+        """The stop for a non-finite loss or network output, saying what can be done."""
+        where = f"{what} in epoch {epoch} (batch {self.progress.step + 1}): training diverged"
+        if self.saved_at == "none yet":
+            return TrainingDiverged(
+                f"{where} before its first checkpoint; start again with a lower --lr"
+            )
+        return TrainingDiverged(
+            f"{where}; the last good checkpoint (after {self.saved_at}) is kept: continue "
+            f"from it at a lower rate with genzoo resume {self.run_dir} --lr LR"
+        )
 
     def stopped_early(self) -> bool:
         patience = self.cfg.train.patience
@@ -266,9 +283,18 @@ class Trainer:
         for epoch in range(self.loop.epoch + 1, self.cfg.train.epochs + 1):
             if self.stopped_early():
                 break
-            self.end_epoch(epoch, self.train_epoch(epoch))
+            try:
+                self.end_epoch(epoch, self.train_epoch(epoch))
+            except FloatingPointError as err:  # a family's check_values, before a distribution
+                raise self.diverged(str(err), epoch) from None
         if self.stopped_early():
             print(f"stopped early: no better validation for {self.cfg.train.patience} epochs")
+
+
+def draws_samples_after(epoch: int, every: int, epochs: tuple[int, ...]) -> bool:
+    """Sample grids after the chosen ``epochs`` if given (0: before training), else
+    after epoch 1 and every ``every`` epochs."""
+    return epoch in epochs if epochs else epoch <= 1 or epoch % every == 0
 
 
 def diagnostics_batch(data: Data, dev: torch.device, size: int = 256) -> torch.Tensor:
@@ -317,8 +343,20 @@ def train(
             f"model {cfg.model} is defined for --binarize {' or '.join(allowed)}, not {tc.binarize}"
         )
     data = load_data_of(cfg, dev, data_dir)
+    lock_run(run_dir)
+    try:
+        return _train_locked(run_dir, cfg, dev, data, resume)
+    finally:
+        unlock_run(run_dir)
+
+
+def _train_locked(
+    run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data, resume: bool
+) -> dict[str, Any]:
+    """``train`` once the run folder's lock is held."""
+    tc = cfg.train
     trainer = Trainer(run_dir, cfg, dev, data)
-    if resume and checkpoint_paths(run_dir, "last")[0].is_file():
+    if resume and has_checkpoint(run_dir, "last"):
         trainer.restore()
         save_run_config(run_dir, cfg)
         trim_metrics(run_dir, trainer.loop.epoch)
@@ -328,7 +366,8 @@ def train(
             print(f"{run_dir} has no checkpoint yet: training from the start with its config")
         save_run_config(run_dir, cfg)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        draw_progress(trainer.model, run_dir, 0, tc.seed, dev)
+        if draws_samples_after(0, tc.sample_every, tc.sample_epochs):
+            draw_progress(trainer.model, run_dir, 0, tc.seed, dev)
 
     print(describe(cfg, data, run_dir, dev))
     try:
@@ -343,7 +382,7 @@ def train(
     best_state = load_checkpoint(run_dir, "best", model)
     with isolated_rng(EVAL_SEED, dev):
         model.after_training(data)
-        save_checkpoint(run_dir, "best", model, best_state)  # with what after_training set
+        trainer.save("best", best_state)  # with what after_training set
         plots.draw_run_figures(model, data, run_dir)
     summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
     if metric:

@@ -47,7 +47,8 @@ class AutoencoderConfig:
         },
     )
     sparsity: float = field(
-        default=0.0, metadata={"help": "weight of the L1 penalty on the code", "min": 0.0}
+        default=0.0,
+        metadata={"help": "weight of the L1 penalty on the code", "min": 0.0, "max": 1e6},
     )
     gmm_components: int = field(
         default=10, metadata={"help": "components of the Gaussian mixture on the codes"}

@@ -56,6 +56,7 @@ class GenerativeModel(nn.Module):
     # name -> printed label, for the terms of evaluate_batch (and of evaluation, e.g. nll)
     eval_terms: ClassVar[dict[str, str]] = {"loss": "loss"}
     units: ClassVar[str] = "nats per image"
+    loss_label: ClassVar[str] = "loss"  # what stats["loss"] is, as the epoch line prints it
     can_encode: ClassVar[bool] = False
     can_reconstruct: ClassVar[bool] = False
     has_prior: ClassVar[bool] = False
@@ -126,6 +127,19 @@ class GenerativeModel(nn.Module):
 def fused_adam_available(model: nn.Module) -> bool:
     """Fused Adam runs on the CPU and CUDA (torch >= 2.4), not on every other device."""
     return next(model.parameters()).device.type in ("cpu", "cuda")
+
+
+def check_values(name: str, values: torch.Tensor, positive: bool = False) -> torch.Tensor:
+    """Return ``values`` if finite (and > 0 with ``positive``), else raise
+    FloatingPointError, which the loop reports as divergence. Called by the families
+    before a network's output parameterizes a distribution, whose own check would
+    otherwise end a diverged run in a ValueError traceback."""
+    bad = ~torch.isfinite(values)
+    if positive:
+        bad |= values <= 0
+    if bad.any():
+        raise FloatingPointError(f"{name} became {values[bad].flatten()[0].item()}")
+    return values
 
 
 def check_stats(stats: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import Bernoulli, Independent, RelaxedBernoulli
 
+from genzoo.models.base import check_values
 from genzoo.models.latent import LatentVariableModel
 from genzoo.nets import activation_field, mlp
 
@@ -67,7 +68,8 @@ class BinaryVAEConfig:
         default=0.9, metadata={"help": "decay of the running average", "below": 1}
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "temperature of the relaxed Bernoulli (gumbel)"}
+        default=1.0,
+        metadata={"help": "temperature of the relaxed Bernoulli (gumbel)", "max": 1e3},
     )
 
 
@@ -91,7 +93,8 @@ class BinaryVAE(LatentVariableModel):
         return Independent(Bernoulli(probs=self.prior_probs), 1)
 
     def posterior(self, x: torch.Tensor) -> Independent:
-        return Independent(Bernoulli(logits=self.encoder(x.flatten(1))), 1)  # (B,) x (L,)
+        logits = check_values("the posterior's logits", self.encoder(x.flatten(1)))  # (B, L)
+        return Independent(Bernoulli(logits=logits), 1)  # batch (B,), event (L,)
 
     def loss(
         self, x: torch.Tensor, update_baseline: bool = True

@@ -36,8 +36,9 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel
+from genzoo.models.base import GenerativeModel, check_values
 from genzoo.models.latent import MAX_DECODER_ROWS
+from genzoo.stats import importance_sampled_log_mean
 
 ATTENTIONS = ("gaussian", "none")
 
@@ -233,7 +234,8 @@ class DRAW(GenerativeModel):
             r, window = self.attention.read(x, x - torch.sigmoid(canvas), h_dec[0])
             h_enc = self.encoder(torch.cat([r, h_dec[0]], -1), h_enc)
             loc, log_scale = self.to_posterior(h_enc[0]).chunk(2, -1)  # (B, L) each
-            scale = log_scale.exp()
+            scale = check_values("the posterior's scale", log_scale.exp(), positive=True)
+            check_values("the posterior's mean", loc)
             z = loc if mean else loc + scale * torch.randn_like(loc)
             h_dec, canvas, _ = self._decode_step(z, h_dec, canvas)
             params.append((loc, scale))
@@ -319,14 +321,9 @@ class DRAW(GenerativeModel):
     def log_likelihood(self, x: torch.Tensor, k: int, proposal: str = "posterior") -> torch.Tensor:
         """Importance-sampled log p(x) with ``k`` sequences per image, (B,) float64, nats;
         at most MAX_DECODER_ROWS (sample x image) rows unrolled at once."""
-        chunk = max(1, MAX_DECODER_ROWS // x.shape[0])
-        log_w = torch.cat(
-            [
-                self.log_weights(x, min(chunk, k - start), proposal).double()
-                for start in range(0, k, chunk)
-            ]
-        )  # (k, B)
-        return torch.logsumexp(log_w, 0) - math.log(k)
+        return importance_sampled_log_mean(
+            lambda n: self.log_weights(x, n, proposal), k, MAX_DECODER_ROWS, x.shape[0]
+        )
 
     # ------------------------------------------------------------------ images
 

@@ -95,6 +95,7 @@ class GAN(GenerativeModel):
         "value": "V(D, G)",
     }
     units = "D: probability that an image is real; V(D, G): nats per image pair"
+    loss_label = "D loss"
     has_prior = True
     curve_panels: ClassVar[dict[str, list[str]]] = {
         "losses": ["train_d_loss", "train_g_loss"],

@@ -11,7 +11,6 @@ for a Gaussian latent (vae.py) and a Bernoulli latent (binary_vae.py):
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, kl_divergence
 
 from genzoo.models.base import GenerativeModel
+from genzoo.stats import importance_sampled_log_mean
 
 # The one place where the number of (latent-sample x example) rows pushed through the
 # decoder at once is set: bounds the memory of the importance-sampled likelihood.
@@ -108,14 +108,9 @@ class LatentVariableModel(GenerativeModel):
         The k weights are drawn in chunks so that at most MAX_DECODER_ROWS rows pass the
         decoder at once, and combined by log-mean-exp in float64.
         """
-        chunk = max(1, MAX_DECODER_ROWS // x.shape[0])
-        log_w = torch.cat(
-            [
-                self.log_weights(x, min(chunk, k - start), proposal).double()
-                for start in range(0, k, chunk)
-            ]
-        )  # (k, B)
-        return torch.logsumexp(log_w, 0) - math.log(k)
+        return importance_sampled_log_mean(
+            lambda n: self.log_weights(x, n, proposal), k, MAX_DECODER_ROWS, x.shape[0]
+        )
 
     # ------------------------------------------------------------------ model contract
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel
+from genzoo.models.base import GenerativeModel, check_values
 
 
 @dataclass
@@ -76,7 +76,8 @@ class RealNVPConfig:
         default=100.0,
         metadata={
             "help": "clip the gradient's global norm (a rare huge step can undo an "
-            "epoch of training)"
+            "epoch of training)",
+            "max": 1e12,
         },
     )
     multiscale: bool = field(
@@ -368,7 +369,7 @@ class RealNVP(GenerativeModel):
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log density (nats) of continuous images y (B, C, H, W) in [0, 1]^D: (B,)."""
         z, log_det = self(y)
-        return self.base().log_prob(z) + log_det
+        return self.base().log_prob(check_values("the flow's output z", z)) + log_det
 
     def dequantize(self, x: torch.Tensor) -> torch.Tensor:
         """Grey levels x = x_int / 255 -> y = (x_int + u) / 256, a fresh u ~ U[0, 1)^D."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import Independent, Normal
 
+from genzoo.models.base import check_values
 from genzoo.models.latent import LatentVariableModel
 from genzoo.nets import activation_field, mlp
 
@@ -63,7 +64,8 @@ class VAE(LatentVariableModel):
 
     def posterior(self, x: torch.Tensor) -> Independent:
         mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)  # (B, L) each
-        return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+        scale = check_values("the posterior's scale", torch.exp(0.5 * logvar), positive=True)
+        return Independent(Normal(check_values("the posterior's mean", mu), scale), 1)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         if self.cfg.objective == "iwae":
