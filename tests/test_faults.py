@@ -7,15 +7,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
+import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from genzoo.cli import main
-from genzoo.config import TrainConfig
+from genzoo.config import TrainConfig, field_kind
+from genzoo.errors import GenzooError
 from genzoo.models import MODELS
 from genzoo.runs import build_model, checkpoint_files, load_checkpoint, load_run_config
 
@@ -35,15 +39,13 @@ def numeric_flags() -> list[tuple[str, str, type]]:
         for cls in (TrainConfig, family.config) if model == "vae" else (family.config,):
             hints = typing.get_type_hints(cls)
             for f in dataclasses.fields(cls):
-                kind = (
-                    typing.get_args(hints[f.name])[0] if f.name == "train_size" else hints[f.name]
-                )
+                kind = field_kind(hints[f.name])
                 if kind in (int, float):
                     found.append((model, "--" + f.name.replace("_", "-"), kind))
     return found
 
 
-BAD_VALUES = ["x", "nan", "inf", "-inf", "-1", "1e400", "99999999999999999999"]
+BAD_VALUES = ["x", "nan", "inf", "-inf", "-1", "1e400", "1e30", "99999999999999999999"]
 
 
 @pytest.mark.parametrize(("model", "flag", "kind"), numeric_flags())
@@ -55,6 +57,29 @@ def test_every_numeric_flag_refuses_bad_values(capsys, model: str, flag: str, ki
         assert exit_info.value.code == 2, (flag, value)
         assert flag in err and "Traceback" not in err and err.count("\n") == 1, (flag, value, err)
     assert not Path("/nonexistent").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--hidden", "0"), ("--hidden", "500,-1"), ("--hidden", "2000000"), ("--hidden", "5,x")]
+    + [("--sample-epochs", v) for v in ("-1", "1,a", "99999999")],
+)
+def test_size_lists_refuse_bad_values(capsys, flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vae", flag, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and flag in err and err.count("\n") == 1
+
+
+def test_a_fractional_count_in_config_json_is_refused(tmp_path: Path, capsys) -> None:
+    from genzoo.runs import load_run_config as load
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"model": "vae", "train": {"epochs": 5.5}, "model_config": {}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GenzooError, match="--epochs must be an int"):
+        load(run)
 
 
 def one_error_line(capsys) -> str:
@@ -117,18 +142,24 @@ def test_a_damaged_config_json_is_one_line(data_dir: Path, tmp_path: Path, capsy
             assert str(run) in one_error_line(capsys)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 4 MB tmpfs (where this machine lets the tests mount one)."""
-    mount = tmp_path / "disk"
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` for one test, where this machine lets tests mount one."""
     mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
-    )
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)])
     if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here; test_runs.py simulates ENOSPC instead")
+        pytest.skip("cannot mount a tmpfs here; test_runs.py simulates the faults instead")
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path / "disk", "size=4m")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from tmpfs(tmp_path / "ro", "ro")
 
 
 def test_a_full_disk_ends_with_one_line_and_keeps_the_last_checkpoint(
@@ -157,3 +188,54 @@ def test_an_output_place_that_cannot_be_a_folder_is_one_line(
     assert "a file is in the way of a folder" in one_error_line(capsys)
     assert main(["train", "vae", "--run-dir", str(tmp_path / "file" / "run"), *TINY]) == 2
     assert "file" in one_error_line(capsys)
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from genzoo.runs import lock_run
+lock_run(Path(sys.argv[1]))
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_second_training_of_a_folder_is_refused(data_dir: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--epochs", "1", "--run-dir", str(run), *SMALL["vae"], *TINY]) == 0
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        assert main(["resume", str(run), "--epochs", "2"]) == 2
+        assert f"another genzoo process (PID {first.pid})" in one_error_line(capsys)
+    finally:
+        first.kill()
+        first.wait()
+    assert main(["resume", str(run), "--epochs", "2"]) == 0  # the killed holder left no lock
+
+
+def test_a_read_only_place_is_one_line(data_dir: Path, read_only_disk: Path, capsys) -> None:
+    argv = ["train", "vae", "--run-dir", str(read_only_disk / "run"), *SMALL["vae"], *TINY]
+    assert main(argv) == 2
+    assert "Read-only file system" in one_error_line(capsys)
+
+
+def test_every_flag_the_readme_names_exists(capsys) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", readme))
+    helps = ""
+    for argv in (
+        *(["train", model, "--help"] for model in MODELS),
+        *([command, "--help"] for command in ("eval", "sample", "compare", "resume", "plot")),
+        ["train", "--help"],
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        helps += capsys.readouterr().out
+    external = {"--nproc-per-node"}  # torchrun's own
+    assert sorted(f for f in named - external if f not in helps) == []

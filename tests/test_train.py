@@ -98,7 +98,11 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again(
-    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path,
+    tmp_path: Path,
+    tiny_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
     tiny_config.train.epochs = 2
     gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
@@ -112,10 +116,41 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(
         gtrain.train(tmp_path / "killed", tiny_config, device="cpu")
     monkeypatch.setattr(VAE, "train_step", original)
     assert not (tmp_path / "killed" / "checkpoints").exists()
+    said = capsys.readouterr().out
+    assert f"no checkpoint was written yet. Continue with: genzoo resume {tmp_path}" in said
     gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
     whole = load_file(checkpoint_files(tmp_path / "whole", "last")[0])
     resumed = load_file(checkpoint_files(tmp_path / "killed", "last")[0])
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_kill_between_the_best_and_the_last_checkpoint_changes_nothing(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an improving epoch ``best`` is written before ``last``; a kill between the two
+    redoes the epoch from the previous ``last``, and the run still ends exactly so."""
+    tiny_config.train.epochs = 3
+    gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
+    original = gtrain.save_checkpoint
+
+    def killed_before_the_last_of_epoch_3(run_dir, tag, model, state):
+        if tag == "last" and state["epoch"] == 3:
+            raise KeyboardInterrupt
+        original(run_dir, tag, model, state)
+
+    monkeypatch.setattr(gtrain, "save_checkpoint", killed_before_the_last_of_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        gtrain.train(tmp_path / "killed", tiny_config, device="cpu")
+    monkeypatch.setattr(gtrain, "save_checkpoint", original)
+    model = VAE(tiny_config.model_config, (1, 28, 28))
+    assert load_checkpoint(tmp_path / "killed", "best", model)["epoch"] == 3
+    assert load_checkpoint(tmp_path / "killed", "last", model)["epoch"] == 2
+    gtrain.train(tmp_path / "killed", load_run_config(tmp_path / "killed"), "cpu", resume=True)
+    for tag in ("last", "best"):
+        whole = load_file(checkpoint_files(tmp_path / "whole", tag)[0])
+        resumed = load_file(checkpoint_files(tmp_path / "killed", tag)[0])
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), tag
+    assert [r["epoch"] for r in metrics(tmp_path / "killed")] == [1, 2, 3]
 
 
 def test_a_failed_resume_leaves_config_json_alone(

@@ -9,11 +9,13 @@ one line on stderr and exit status 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import typing
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from genzoo import data as gdata
 from genzoo import plots
@@ -57,6 +59,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line that points to --help, not the whole usage."""
 
     def error(self, message: str) -> typing.NoReturn:
+        if self.prog == "genzoo train" and "invalid choice" in message:
+            message += "; training flags follow MODEL (genzoo train vae --batch-size 64)"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -71,7 +75,7 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     parser.add_argument(
         "--device",
         dest=prefix + "device",
-        default=None if prefix else "auto",
+        default=None,  # auto; None tells a flag given before MODEL from the default
         choices=("auto", "cpu", "cuda"),
         help="where to compute (default: auto)",
     )
@@ -86,17 +90,18 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
 
 def _add_resume_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """What a resume may change: the last epoch and the base learning rate."""
+    bounds = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
     parser.add_argument(
         "--epochs",
         dest=prefix + "epochs",
-        type=positive_int,
+        type=bounded(int, **bounds["epochs"]),
         metavar="N",
         help="train up to this epoch (default: the run's own)",
     )
     parser.add_argument(
         "--lr",
         dest=prefix + "lr",
-        type=bounded(float),
+        type=bounded(float, **bounds["lr"]),
         metavar="LR",
         help="continue with this base learning rate (default: the run's own)",
     )
@@ -262,6 +267,15 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
     _add_runtime_flags(compare_p)
 
 
+def add_report(commands: argparse._SubParsersAction) -> None:
+    report_p = commands.add_parser(
+        "report", help="one self-contained HTML page of a run -> RUN/report.html"
+    )
+    report_p.set_defaults(func=cmd_report)
+    report_p.add_argument("run", type=Path, metavar="RUN")
+    report_p.add_argument("-o", "--output", type=Path, help="HTML file (default: RUN/report.html)")
+
+
 def add_data(commands: argparse._SubParsersAction) -> None:
     data_p = commands.add_parser("data", help="download, verify or list the dataset files")
     data_p.set_defaults(func=cmd_data)
@@ -287,6 +301,7 @@ SUBCOMMANDS = (
     add_sample,
     add_plot,
     add_compare,
+    add_report,
     add_quality_net,
     add_data,
 )
@@ -325,6 +340,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     # A flag given before MODEL (genzoo train --epochs 5 vae) counts as if given after it.
     for name in ("epochs", "lr", "device", "data_dir"):
         early = getattr(args, f"resume_{name}")
+        if early is not None and getattr(args, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise GenzooError(f"{flag} is given both before and after MODEL; give it once")
         if early is not None:
             setattr(args, name, early)
     family = MODELS[args.model]
@@ -336,13 +354,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         TrainConfig(**given_values(args, TrainConfig)),
         family.config(**given_values(args, family.config)),
     )
-    run_dir = args.run_dir or new_run_dir(args.model)
-    if (run_dir / "config.json").exists():
-        raise GenzooError(
-            f"{run_dir} already holds a run; choose another --run-dir, "
-            f"or continue it with `genzoo resume {run_dir}`"
-        )
-    train(run_dir, cfg, args.device, args.data_dir)
+    train(args.run_dir or new_run_dir(args.model), cfg, args.device, args.data_dir)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
@@ -354,7 +366,7 @@ def _resume(
 ) -> None:
     run_dir = check_run_dir(run)
     cfg = resume_config(run_dir, epochs, lr)
-    train(run_dir, cfg, device or "auto", data_dir, resume=True)
+    train(run_dir, cfg, device, data_dir, resume=True)
 
 
 def print_quality(r: dict) -> None:
@@ -420,7 +432,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".png", ".npy"):
         raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
-    _, model, _, epoch = load_trained(check_run_dir(args.run), args.device)
+    _, model, _, epoch = load_trained(check_run_dir(args.run), args.device, args.data_dir)
     if args.standard_normal and not model.has_mixture:
         raise GenzooError("--standard-normal applies to autoencoders (model ae) only")
     if args.temperature is not None and not model.sample_temperatures:
@@ -429,7 +441,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         if args.standard_normal:
             samples = model.sample_standard_normal(args.n)
         else:
-            samples = model.sample(args.n, temperature=args.temperature or 1.0)
+            temperature = 1.0 if args.temperature is None else args.temperature
+            samples = model.sample(args.n, temperature=temperature)
     samples = samples.cpu()  # (n, C, H, W)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
@@ -470,11 +483,24 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"(units: {units_note(rows)}; from each run's eval.json; figure: {args.output})")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    # Imported here, not with the others at the top, to keep this command's change to
+    # cli.py in its own two functions while the import block is being edited elsewhere.
+    from genzoo.report import write_run_report
+
+    print(write_run_report(args.run, args.output))
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     root = gdata.resolve_data_dir(args.data_dir)
     print(f"data folder: {root}")
     for line in gdata.data_command(args.action, args.datasets, root):
         print(line)
+
+
+def out_of_memory(err: Exception) -> bool:
+    """CUDA reports an OutOfMemoryError; the CPU allocator a RuntimeError that says so."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
             else err.strerror or err
         )
         print(f"genzoo: error: cannot use{where}: {why}", file=sys.stderr)
+        return 2
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise  # a bug: keep its traceback
+        print("genzoo: error: out of memory; choose smaller sizes or batches", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -91,7 +91,7 @@ class TrainConfig:
             "min": 0.0,
         },
     )
-    seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
+    seed: int = field(default=0, metadata={"help": "random seed", "min": 0, "max": 2**32 - 1})
     ema: float = field(
         default=0.0,
         metadata={
@@ -107,7 +107,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-MAX_INT = 10**9  # a bound for counts and sizes that no field states itself
+MAX_INT = 10**6  # a bound for counts and sizes that no field states itself
 
 
 def check_number(value: float, kind: type, metadata: Mapping[str, Any]) -> None:
@@ -131,7 +131,7 @@ def check_number(value: float, kind: type, metadata: Mapping[str, Any]) -> None:
         raise ValueError(f"must be below {metadata['below']}, got {value}")
 
 
-def _field_kind(hint: Any) -> Any:
+def field_kind(hint: Any) -> Any:
     """The type of a field, with ``X | None`` read as X (None: the default, unset)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if typing.get_origin(hint) is types.UnionType and len(args) == 1 else hint
@@ -143,19 +143,23 @@ def check_fields(config: Any) -> None:
     are validated. Raises GenzooError naming the flag."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value, kind = getattr(config, f.name), _field_kind(hints[f.name])
+        value, kind = getattr(config, f.name), field_kind(hints[f.name])
         try:
             if value is None and kind is not hints[f.name]:
                 continue
             if kind in (int, float) and not isinstance(value, bool):
-                if not isinstance(value, int | float):
-                    raise ValueError(f"must be a number, got {value!r}")
+                if not isinstance(value, int if kind is int else int | float):
+                    raise ValueError(
+                        f"must be {'an int' if kind is int else 'a number'}, got {value!r}"
+                    )
                 check_number(value, kind, f.metadata)
             elif kind == tuple[int, ...] and any(
-                not isinstance(v, int) or v < f.metadata.get("min", 1) for v in value
+                not isinstance(v, int) or not f.metadata.get("min", 1) <= v <= MAX_INT
+                for v in value
             ):
                 raise ValueError(
-                    f"must be whole numbers >= {f.metadata.get('min', 1)}, got {value}"
+                    f"must be whole numbers from {f.metadata.get('min', 1)} to {MAX_INT}, "
+                    f"got {value}"
                 )
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
@@ -192,9 +196,10 @@ def int_tuple(minimum: int = 1) -> typing.Callable[[str], tuple[int, ...]]:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a comma-separated list of whole numbers, e.g. 500,500"
             ) from None
-        if min(values) < minimum:
-            bound = "positive" if minimum == 1 else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"values must be {bound}, got {text}")
+        if min(values) < minimum or max(values) > MAX_INT:
+            raise argparse.ArgumentTypeError(
+                f"values must be from {minimum} to {MAX_INT}, got {text}"
+            )
         return values
 
     return parse
@@ -211,7 +216,7 @@ def add_config_arguments(
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind = _field_kind(hints[f.name])
+        kind = field_kind(hints[f.name])
         shown = (defaults or {}).get(f.name, f.default)
         if kind is bool:
             parser.add_argument(

@@ -7,8 +7,9 @@
   With ``estimator="prior"`` the proposal is p(z) (the naive Monte Carlo estimate
   log 1/K sum_k p(x|z_k)), which shows how much a learned proposal matters at equal K.
 
-All figures are in nats per image, on the binarized images the run was trained on
-(dynamic binarization: the test set drawn once with a fixed seed).
+Each family states its figures' units (``units``: nats per image for the VAEs, bits per
+dimension too for the flow, probabilities for the GAN's discriminator), on the images the
+run was trained on (dynamic binarization: the test set drawn once with a fixed seed).
 """
 
 from __future__ import annotations

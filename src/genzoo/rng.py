@@ -18,9 +18,9 @@ from genzoo.errors import GenzooError
 EVAL_SEED = 2024  # validation, figures and evaluation draw from this seed
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA where a device is visible, else the CPU."""
-    if name == "auto":
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` (or None) is CUDA where a device is visible, else the CPU."""
+    if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise GenzooError(

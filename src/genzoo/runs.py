@@ -110,13 +110,14 @@ def _mount_point(path: Path) -> str:
 _held_locks: dict[Path, Any] = {}  # run folder -> open lock file, held for the process's life
 
 
-def lock_run(run_dir: Path) -> None:
+def lock_run(run_dir: Path) -> bool:
     """Take the run folder's lock, an OS advisory lock (flock) on RUN/.lock held until
     this process ends: a killed process releases it, so no stale lock is ever left. A
-    second training of the same folder gets a clear error naming the first one's PID."""
+    second training of the same folder gets a clear error naming the first one's PID.
+    Returns whether this call took it (False: this process held it already)."""
     key = run_dir.resolve()
     if key in _held_locks:
-        return
+        return False
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - kept open on purpose
     try:
@@ -133,6 +134,7 @@ def lock_run(run_dir: Path) -> None:
     handle.write(str(os.getpid()))
     handle.flush()
     _held_locks[key] = handle
+    return True
 
 
 def unlock_run(run_dir: Path) -> None:
@@ -259,15 +261,27 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # half a line: a write cut off by a kill; the epoch is redone on resume
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [json.loads(line) for line in lines if line.strip()]
     except json.JSONDecodeError as err:
         raise GenzooError(f"{path} is corrupt ({err}); remove its broken line") from None
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Add one line to metrics.jsonl; a failed write (a full disk) is undone, so the file
+    never ends in half a line."""
+    path = run_dir / "metrics.jsonl"
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise WriteFailed(_write_problem(path, err)) from None
 
 
 def trim_metrics(run_dir: Path, last_epoch: int) -> None:
@@ -338,10 +352,16 @@ def save_checkpoint(run_dir: Path, tag: str, model: nn.Module, state: dict[str, 
         folder / f"{tag}-{number:06d}.state.pt",
     )
     point = {"epoch": state["epoch"], "step": state.get("step", 0)}
-    save_weights(weights, model, {k: str(v) for k, v in point.items()})
     buffer = io.BytesIO()
     torch.save(state, buffer)  # in memory first, as in save_weights
-    atomic_write(rest, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    try:
+        save_weights(weights, model, {k: str(v) for k, v in point.items()})
+        atomic_write(rest, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    except WriteFailed:
+        for path in (weights, rest):  # half a pair, that no manifest will ever name
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise
     entry = {
         "number": number,
         **point,
@@ -373,7 +393,27 @@ def load_checkpoint(
                 f"with `genzoo resume {run_dir}`"
             )
         return _load_pair(*_legacy_paths(run_dir, tag), model, with_state)
-    folder = run_dir / "checkpoints"
+    # A training may replace the pairs while this reads them: if the manifest changed
+    # meanwhile, the failure was that race, not damage, and the newer manifest is read.
+    for _ in range(3):
+        state, problems = _load_intact(run_dir / "checkpoints", tag, entries, model, with_state)
+        if state is not None:
+            return state
+        newer = _manifest_entries(run_dir, tag)
+        if newer == entries:
+            break
+        entries = newer
+    raise GenzooError(
+        f"every '{tag}' checkpoint in {run_dir / 'checkpoints'} is corrupt "
+        f"({'; '.join(problems)}); delete the run or retrain"
+    )
+
+
+def _load_intact(
+    folder: Path, tag: str, entries: list[dict[str, Any]], model: nn.Module, with_state: bool
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The state of the first entry whose files match their checksums and load (None if
+    none does), and what was wrong with those before it."""
     problems = []
     for entry in entries:
         weights, rest = folder / entry["weights"], folder / entry["state"]
@@ -394,11 +434,8 @@ def load_checkpoint(
                 f"using the previous one, after epoch {entry['epoch']}",
                 file=sys.stderr,
             )
-        return state
-    raise GenzooError(
-        f"every '{tag}' checkpoint in {folder} is corrupt ({'; '.join(problems)}); "
-        "delete the run or retrain"
-    )
+        return state, problems
+    return None, problems
 
 
 def _load_pair(weights: Path, rest: Path, model: nn.Module, with_state: bool) -> dict[str, Any]:

@@ -59,11 +59,9 @@ class LRSchedule:
         return lr
 
     def apply(self, optimizers: list[Optimizer], step: int) -> float:
-        """Set every parameter group of ``optimizers`` to the rate of ``step`` (times the
-        group's ``lr_scale``, where a family trains some parameters at another rate);
-        return the rate."""
+        """Set every parameter group of ``optimizers`` to the rate of ``step``; return it."""
         lr = self.rate(step)
         for optimizer in optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                group["lr"] = lr
         return lr

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def training_point(epoch: int, step: int) -> str:
 
 def epoch_batches(
     data: Data, batch_size: int, progress: EpochProgress, device: torch.device
-) -> Any:
+) -> Iterator[torch.Tensor]:
     """The epoch's batches from ``progress.step`` on. A new epoch records the generator
     state before its shuffle and binarization; a resumed one redraws them from that
     state, then goes on with the generator where the checkpoint left it."""
@@ -111,7 +112,7 @@ def epoch_batches(
 class Trainer:
     """One run's model, optimizers, average, schedule and data, and the loop over them."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data):
+    def __init__(self, run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data) -> None:
         tc = cfg.train
         self.run_dir, self.cfg, self.dev, self.data = run_dir, cfg, dev, data
         torch.manual_seed(tc.seed)
@@ -131,9 +132,9 @@ class Trainer:
         )
         self.loop = LoopState()
         self.progress = EpochProgress()
-        self.saved_at = "none yet"  # the point of training of the last checkpoint
+        self.saved_at: str | None = None  # the point of training of the last checkpoint
 
-    def evaluated(self) -> Any:
+    def evaluated(self) -> AbstractContextManager:
         """What validation, the grids and the best checkpoint see: the average, if any."""
         return self.average.swapped_in() if self.average else nullcontext()
 
@@ -152,17 +153,22 @@ class Trainer:
             state["average"] = self.average.state_dict()
         return state
 
-    def save_last(self) -> dict[str, Any]:
-        state = self.state()
-        self.save("last", state)
+    def save_last(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.run_dir, "last", self.model, state)
         self.saved_at = training_point(state["epoch"], state["step"])
-        return state
 
-    def save(self, tag: str, state: dict[str, Any]) -> None:
+    def last_good(self) -> str:
+        if self.saved_at is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is after {self.saved_at}"
+
+    @contextmanager
+    def naming_the_last_good_checkpoint(self) -> Iterator[None]:
+        """A write that fails (a full disk) says which checkpoint is still good."""
         try:
-            save_checkpoint(self.run_dir, tag, self.model, state)
+            yield
         except WriteFailed as err:
-            raise WriteFailed(f"{err}; the last good checkpoint is after {self.saved_at}") from None
+            raise WriteFailed(f"{err}; {self.last_good()}") from None
 
     def restore(self) -> None:
         """Weights, optimizer, average and generator states, loop counters and the running
@@ -220,7 +226,7 @@ class Trainer:
             minutes = tc.checkpoint_minutes
             if minutes and now - last_save >= 60 * minutes and progress.step < self.steps_per_epoch:
                 progress.seconds += now - start
-                self.save_last()
+                self.save_last(self.state())
                 last_save = start = time.perf_counter()
         progress.seconds += time.perf_counter() - start
         return progress.means()
@@ -250,10 +256,14 @@ class Trainer:
             bad_epochs=0 if improved else self.loop.bad_epochs + 1,
         )
         self.progress = EpochProgress()
-        state = self.save_last()
+        state = self.state()
+        # best before last: a kill between the two then redoes this epoch from the previous
+        # last checkpoint, instead of leaving a last that counts on a best never written.
+        if improved:
+            with self.evaluated():
+                save_checkpoint(self.run_dir, "best", model, state)
+        self.save_last(state)
         with self.evaluated():
-            if improved:
-                self.save("best", state)
             if draws_samples_after(epoch, tc.sample_every, tc.sample_epochs):
                 draw_progress(model, self.run_dir, epoch, tc.seed, self.dev)
         shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
@@ -266,7 +276,7 @@ class Trainer:
     def diverged(self, what: str, epoch: int) -> TrainingDiverged:
         """The stop for a non-finite loss or network output, saying what can be done."""
         where = f"{what} in epoch {epoch} (batch {self.progress.step + 1}): training diverged"
-        if self.saved_at == "none yet":
+        if self.saved_at is None:
             return TrainingDiverged(
                 f"{where} before its first checkpoint; start again with a lower --lr"
             )
@@ -284,7 +294,8 @@ class Trainer:
             if self.stopped_early():
                 break
             try:
-                self.end_epoch(epoch, self.train_epoch(epoch))
+                with self.naming_the_last_good_checkpoint():
+                    self.end_epoch(epoch, self.train_epoch(epoch))
             except FloatingPointError as err:  # a family's check_values, before a distribution
                 raise self.diverged(str(err), epoch) from None
         if self.stopped_early():
@@ -343,11 +354,12 @@ def train(
             f"model {cfg.model} is defined for --binarize {' or '.join(allowed)}, not {tc.binarize}"
         )
     data = load_data_of(cfg, dev, data_dir)
-    lock_run(run_dir)
+    took_the_lock = lock_run(run_dir)
     try:
         return _train_locked(run_dir, cfg, dev, data, resume)
     finally:
-        unlock_run(run_dir)
+        if took_the_lock:  # a caller that holds it keeps it
+            unlock_run(run_dir)
 
 
 def _train_locked(
@@ -355,6 +367,11 @@ def _train_locked(
 ) -> dict[str, Any]:
     """``train`` once the run folder's lock is held."""
     tc = cfg.train
+    if not resume and (run_dir / "config.json").exists():  # checked under the lock: no race
+        raise GenzooError(
+            f"{run_dir} already holds a run; choose another --run-dir, "
+            f"or continue it with `genzoo resume {run_dir}`"
+        )
     trainer = Trainer(run_dir, cfg, dev, data)
     if resume and has_checkpoint(run_dir, "last"):
         trainer.restore()
@@ -373,16 +390,13 @@ def _train_locked(
     try:
         trainer.run()
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; the last checkpoint (after {trainer.saved_at}) is kept. "
-            f"Continue with: genzoo resume {run_dir}"
-        )
+        print(f"\ninterrupted; {trainer.last_good()}. Continue with: genzoo resume {run_dir}")
         raise
     model, loop, metric = trainer.model, trainer.loop, trainer.model.val_metric
     best_state = load_checkpoint(run_dir, "best", model)
-    with isolated_rng(EVAL_SEED, dev):
+    with isolated_rng(EVAL_SEED, dev), trainer.naming_the_last_good_checkpoint():
         model.after_training(data)
-        trainer.save("best", best_state)  # with what after_training set
+        save_checkpoint(run_dir, "best", model, best_state)  # with what after_training set
         plots.draw_run_figures(model, data, run_dir)
     summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
     if metric:

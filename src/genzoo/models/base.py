@@ -23,8 +23,8 @@ the figures and the CLI read a flag instead of probing with ``hasattr``:
 - ``can_encode``: ``encode(x) -> z`` and ``decode(z) -> images`` (interpolations, the
   latent scatter);
 - ``can_reconstruct``: ``reconstruct(x)``;
-- ``has_prior``: ``prior()`` over the z that ``decode`` takes (the 2-D manifold, and with
-  ``bernoulli_pixels`` the pixel-mean grids beside the samples);
+- ``has_prior``: ``prior()``, the distribution of the latent or noise z (with
+  ``can_encode``, a 2-D Gaussian prior gives the manifold figure through ``decode``);
 - ``bernoulli_pixels``: ``decode`` gives Bernoulli means, ``sample`` draws 0/1 pixels;
 - ``has_likelihood``: ``log_likelihood(x, k, proposal)``, importance sampled;
 - ``has_mixture``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);

@@ -234,8 +234,7 @@ class DRAW(GenerativeModel):
             r, window = self.attention.read(x, x - torch.sigmoid(canvas), h_dec[0])
             h_enc = self.encoder(torch.cat([r, h_dec[0]], -1), h_enc)
             loc, log_scale = self.to_posterior(h_enc[0]).chunk(2, -1)  # (B, L) each
-            scale = check_values("the posterior's scale", log_scale.exp(), positive=True)
-            check_values("the posterior's mean", loc)
+            scale = log_scale.exp()
             z = loc if mean else loc + scale * torch.randn_like(loc)
             h_dec, canvas, _ = self._decode_step(z, h_dec, canvas)
             params.append((loc, scale))
@@ -244,6 +243,9 @@ class DRAW(GenerativeModel):
                 canvases.append(torch.sigmoid(canvas))
                 windows.append(window)
         locs, scales = (torch.stack(p) for p in zip(*params, strict=True))  # (T, B, L)
+        # Checked once for all steps (one device sync), before the Normal's own check.
+        check_values("the posterior's mean", locs)
+        check_values("the posterior's scale", scales, positive=True)
         q = Independent(Normal(locs, scales), 1)  # batch (T, B)
         return Unroll(canvas, torch.stack(zs), q, canvases, windows)
 
