@@ -26,6 +26,7 @@ from genzoo.errors import GenzooError
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
+from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
     RunConfig,
@@ -484,10 +485,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    # Imported here, not with the others at the top, to keep this command's change to
-    # cli.py in its own two functions while the import block is being edited elsewhere.
-    from genzoo.report import write_run_report
-
     print(write_run_report(args.run, args.output))
 
 

@@ -25,6 +25,7 @@ from genzoo import plots, quality
 from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
 from genzoo.models import GenerativeModel
+from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import load_trained, read_json, write_json
 from genzoo.stats import mean_and_se
@@ -172,4 +173,5 @@ def evaluate_run(
         same_images = all(earlier.get(k) == result[k] for k in ("split", "n_examples", "epoch"))
         result = {**earlier, **result} if same_images else result
     write_json(output, result)
+    write_run_report(run_dir)
     return {**result, "output": str(output)}

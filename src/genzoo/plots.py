@@ -91,7 +91,7 @@ def draw_progress_samples(model: GenerativeModel, run_dir: Path, epoch: int) -> 
     draw_samples(model, f"samples {label}", run_dir / "figures" / f"samples_epoch{epoch:03d}.png")
 
 
-BOOKKEEPING = ("epoch", "seconds", "lr")
+BOOKKEEPING = ("epoch", "seconds", "lr", "device")
 
 
 def curve_panels(model: GenerativeModel, metrics: list[dict]) -> dict[str, list[str]]:

@@ -35,6 +35,7 @@ from genzoo.data import Data, Split, batches
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import per_example_terms
 from genzoo.models import MODELS, GenerativeModel
+from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
@@ -242,6 +243,7 @@ class Trainer:
             **{f"val_{k}": v for k, v in val.items()},
             "seconds": self.progress.seconds,  # the training pass alone
             "lr": self.optimizers[0].param_groups[0]["lr"],
+            "device": str(self.dev),
         }
         with isolated_rng(EVAL_SEED, self.dev):
             record.update(model.epoch_diagnostics(diagnostics_batch(self.data, self.dev)))
@@ -402,4 +404,5 @@ def _train_locked(
     if metric:
         summary[f"best_val_{metric}"] = loop.best
     write_json(run_dir / "summary.json", summary)
+    print(f"report: {write_run_report(run_dir)}")
     return summary

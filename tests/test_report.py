@@ -1,0 +1,221 @@
+"""The run page (genzoo report RUN): self-contained, escaped, holding the run's numbers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from genzoo.cli import main
+from genzoo.report import nice_ticks, write_run_report
+
+SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF8"}
+
+
+class PageParser(HTMLParser):
+    """Collects the page's images, script tags, and the text of each table's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+        self.scripts = 0
+        self.tables: list[list[list[str]]] = []  # table -> row -> cell texts
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs))
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def table_with(self, header: str) -> list[list[str]]:
+        """The table whose first row starts with ``header``."""
+        return next(t for t in self.tables if t and t[0] and t[0][0] == header)
+
+
+def parse(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+@pytest.fixture
+def run(data_dir: Path, tmp_path: Path) -> Path:
+    """A tiny trained and evaluated VAE run, with a GIF among its figures (as DRAW's)."""
+    run = tmp_path / "run"
+    tiny = ["--epochs", "2", "--batch-size", "16", "--val-size", "20", "--hidden", "8"]
+    assert (
+        main(["train", "vae", *tiny, "--latent-dim", "2", "--device", "cpu", "--run-dir", str(run)])
+        == 0
+    )
+    assert main(["eval", str(run), "--iw-samples", "5"]) == 0
+    frames = [Image.new("L", (8, 8), shade) for shade in (0, 255)]
+    frames[0].save(run / "figures" / "drawing.gif", save_all=True, append_images=frames[1:])
+    return run
+
+
+def test_page_is_self_contained_with_every_figure(run: Path) -> None:
+    page = write_run_report(run)
+    assert page == run / "report.html"
+    parsed, text = parse(page), page.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    assert '<meta name="viewport"' in text
+    figures = sorted(p.name for p in (run / "figures").iterdir())
+    assert "drawing.gif" in figures and "curves.png" in figures
+    assert sorted(img["alt"] for img in parsed.images) == figures  # one per figure file
+    for img in parsed.images:
+        head, _, payload = img["src"].partition(",")
+        mime = head.removeprefix("data:").removesuffix(";base64")
+        assert head.startswith("data:") and head.endswith(";base64")
+        assert base64.b64decode(payload, validate=True).startswith(SIGNATURES[mime])
+    assert parsed.scripts == 1  # the page's own, inline
+
+
+def test_page_holds_the_runs_numbers(run: Path) -> None:
+    parsed = parse(write_run_report(run))
+    result = json.loads((run / "eval.json").read_text())
+    figures = dict(parsed.table_with("figure")[1:])
+    assert figures["-ELBO"] == f"{result['neg_elbo']:.3f} ± {result['neg_elbo_se']:.3f}"
+    assert figures["NLL"].startswith(f"{result['nll']:.3f} ± ")
+    protocol = dict(parsed.table_with("protocol")[1:])
+    assert protocol["split"] == "test" and protocol["images"] == str(result["n_examples"])
+    assert protocol["K (importance samples per image)"] == "5"
+    assert protocol["binarization"] == result["binarize"]
+
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    table = parsed.table_with("epoch")
+    assert len(table) - 1 == len(metrics) == 2  # a header, then a row per epoch
+    assert [row[0] for row in table[1:]] == ["1", "2"]
+
+    environment = dict(parsed.tables[-1])  # no header row
+    seconds = sum(m["seconds"] for m in metrics)
+    assert environment["training seconds (all epochs)"] == f"{seconds:.1f}"
+    assert {"genzoo", "torch", "python", "device", "page written"} <= environment.keys()
+
+
+def test_curves_are_inline_svg_with_a_value_per_point(run: Path) -> None:
+    text = write_run_report(run).read_text(encoding="utf-8")
+    svg = text[text.index("<svg") : text.index("</svg>")]
+    assert svg.count("<circle") == 4  # training loss and validation -ELBO, two epochs each
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"validation -ELBO, epoch 2: {last['val_neg_elbo']:.6g}</title>" in svg
+
+
+def test_strings_from_files_are_escaped(run: Path, tmp_path: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["model_config"]["activation"] = "<script>alert('config')</script>"
+    config["note"] = '"><img src=x onerror=alert(1)>'
+    (run / "config.json").write_text(json.dumps(config))
+    result = json.loads((run / "eval.json").read_text())
+    result["units"] = "<b>nats</b>"
+    (run / "eval.json").write_text(json.dumps(result))
+
+    page = write_run_report(run, tmp_path / "elsewhere" / "page.html")
+    text, parsed = page.read_text(encoding="utf-8"), parse(page)
+    assert "<script>alert" not in text and "&lt;script&gt;alert(&#x27;config&#x27;)" in text
+    assert "<img src=x" not in text and "<b>nats" not in text
+    assert parsed.scripts == 1
+    assert all(img["src"].startswith("data:") for img in parsed.images)
+    config_rows = parse(page).table_with("group")
+    assert ["model", "activation", "<script>alert('config')</script>"] in config_rows
+
+
+def test_page_of_a_run_without_eval_or_epochs(tmp_path: Path) -> None:
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "vae", "train": {}, "model_config": {}}))
+    text = write_run_report(run).read_text(encoding="utf-8")
+    assert "Not evaluated yet" in text and "No epoch has finished yet" in text
+
+
+def test_cli_writes_the_page_and_refuses_a_missing_folder(run: Path, tmp_path: Path, capsys):
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+    assert (run / "report.html").stat().st_size > 0
+    out = tmp_path / "pages" / "run.html"
+    assert main(["report", str(run), "-o", str(out)]) == 0 and out.is_file()
+
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a run folder" in err
+
+    (run / "config.json").write_text("[1, 2]")  # JSON, but not a config
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json is not a genzoo file" in err
+
+
+def test_nice_ticks_are_round_and_inside_the_range() -> None:
+    assert nice_ticks(0.0, 10.0) == [0, 2, 4, 6, 8, 10]
+    assert nice_ticks(557.1, 564.8) == [558, 560, 562, 564]
+    assert nice_ticks(0.95, 2.05, integer=True) == [1, 2]
+    assert nice_ticks(0.95, 1.05, integer=True) == [1]
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=420,2000",  # a phone's width
+]
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium")
+    profile = tmp_path / "chromium-profile"
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="headless Chromium not installed (Debian: apt-get install chromium)",
+)
+def test_page_in_headless_chromium(run: Path, tmp_path: Path) -> None:
+    page = write_run_report(run)
+    shot = tmp_path / "shot.png"
+    done = _chromium(tmp_path, f"--screenshot={shot}", page.resolve().as_uri())
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (420, 2000)
+        assert len(image.convert("L").getcolors(256)) > 16  # not a blank page
+
+    # The page's script counts the images that decoded once the page has loaded.
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri())
+    n = len(list((run / "figures").iterdir()))
+    assert f'data-images-loaded="{n}/{n}"' in dom.stdout
+
+    # A click on the epoch header twice sorts the metrics table by epoch, descending.
+    clicking = tmp_path / "clicking.html"
+    click = "<script>for (const i of [0, 1]) document.querySelector('table.sortable th').click();"
+    clicking.write_text(page.read_text().replace("</body>", click + "</script></body>"))
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", clicking.as_uri())
+    parsed = PageParser()
+    parsed.feed(dom.stdout)
+    assert [row[0] for row in parsed.table_with("epoch")[1:]] == ["2", "1"]
