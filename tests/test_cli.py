@@ -127,9 +127,16 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path: Path, capsys, argv, mes
 
 
 def test_corrupt_checkpoint_via_cli(run_dir: Path, capsys) -> None:
+    # The newest pair damaged: the previous one serves, with a warning.
     (checkpoint_files(run_dir, "best")[0]).write_bytes(b"\x00" * 20)
+    assert main(["eval", str(run_dir), "--iw-samples", "5"]) == 0
+    assert "warning: the newest 'best' checkpoint is damaged" in capsys.readouterr().err
+    # Every pair damaged: one clear line, exit 2.
+    for weights in (run_dir / "checkpoints").glob("best-*.safetensors"):
+        weights.write_bytes(b"\x00" * 20)
     assert main(["eval", str(run_dir), "--iw-samples", "5"]) == 2
-    assert "corrupt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "corrupt" in err and err.count("\n") == 1
 
 
 def test_module_entry_point_gives_one_line_and_no_traceback(tmp_path: Path) -> None:
