@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +85,36 @@ def tiny_config() -> RunConfig:
         TrainConfig(epochs=3, batch_size=16, val_size=20, sample_every=2, patience=0),
         VAEConfig(latent_dim=2, hidden=(32,)),
     )
+
+
+LOCK_HOLDER = """
+import sys
+from pathlib import Path
+from genzoo.runs import lock_run
+lock_run(Path(sys.argv[1]))
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+@contextmanager
+def _lock_held_by_another_process(run_dir: Path) -> Iterator[int]:
+    """Another process holds ``run_dir``'s lock inside the block (its PID is yielded);
+    it is killed after it, which must release the lock."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        yield other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.fixture
+def lock_held_elsewhere() -> Callable[[Path], AbstractContextManager[int]]:
+    return _lock_held_by_another_process

@@ -9,7 +9,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,32 +189,14 @@ def test_an_output_place_that_cannot_be_a_folder_is_one_line(
     assert "file" in one_error_line(capsys)
 
 
-HOLDER = """
-import sys
-from pathlib import Path
-from genzoo.runs import lock_run
-lock_run(Path(sys.argv[1]))
-print("locked", flush=True)
-sys.stdin.readline()
-"""
-
-
-def test_a_second_training_of_a_folder_is_refused(data_dir: Path, tmp_path: Path, capsys) -> None:
+def test_a_second_training_of_a_folder_is_refused(
+    data_dir: Path, tmp_path: Path, capsys, lock_held_elsewhere
+) -> None:
     run = tmp_path / "run"
     assert main(["train", "vae", "--epochs", "1", "--run-dir", str(run), *SMALL["vae"], *TINY]) == 0
-    first = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(run)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert first.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(run) as pid:
         assert main(["resume", str(run), "--epochs", "2"]) == 2
-        assert f"another genzoo process (PID {first.pid})" in one_error_line(capsys)
-    finally:
-        first.kill()
-        first.wait()
+        assert f"another genzoo process (PID {pid})" in one_error_line(capsys)
     assert main(["resume", str(run), "--epochs", "2"]) == 0  # the killed holder left no lock
 
 

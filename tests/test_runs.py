@@ -7,8 +7,6 @@ import errno
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -167,29 +165,11 @@ def test_checkpoints_of_the_earlier_layout_still_load(tmp_path: Path) -> None:
     assert not (folder / "last.safetensors").exists()  # replaced by the new layout
 
 
-LOCKER = """
-import sys, time
-from pathlib import Path
-from genzoo.runs import lock_run
-lock_run(Path(sys.argv[1]))
-print("locked", flush=True)
-sys.stdin.readline()
-"""
-
-
-def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
-    other = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert other.stdout.readline().strip() == "locked"
-        with pytest.raises(GenzooError, match=f"another genzoo process \\(PID {other.pid}\\)"):
+def test_a_second_writer_is_refused_with_the_first_ones_pid(
+    tmp_path: Path, lock_held_elsewhere
+) -> None:
+    with lock_held_elsewhere(tmp_path) as pid:  # noqa: SIM117 - the inner one needs pid
+        with pytest.raises(GenzooError, match=f"another genzoo process \\(PID {pid}\\)"):
             lock_run(tmp_path)
-    finally:
-        other.kill()  # a killed holder releases the lock: nothing stale to delete
-        other.wait()
     lock_run(tmp_path)
     unlock_run(tmp_path)
