@@ -186,9 +186,9 @@ def save_feature_net(
 ) -> None:
     """Weights, then the sidecar naming their checksum; a crash between the two leaves a
     checksum mismatch, which the next load treats as a corrupt cache."""
-    save_weights(weights, net, {"dataset": dataset, "feature_dim": str(net.feature_dim)})
+    digest = save_weights(weights, net, {"dataset": dataset, "feature_dim": str(net.feature_dim)})
     info = {
-        "sha256": file_digest(weights, "sha256"),
+        "sha256": digest,
         "test_accuracy": test_accuracy,
         "dataset": dataset,
         "feature_dim": net.feature_dim,

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -148,14 +149,21 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def save_weights(path: Path, module: nn.Module, metadata: dict[str, str]) -> None:
+def write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically; return its SHA-256, taken from the bytes in
+    memory rather than by reading the file back."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_weights(path: Path, module: nn.Module, metadata: dict[str, str]) -> str:
     """A module's state dict as a safetensors file (atomically), with string ``metadata``:
-    the one weights writer, for checkpoints and the quality-net cache alike."""
+    the one weights writer, for checkpoints and the quality-net cache alike. Returns the
+    file's SHA-256."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     # Serialized in memory, then written by Python, so a full disk is an OSError (ENOSPC)
     # here rather than an opaque error from inside the serializer.
-    data = save(tensors, metadata=metadata)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return write_bytes(path, save(tensors, metadata=metadata))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -355,8 +363,10 @@ def save_checkpoint(run_dir: Path, tag: str, model: nn.Module, state: dict[str, 
     buffer = io.BytesIO()
     torch.save(state, buffer)  # in memory first, as in save_weights
     try:
-        save_weights(weights, model, {k: str(v) for k, v in point.items()})
-        atomic_write(rest, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        digests = {
+            weights.name: save_weights(weights, model, {k: str(v) for k, v in point.items()}),
+            rest.name: write_bytes(rest, buffer.getvalue()),
+        }
     except WriteFailed:
         for path in (weights, rest):  # half a pair, that no manifest will ever name
             with contextlib.suppress(OSError):
@@ -367,7 +377,7 @@ def save_checkpoint(run_dir: Path, tag: str, model: nn.Module, state: dict[str, 
         **point,
         "weights": weights.name,
         "state": rest.name,
-        "sha256": {p.name: file_digest(p, "sha256") for p in (weights, rest)},
+        "sha256": digests,
     }
     entries = [entry, *previous[:1]]
     write_json(_manifest_path(run_dir, tag), {"version": MANIFEST_VERSION, "entries": entries})

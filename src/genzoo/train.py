@@ -131,6 +131,8 @@ class Trainer:
             tc.lr_step_epochs,
             tc.warmup_epochs,
         )
+        # Drawn once per run: with dynamic binarization a draw covers the whole split.
+        self.probe = diagnostics_batch(data, dev)  # for epoch_diagnostics
         self.loop = LoopState()
         self.progress = EpochProgress()
         self.saved_at: str | None = None  # the point of training of the last checkpoint
@@ -246,7 +248,7 @@ class Trainer:
             "device": str(self.dev),
         }
         with isolated_rng(EVAL_SEED, self.dev):
-            record.update(model.epoch_diagnostics(diagnostics_batch(self.data, self.dev)))
+            record.update(model.epoch_diagnostics(self.probe))
         append_metrics(self.run_dir, record)
         # Without a validation metric (a GAN) the latest weights count as the best.
         score = val[metric] if metric else -epoch
