@@ -201,6 +201,29 @@ def test_early_stopping_after_patience(
     assert best["epoch"] == 2
 
 
+def test_time_budget_stops_after_the_epoch_that_reaches_it(
+    data_dir: Path,
+    tmp_path: Path,
+    tiny_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    timed_epoch = gtrain.Trainer.train_epoch
+
+    def forty_second_epoch(self, epoch):
+        stats = timed_epoch(self, epoch)
+        self.progress.seconds = 40.0
+        return stats
+
+    monkeypatch.setattr(gtrain.Trainer, "train_epoch", forty_second_epoch)
+    tiny_config.train.epochs, tiny_config.train.max_minutes = 6, 1.5
+    summary = gtrain.train(tmp_path / "run", tiny_config, device="cpu")
+    assert summary["epochs"] == 3  # 40, 80, then 120 s >= 90 s
+    assert "the training passes took 2.0 of --max-minutes 1.5" in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "run", "last", VAE(tiny_config.model_config, (1, 28, 28)))
+    assert state["loop"]["seconds"] == 120.0  # kept for a resume
+
+
 def test_corrupt_checkpoint_is_a_clear_error(
     data_dir: Path, tmp_path: Path, tiny_config: RunConfig
 ) -> None:

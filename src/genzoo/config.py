@@ -71,6 +71,15 @@ class TrainConfig:
             "min": 0,
         },
     )
+    max_minutes: float = field(
+        default=0.0,
+        metadata={
+            "help": "stop after the epoch in which the training passes reach this many "
+            "minutes in all (a time budget; 0: none)",
+            "min": 0.0,
+            "max": 1e6,
+        },
+    )
     sample_every: int = field(
         default=10, metadata={"help": "draw sample grids after epoch 1 and every this many epochs"}
     )

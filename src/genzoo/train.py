@@ -67,6 +67,7 @@ class LoopState:
     best: float = math.inf  # best validation value so far
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since the best one
+    seconds: float = 0.0  # the training passes of the finished epochs, in all
 
 
 @dataclass
@@ -258,6 +259,7 @@ class Trainer:
             best=score if improved else self.loop.best,
             best_epoch=epoch if improved else self.loop.best_epoch,
             bad_epochs=0 if improved else self.loop.bad_epochs + 1,
+            seconds=self.loop.seconds + self.progress.seconds,
         )
         self.progress = EpochProgress()
         state = self.state()
@@ -293,9 +295,13 @@ class Trainer:
         patience = self.cfg.train.patience
         return bool(patience) and self.loop.bad_epochs >= patience
 
+    def out_of_time(self) -> bool:
+        minutes = self.cfg.train.max_minutes
+        return bool(minutes) and self.loop.seconds >= 60 * minutes
+
     def run(self) -> None:
         for epoch in range(self.loop.epoch + 1, self.cfg.train.epochs + 1):
-            if self.stopped_early():
+            if self.stopped_early() or self.out_of_time():
                 break
             try:
                 with self.naming_the_last_good_checkpoint():
@@ -304,6 +310,11 @@ class Trainer:
                 raise self.diverged(str(err), epoch) from None
         if self.stopped_early():
             print(f"stopped early: no better validation for {self.cfg.train.patience} epochs")
+        elif self.out_of_time() and self.loop.epoch < self.cfg.train.epochs:
+            print(
+                f"stopped after epoch {self.loop.epoch}: the training passes took "
+                f"{self.loop.seconds / 60:.1f} of --max-minutes {self.cfg.train.max_minutes:g}"
+            )
 
 
 def draws_samples_after(epoch: int, every: int, epochs: tuple[int, ...]) -> bool:
