@@ -190,7 +190,7 @@ def test_early_stopping_after_patience(
 ) -> None:
     scores = iter([5.0, 4.0, 4.5, 4.2, 4.1, 1.0])  # best at epoch 2, then 3 worse epochs
 
-    def scripted_validation(model, split, device):
+    def scripted_validation(model, split, device, world):
         return {"neg_elbo": next(scores), "recon": 0.0, "kl": 0.0}
 
     monkeypatch.setattr(gtrain, "validate", scripted_validation)

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from genzoo import data as gdata
-from genzoo import plots
+from genzoo import distributed, plots
 from genzoo.compare import comparability, compare_runs, n_images, nll_samples, units_note
 from genzoo.config import TrainConfig, add_config_arguments, bounded, given_values
 from genzoo.cpu import tune_process
-from genzoo.errors import GenzooError
+from genzoo.errors import GenzooError, RunFailed
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
@@ -89,6 +89,18 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     )
 
 
+def _add_nproc_flag(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(
+        "--nproc",
+        dest=prefix + "nproc",
+        type=bounded(int, max=1024),
+        default=None,
+        metavar="N",
+        help="train data-parallel in N processes on this machine, through torchrun "
+        "(one per GPU on CUDA; default: 1)",
+    )
+
+
 def _add_resume_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """What a resume may change: the last epoch and the base learning rate."""
     bounds = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
@@ -106,6 +118,7 @@ def _add_resume_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None
         metavar="LR",
         help="continue with this base learning rate (default: the run's own)",
     )
+    _add_nproc_flag(parser, prefix)
     _add_runtime_flags(parser, prefix)
 
 
@@ -132,6 +145,7 @@ def add_train(commands: argparse._SubParsersAction) -> None:
             model_p.add_argument_group("training"), TrainConfig, family.training_defaults()
         )
         add_config_arguments(model_p.add_argument_group(f"model {name}"), family.config)
+        _add_nproc_flag(model_p)
         _add_runtime_flags(model_p)
 
 
@@ -334,12 +348,14 @@ def cmd_train(args: argparse.Namespace) -> None:
             args.resume_lr,
             args.resume_device,
             args.resume_data_dir,
+            args.resume_nproc,
+            args.argv,
         )
         return
     if args.model is None:
         raise GenzooError(f"name a MODEL ({', '.join(MODELS)}) or resume a run: genzoo resume RUN")
     # A flag given before MODEL (genzoo train --epochs 5 vae) counts as if given after it.
-    for name in ("epochs", "lr", "device", "data_dir"):
+    for name in ("epochs", "lr", "device", "data_dir", "nproc"):
         early = getattr(args, f"resume_{name}")
         if early is not None and getattr(args, name) is not None:
             flag = "--" + name.replace("_", "-")
@@ -355,19 +371,60 @@ def cmd_train(args: argparse.Namespace) -> None:
         TrainConfig(**given_values(args, TrainConfig)),
         family.config(**given_values(args, family.config)),
     )
-    train(args.run_dir or new_run_dir(args.model), cfg, args.device, args.data_dir)
+    if args.run_dir is None and distributed.launched_by_torchrun():
+        raise GenzooError("under torchrun give --run-dir, the one folder every process uses")
+    run_dir = args.run_dir or new_run_dir(args.model)
+    if (args.nproc or 1) > 1 and not distributed.launched_by_torchrun():
+        # The folder is named here, once, for every process torchrun starts.
+        argv = args.argv if args.run_dir else [*args.argv, "--run-dir", str(run_dir)]
+        launch(args.nproc, argv, run_dir)
+        return
+    train(run_dir, cfg, args.device, args.data_dir)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    _resume(args.run, args.epochs, args.lr, args.device, args.data_dir)
+    _resume(args.run, args.epochs, args.lr, args.device, args.data_dir, args.nproc, args.argv)
 
 
 def _resume(
-    run: Path, epochs: int | None, lr: float | None, device: str | None, data_dir: Path | None
+    run: Path,
+    epochs: int | None,
+    lr: float | None,
+    device: str | None,
+    data_dir: Path | None,
+    nproc: int | None,
+    argv: list[str],
 ) -> None:
     run_dir = check_run_dir(run)
     cfg = resume_config(run_dir, epochs, lr)
+    if (nproc or 1) > 1 and not distributed.launched_by_torchrun():
+        launch(nproc, argv, run_dir)
+        return
     train(run_dir, cfg, device, data_dir, resume=True)
+
+
+def launch(nproc: int, argv: list[str], run_dir: Path) -> None:
+    """``genzoo ARGV`` without --nproc, in ``nproc`` processes under torchrun."""
+    status = distributed.launch(nproc, without_nproc(argv))
+    if status:
+        raise RunFailed(
+            f"the data-parallel run stopped: a process failed (torchrun exit status {status}, "
+            f"its report above); {run_dir} keeps its last good checkpoint: continue with "
+            f"genzoo resume {run_dir} --nproc {nproc}"
+        )
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` with its ``--nproc N`` (or ``--nproc=N``) left out."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def print_quality(r: dict) -> None:
@@ -501,7 +558,9 @@ def out_of_memory(err: Exception) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     tune_process()
     try:
         args.func(args)

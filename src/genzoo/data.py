@@ -310,8 +310,9 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def bernoulli_draw(self) -> torch.Tensor:
-        """A fresh binary copy of the images, each pixel ~ Bernoulli(x): bool (N, C, H, W).
+    def bernoulli_draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A fresh binary copy of the images, each pixel ~ Bernoulli(x): bool (N, C, H, W),
+        drawn from ``generator`` (torch's global one if None).
 
         Pixels at 0 or 1 are their own draw; only the grey ones (a fifth of MNIST's) take
         uniform noise, which halves the cost of a draw over noise for every pixel.
@@ -322,7 +323,7 @@ class Split:
             self._levels = (self.images, flat == 1, index, flat[index])
         _, ones, index, p = self._levels
         draw = ones.clone()
-        draw[index] = torch.rand_like(p) < p
+        draw[index] = torch.rand(p.shape, generator=generator, device=p.device) < p
         return draw.view_as(self.images)
 
     def to(self, device: torch.device) -> Split:
@@ -427,20 +428,21 @@ def batches(
     binarize: str = "none",
     shuffle: bool = False,
     skip: int = 0,
+    generator: torch.Generator | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Image batches (B, 1, 28, 28) as index slices of the in-memory tensor.
+    """Image batches (B, C, H, W) as index slices of the in-memory tensor.
 
     ``binarize="dynamic"`` draws the whole split once per call (one pass, one epoch), so
     every image is a fresh Bernoulli draw each time it is seen. Shuffling and that draw
-    take torch's global generator when this function is called (not when the first
-    batch is taken), so a seeded run, and a resumed one that restores that generator,
-    sees the same batches; ``skip`` leaves out the first batches of the pass (a resume
-    within an epoch).
+    take ``generator`` (torch's global one if None, on the images' device) when this
+    function is called, not when the first batch is taken, so a seeded run, and a
+    resumed one that restores that generator, sees the same batches; ``skip`` leaves out
+    the first batches of the pass (a resume within an epoch).
     """
     dynamic = binarize == "dynamic"
-    images = split.bernoulli_draw() if dynamic else split.images
+    images = split.bernoulli_draw(generator) if dynamic else split.images
     n = images.shape[0]
-    order = torch.randperm(n, device=images.device) if shuffle else None
+    order = torch.randperm(n, generator=generator, device=images.device) if shuffle else None
 
     def batch(start: int) -> torch.Tensor:
         x = (

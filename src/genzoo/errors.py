@@ -15,3 +15,9 @@ class TrainingDiverged(GenzooError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class RunFailed(GenzooError):
+    """A process of a data-parallel run died; the last good checkpoint is kept."""
+
+    exit_code = 1

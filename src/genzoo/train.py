@@ -9,10 +9,16 @@ also written every ``checkpoint_minutes``. With ``ema`` set, a moving average of
 weights (averaging.py) is what validation, the grids and the ``best`` checkpoint see;
 ``last`` keeps the weights themselves.
 
-Checkpoints carry the optimizer, average and random-generator states, the generator
-state from the start of the epoch (to redraw its shuffle and binarization) and the
-batches already taken, so a resumed run continues exactly where the killed one
-stopped: on CPU it ends with the very weights of an uninterrupted run.
+Two random generators: the data generator shuffles and binarizes the training set, and
+torch's global one draws the models' own noise (separate, so that data-parallel ranks
+draw the same batches but not the same noise: distributed.py). Checkpoints carry the
+optimizer, average and generator states, the data generator's state from the start of
+the epoch (to redraw its shuffle and binarization) and the batches already taken, so a
+resumed run continues exactly where the killed one stopped: on CPU it ends with the
+very weights of an uninterrupted run.
+
+Under torchrun the same loop runs in every process: each takes its share of every
+batch, and rank 0 alone writes and prints (distributed.py).
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ import torch
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from genzoo import plots
+from genzoo import distributed, plots
 from genzoo.averaging import WeightAverage
 from genzoo.data import Data, Split, batches
+from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import per_example_terms
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.report import write_run_report
-from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device, rng_state, set_rng_state
+from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
     WriteFailed,
@@ -55,10 +62,18 @@ from genzoo.runs import (
 from genzoo.schedule import LRSchedule
 
 
-def validate(model: GenerativeModel, split: Split, device: torch.device) -> dict[str, float]:
-    with isolated_rng(EVAL_SEED, device):
-        terms = per_example_terms(model, split)
-    return {name: values.mean().item() for name, values in terms.items()}
+def validate(
+    model: GenerativeModel, split: Split, device: torch.device, world: World = ONE_PROCESS
+) -> dict[str, float]:
+    """The mean of every ``evaluate_batch`` term over ``split``; in a data-parallel run
+    each rank scores its share and the sums are added up."""
+    share = world.share(len(split))
+    labels = None if split.labels is None else split.labels[share]
+    with isolated_rng(EVAL_SEED + world.rank, device):
+        terms = per_example_terms(model, Split(split.images[share], labels))
+    names = sorted(terms)
+    sums = world.sum(torch.stack([terms[k].sum() for k in names]).to(device))
+    return dict(zip(names, (sums / len(split)).tolist(), strict=True))
 
 
 @dataclass
@@ -78,7 +93,7 @@ class EpochProgress:
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # a GAN's g_loss: some steps only
     seconds: float = 0.0  # training time so far
-    start_rng: dict[str, torch.Tensor] | None = None  # generator before the shuffle and draw
+    start_rng: torch.Tensor | None = None  # the data generator before the shuffle and draw
 
     def add(self, stats: dict[str, float]) -> None:
         self.step += 1
@@ -96,29 +111,39 @@ def training_point(epoch: int, step: int) -> str:
 
 
 def epoch_batches(
-    data: Data, batch_size: int, progress: EpochProgress, device: torch.device
+    data: Data, batch_size: int, progress: EpochProgress, generator: torch.Generator
 ) -> Iterator[torch.Tensor]:
-    """The epoch's batches from ``progress.step`` on. A new epoch records the generator
-    state before its shuffle and binarization; a resumed one redraws them from that
-    state, then goes on with the generator where the checkpoint left it."""
+    """The epoch's batches from ``progress.step`` on, drawn from the data ``generator``.
+    A new epoch records its state before the shuffle and binarization; a resumed one
+    redraws them from that state, which leaves it where the uninterrupted epoch did."""
     if progress.step == 0:
-        progress.start_rng = rng_state(device)
-        return batches(data.train, batch_size, data.binarize, shuffle=True)
-    now = rng_state(device)
-    set_rng_state(progress.start_rng, device)
-    loader = batches(data.train, batch_size, data.binarize, shuffle=True, skip=progress.step)
-    set_rng_state(now, device)
-    return loader
+        progress.start_rng = generator.get_state()
+    else:
+        generator.set_state(progress.start_rng)
+    return batches(
+        data.train, batch_size, data.binarize, shuffle=True, skip=progress.step, generator=generator
+    )
 
 
 class Trainer:
     """One run's model, optimizers, average, schedule and data, and the loop over them."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: RunConfig,
+        dev: torch.device,
+        data: Data,
+        world: World = ONE_PROCESS,
+    ) -> None:
         tc = cfg.train
-        self.run_dir, self.cfg, self.dev, self.data = run_dir, cfg, dev, data
+        self.run_dir, self.cfg, self.dev, self.data, self.world = run_dir, cfg, dev, data, world
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
+        self.data_rng = torch.Generator(dev).manual_seed(tc.seed)
+        if world.parallel:
+            self.model.parallel = DataParallel(self.model, world, dev)
+            torch.manual_seed(world.noise_seed(tc.seed))
         self.optimizers: list[Optimizer] = self.model.configure_optimizers(tc.lr)
         self.average = WeightAverage(self.model, tc.ema) if tc.ema else None
         self.steps_per_epoch = math.ceil(len(data.train) / tc.batch_size)
@@ -145,11 +170,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
+        """What a checkpoint holds beside the weights; in a data-parallel run every rank
+        must call it (it gathers their generators)."""
         state: dict[str, Any] = {
             "epoch": self.loop.epoch,
             "step": self.progress.step,
             "loop": asdict(self.loop),
             "rng": rng_state(self.dev),
+            "rank_rngs": self.world.gather(rng_state(self.dev)),
+            "data_rng": self.data_rng.get_state(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "progress": asdict(self.progress) if self.progress.step else None,
         }
@@ -158,7 +187,8 @@ class Trainer:
         return state
 
     def save_last(self, state: dict[str, Any]) -> None:
-        save_checkpoint(self.run_dir, "last", self.model, state)
+        if self.world.is_main:
+            save_checkpoint(self.run_dir, "last", self.model, state)
         self.saved_at = training_point(state["epoch"], state["step"])
 
     def last_good(self) -> str:
@@ -192,12 +222,23 @@ class Trainer:
                     "run or retrain"
                 )
             self.average.load_state_dict(state["average"])
-        set_rng_state(state["rng"], self.dev)
+        self.restore_generators(state)
         self.loop = LoopState(**state["loop"])
         self.progress = (
             EpochProgress(**state["progress"]) if state.get("progress") else EpochProgress()
         )
         self.saved_at = training_point(self.loop.epoch, self.progress.step)
+
+    def restore_generators(self, state: dict[str, Any]) -> None:
+        """This rank's noise generator as saved (a new rank of a resume with more
+        processes starts its own stream), and the data generator."""
+        if "data_rng" in state:  # older checkpoints: one generator for data and noise
+            self.data_rng.set_state(state["data_rng"])
+        saved = state.get("rank_rngs", [state["rng"]])
+        if self.world.rank < len(saved):
+            set_rng_state(saved[self.world.rank], self.dev)
+        else:
+            torch.manual_seed(self.world.noise_seed(self.cfg.train.seed + state["epoch"]))
 
     # ------------------------------------------------------------------ one epoch
 
@@ -206,17 +247,22 @@ class Trainer:
         mean of each ``train_step`` statistic over the whole epoch."""
         tc, progress = self.cfg.train, self.progress
         self.model.train()
-        loader = epoch_batches(self.data, tc.batch_size, progress, self.dev)
+        loader = epoch_batches(self.data, tc.batch_size, progress, self.data_rng)
+        parallel = self.model.parallel
         bar = tqdm(
             loader,
             total=self.steps_per_epoch,
             initial=progress.step,
             desc=f"epoch {epoch}",
             leave=False,
-            disable=None,
+            disable=None if self.world.is_main else True,
         )
         last_save = start = time.perf_counter()
         for x in bar:
+            if parallel is not None:
+                if x.shape[0] < self.world.size:  # too few images to give every rank one
+                    continue
+                x = parallel.share(x)
             self.schedule.apply(self.optimizers, (epoch - 1) * self.steps_per_epoch + progress.step)
             stats = self.model.train_step(x, self.optimizers)
             if not math.isfinite(stats["loss"]):
@@ -227,19 +273,29 @@ class Trainer:
             if progress.step % 20 == 0:
                 bar.set_postfix(loss=f"{stats['loss']:.2f}")
             now = time.perf_counter()
-            minutes = tc.checkpoint_minutes
-            if minutes and now - last_save >= 60 * minutes and progress.step < self.steps_per_epoch:
+            if progress.step < self.steps_per_epoch and self.checkpoint_due(now - last_save):
                 progress.seconds += now - start
                 self.save_last(self.state())
                 last_save = start = time.perf_counter()
         progress.seconds += time.perf_counter() - start
         return progress.means()
 
+    def checkpoint_due(self, seconds_since_last: float) -> bool:
+        """Time for a checkpoint within the epoch? In a data-parallel run rank 0's clock
+        decides, asked every 50 batches (the answer is a collective)."""
+        minutes = self.cfg.train.checkpoint_minutes
+        if not minutes:
+            return False
+        due = seconds_since_last >= 60 * minutes
+        if not self.world.parallel:
+            return due
+        return self.progress.step % 50 == 0 and self.world.agree(due)
+
     def end_epoch(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         """Validation, metrics, checkpoints and grids after epoch ``epoch``."""
         model, tc, metric = self.model, self.cfg.train, self.model.val_metric
         with self.evaluated():
-            val = validate(model, self.data.val, self.dev)
+            val = validate(model, self.data.val, self.dev, self.world)
         record = {
             "epoch": epoch,
             **{f"train_{k}": v for k, v in train_stats.items()},
@@ -248,9 +304,11 @@ class Trainer:
             "lr": self.optimizers[0].param_groups[0]["lr"],
             "device": str(self.dev),
         }
-        with isolated_rng(EVAL_SEED, self.dev):
-            record.update(model.epoch_diagnostics(self.probe))
-        append_metrics(self.run_dir, record)
+        main = self.world.is_main
+        if main:
+            with isolated_rng(EVAL_SEED, self.dev):
+                record.update(model.epoch_diagnostics(self.probe))
+            append_metrics(self.run_dir, record)
         # Without a validation metric (a GAN) the latest weights count as the best.
         score = val[metric] if metric else -epoch
         improved = score < self.loop.best
@@ -265,12 +323,12 @@ class Trainer:
         state = self.state()
         # best before last: a kill between the two then redoes this epoch from the previous
         # last checkpoint, instead of leaving a last that counts on a best never written.
-        if improved:
+        if improved and main:
             with self.evaluated():
                 save_checkpoint(self.run_dir, "best", model, state)
         self.save_last(state)
         with self.evaluated():
-            if draws_samples_after(epoch, tc.sample_every, tc.sample_epochs):
+            if main and draws_samples_after(epoch, tc.sample_every, tc.sample_epochs):
                 draw_progress(model, self.run_dir, epoch, tc.seed, self.dev)
         shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
         print(
@@ -339,11 +397,12 @@ def draw_progress(
         plots.draw_progress_samples(model, run_dir, epoch)
 
 
-def describe(cfg: RunConfig, data: Data, run_dir: Path, dev: torch.device) -> str:
+def describe(cfg: RunConfig, data: Data, run_dir: Path, dev: torch.device, world: World) -> str:
     tc = cfg.train
     subset = f" (the first {tc.train_size}: --train-size)" if tc.train_size else ""
+    where = f"{world.size} processes ({dev.type})" if world.parallel else str(dev)
     return (
-        f"training {cfg.model} in {run_dir} on {dev}: {len(data.train)} train{subset} / "
+        f"training {cfg.model} in {run_dir} on {where}: {len(data.train)} train{subset} / "
         f"{len(data.val)} validation images, binarize={tc.binarize}, lr {tc.lr:g} "
         f"({tc.lr_schedule})"
     )
@@ -360,53 +419,63 @@ def train(
 
     A resume of a run that has no checkpoint yet (killed early) starts it afresh from
     its saved config; a resume changes config.json only once its checkpoint has loaded.
+    Under torchrun every process calls this; rank 0 holds the lock and writes.
     """
-    dev = resolve_device(device)
-    tc = cfg.train
-    allowed = MODELS[cfg.model].binarize
-    if tc.binarize not in allowed:
-        raise GenzooError(
-            f"model {cfg.model} is defined for --binarize {' or '.join(allowed)}, not {tc.binarize}"
-        )
-    data = load_data_of(cfg, dev, data_dir)
-    took_the_lock = lock_run(run_dir)
+    world, dev = distributed.start(device)
     try:
-        return _train_locked(run_dir, cfg, dev, data, resume)
+        tc = cfg.train
+        allowed = MODELS[cfg.model].binarize
+        if tc.binarize not in allowed:
+            raise GenzooError(
+                f"model {cfg.model} is defined for --binarize {' or '.join(allowed)}, "
+                f"not {tc.binarize}"
+            )
+        data = load_data_of(cfg, dev, data_dir)
+        took_the_lock = world.is_main and lock_run(run_dir)
+        try:
+            return _train_locked(run_dir, cfg, dev, data, resume, world)
+        finally:
+            if took_the_lock:  # a caller that holds it keeps it
+                unlock_run(run_dir)
     finally:
-        if took_the_lock:  # a caller that holds it keeps it
-            unlock_run(run_dir)
+        distributed.stop()
 
 
 def _train_locked(
-    run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data, resume: bool
+    run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data, resume: bool, world: World
 ) -> dict[str, Any]:
-    """``train`` once the run folder's lock is held."""
-    tc = cfg.train
-    if not resume and (run_dir / "config.json").exists():  # checked under the lock: no race
+    """``train`` once the run folder's lock is held (by rank 0)."""
+    tc, main = cfg.train, world.is_main
+    if main and not resume and (run_dir / "config.json").exists():  # under the lock: no race
         raise GenzooError(
             f"{run_dir} already holds a run; choose another --run-dir, "
             f"or continue it with `genzoo resume {run_dir}`"
         )
-    trainer = Trainer(run_dir, cfg, dev, data)
+    trainer = Trainer(run_dir, cfg, dev, data, world)
     if resume and has_checkpoint(run_dir, "last"):
         trainer.restore()
-        save_run_config(run_dir, cfg)
-        trim_metrics(run_dir, trainer.loop.epoch)
+        if main:
+            save_run_config(run_dir, cfg)
+            trim_metrics(run_dir, trainer.loop.epoch)
         print(f"resuming from the checkpoint after {trainer.saved_at}")
     else:
         if resume:
             print(f"{run_dir} has no checkpoint yet: training from the start with its config")
-        save_run_config(run_dir, cfg)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        if draws_samples_after(0, tc.sample_every, tc.sample_epochs):
-            draw_progress(trainer.model, run_dir, 0, tc.seed, dev)
+        if main:
+            save_run_config(run_dir, cfg)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            if draws_samples_after(0, tc.sample_every, tc.sample_epochs):
+                draw_progress(trainer.model, run_dir, 0, tc.seed, dev)
 
-    print(describe(cfg, data, run_dir, dev))
+    print(describe(cfg, data, run_dir, dev, world))
     try:
         trainer.run()
     except KeyboardInterrupt:
         print(f"\ninterrupted; {trainer.last_good()}. Continue with: genzoo resume {run_dir}")
         raise
+    if not main:
+        return {}
+    trainer.model.parallel = None
     model, loop, metric = trainer.model, trainer.loop, trainer.model.val_metric
     best_state = load_checkpoint(run_dir, "best", model)
     with isolated_rng(EVAL_SEED, dev), trainer.naming_the_last_good_checkpoint():

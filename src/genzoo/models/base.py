@@ -9,7 +9,9 @@ that owns its loss, the wrapper-owns-the-loss pattern of nanoGPT and the Flax ex
   for divergence).
 - ``configure_optimizers(lr)`` and ``train_step(x, optimizers)``: the defaults build one
   Adam and take one backward pass of ``loss`` (clipped to ``max_grad_norm`` if set); a
-  family with several players (the GAN) overrides both.
+  family with several players (the GAN) overrides both. ``train_step`` computes every
+  objective it backpropagates through ``self.objective(x, name)``, which goes through
+  DistributedDataParallel when the run is data-parallel (distributed.py).
 - ``evaluate_batch(x) -> {name: (B,) tensor}``: per-example terms for validation and
   test, named in ``eval_terms`` with their labels and ``units``.
 - ``sample(n, temperature=1.0)``: n images (n, C, H, W) in [0, 1].
@@ -33,6 +35,8 @@ the figures and the CLI read a flag instead of probing with ``hasattr``:
 - ``samples_while_training``: sample grids during training make sense;
 - ``draws_on_canvas``: ``sample_sequence`` and ``reconstruct_sequence``, the canvas
   step by step with its attention windows (DRAW's drawing figures);
+- ``leaves_parameters_unused``: some objective of ``train_step`` leaves parameters out
+  of its graph (the GAN's discriminator step, the generator): DDP must look for them;
 - ``val_metric``: the ``evaluate_batch`` term that early stopping and the ``best``
   checkpoint minimise (None: none, the last epoch is kept);
 - ``curve_panels`` and ``reference_lines``: the training-curve figure's panels (None:
@@ -66,11 +70,29 @@ class GenerativeModel(nn.Module):
     sample_temperatures: ClassVar[tuple[float, ...]] = ()
     samples_while_training: ClassVar[bool] = True
     draws_on_canvas: ClassVar[bool] = False
+    leaves_parameters_unused: ClassVar[bool] = False
     curve_panels: ClassVar[dict[str, list[str]] | None] = None
     reference_lines: ClassVar[dict[str, tuple[float, str]]] = {}
     max_grad_norm: float | None = None  # clip the gradient's global norm in train_step
+    # Set by the loop for a data-parallel run: a distributed.DataParallel.
+    parallel: Any = None
 
     # ------------------------------------------------------------------ objective
+
+    def forward(self, x: torch.Tensor, objective: str = "loss") -> Any:
+        """The objective method ``objective`` on batch x: what DistributedDataParallel
+        calls (through ``self.objective``)."""
+        return getattr(self, objective)(x)
+
+    def objective(
+        self, x: torch.Tensor, name: str = "loss"
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective method ``name`` on batch ``x``: (loss, stats). In a data-parallel
+        run through DDP, so that the next backward pass averages the gradients over the
+        processes, with the stats averaged over the global batch."""
+        if self.parallel is None:
+            return self(x, name)
+        return self.parallel(x, name)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The scalar objective on batch ``x`` (B, C, H, W) and its statistics (floats,
@@ -84,7 +106,7 @@ class GenerativeModel(nn.Module):
 
     def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
         """One optimisation step on batch ``x``; returns its statistics."""
-        loss, stats = self.loss(x)
+        loss, stats = self.objective(x)
         check_stats(stats)
         step_single_loss(loss, optimizers, self.max_grad_norm)
         return stats

@@ -97,6 +97,7 @@ class GAN(GenerativeModel):
     units = "D: probability that an image is real; V(D, G): nats per image pair"
     loss_label = "D loss"
     has_prior = True
+    leaves_parameters_unused = True  # D's step does not use the generator
     curve_panels: ClassVar[dict[str, list[str]]] = {
         "losses": ["train_d_loss", "train_g_loss"],
         "discriminator outputs": ["train_d_real", "train_d_fake", "val_d_real", "val_d_fake"],
@@ -155,22 +156,26 @@ class GAN(GenerativeModel):
         }
         return d_loss, stats
 
+    def generator_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's loss on as many fresh samples as batch ``x`` holds images."""
+        fake_logits = self.logits(self.generate(self.prior().sample((x.shape[0],))))
+        g_loss = generator_loss(fake_logits, self.cfg.gen_loss).mean()
+        return g_loss, {"g_loss": g_loss.item()}
+
     def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
         opt_g, opt_d = optimizers
-        n = x.shape[0]
-        d_loss, stats = self.loss(x)
+        d_loss, stats = self.objective(x)
         check_stats(stats)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         self.d_step_count += 1
         if self.d_step_count % self.cfg.d_steps == 0:
-            fake_logits = self.logits(self.generate(self.prior().sample((n,))))
-            g_loss = generator_loss(fake_logits, self.cfg.gen_loss).mean()
+            g_loss, g_stats = self.objective(x, "generator_objective")
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()  # D's gradients too, but they are cleared before D's next step
             opt_g.step()
-            stats["g_loss"] = g_loss.item()
+            stats |= g_stats
         return stats
 
     @torch.no_grad()
