@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from genzoo import cli, distributed
 from genzoo.cli import without_nproc
 from genzoo.distributed import World, torchrun_command
 from genzoo.models.autoencoder import Autoencoder, AutoencoderConfig
@@ -151,3 +152,17 @@ def test_a_gan_trains_its_two_players_in_two_processes(
     assert code == 0, err
     lines = metrics(run)
     assert len(lines) == 2 and all("train_g_loss" in line for line in lines)
+
+
+def test_a_failed_launch_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda n, argv: launched.append(argv) or 1)
+    run = tmp_path / "run"
+    code = cli.main(["train", "vae", "--nproc", "2", "--epochs", "1", "--run-dir", str(run)])
+    assert code == 1
+    assert launched == [["train", "vae", "--epochs", "1", "--run-dir", str(run)]]
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"continue with genzoo resume {run} --nproc 2")
+    assert len(err.splitlines()) == 1

@@ -29,8 +29,20 @@ class TrainConfig:
     dataset: str = field(
         default="mnist",
         metadata={
-            "help": "dataset",
-            "choices": tuple(d for d in DATASETS if d != "binarized-mnist"),
+            "help": f"dataset: {', '.join(d for d in DATASETS if d != 'binarized-mnist')}, "
+            "or folder:PATH, a folder of PNG/JPEG images (one subfolder per class gives labels)"
+        },
+    )
+    channels: int = field(
+        default=1,
+        metadata={"help": "folder datasets: 1 (grey) or 3 (RGB)", "choices": (1, 3)},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "folder datasets: resize every image to N x N (default: keep their size, "
+            "which must then be one for all)",
+            "max": 4096,
         },
     )
     binarize: str = field(

@@ -1,4 +1,5 @@
-"""Datasets: MNIST and Fashion-MNIST (idx, gzip), static binarized MNIST (amat).
+"""Datasets: MNIST and Fashion-MNIST (idx, gzip), static binarized MNIST (amat), and a
+folder of the user's own images (``folder:PATH``).
 
 Files live in a data folder with one subfolder per dataset and the original file
 names (``mnist/train-images-idx3-ubyte.gz``, ``binarized-mnist/binarized_mnist_test.amat``,
@@ -6,8 +7,9 @@ names (``mnist/train-images-idx3-ubyte.gz``, ``binarized-mnist/binarized_mnist_t
 files are downloaded into it from the public mirrors, atomically and checksum-verified.
 Every file is checked (size, MD5, format) before a tensor is made from it.
 
-All images are kept in memory as one float tensor per split, shape (N, 1, 28, 28),
-values in [0, 1]; batches are index slices (``batches``). Binarization modes:
+All images are kept in memory as one float tensor per split, shape (N, C, H, W)
+((N, 1, 28, 28) for the MNIST files), values in [0, 1]; batches are index slices
+(``batches``). Binarization modes:
 
 - ``dynamic``: a fresh Bernoulli(x) draw each time a training batch is formed
   (Burda et al. 2015); validation and test sets are binarized once with a fixed seed;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -29,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from genzoo.errors import GenzooError
@@ -364,21 +370,156 @@ def _binarize_once(split: Split, mode: str, seed: int) -> Split:
     return split
 
 
+# ----------------------------------------------------------------------------- folders
+
+FOLDER_PREFIX = "folder:"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FOLDER_SEED = 0  # the one shuffle that splits a folder into train / validation / test
+
+
+def is_folder_dataset(dataset: str) -> bool:
+    return dataset.startswith(FOLDER_PREFIX)
+
+
+def check_dataset_name(dataset: str) -> None:
+    """Raise GenzooError unless ``dataset`` is a known dataset or ``folder:PATH``."""
+    known = [d for d in DATASETS if d != "binarized-mnist"]
+    if dataset not in known and not (is_folder_dataset(dataset) and dataset[len(FOLDER_PREFIX) :]):
+        raise GenzooError(
+            f"unknown dataset {dataset!r}; choose {', '.join(known)} or folder:PATH "
+            "(a folder of PNG/JPEG images)"
+        )
+
+
+def image_files(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
+    """The images of a folder: directly in it (no labels), or in one subfolder per class
+    (labels 0, 1, ... in the order of the subfolders' sorted names, which are returned)."""
+    if not root.is_dir():
+        raise GenzooError(f"{root} is not a folder; --dataset folder:PATH needs a folder of images")
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and images_in(p))
+    top = images_in(root)
+    if classes and top:
+        raise GenzooError(
+            f"{top[0]} lies beside class subfolders in {root}: put every image in the "
+            "subfolder of its class, or none in subfolders"
+        )
+    if classes:
+        files = [(f, label) for label, c in enumerate(classes) for f in images_in(c)]
+        return [f for f, _ in files], [label for _, label in files], [c.name for c in classes]
+    if not top:
+        raise GenzooError(f"{root} holds no PNG or JPEG images (nor subfolders with any)")
+    return top, None, []
+
+
+def read_image(path: Path, channels: int, image_size: int | None) -> np.ndarray:
+    """One image as uint8 (C, H, W), grey (C = 1) or RGB (C = 3), resized to
+    image_size x image_size if given."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if image_size is not None and img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as err:
+        raise GenzooError(f"cannot read the image {path} ({err}); fix or remove it") from None
+    return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def folder_key(files: list[Path], root: Path, channels: int, image_size: int | None) -> str:
+    """SHA-256 of the folder's content (every file's name and bytes) and the conversion."""
+    digest = hashlib.sha256(f"channels={channels} size={image_size}".encode())
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def read_folder(
+    root: Path, channels: int = 1, image_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """A folder's images (N, C, H, W) float in [0, 1], labels (N,) or None, class names.
+
+    Converted once and cached as a tensor file in the cache folder, keyed by the
+    folder's content: a changed, added or removed image makes a new conversion.
+    """
+    files, labels, classes = image_files(root)
+    key = folder_key(files, root, channels, image_size)
+    cache = cache_root() / "folders" / f"{key}.safetensors"
+    try:
+        tensors = load_file(cache)
+        return tensors["images"].float() / 255, tensors.get("labels"), classes
+    except (FileNotFoundError, SafetensorError):  # not converted yet, or a damaged file
+        pass
+    pixels = []
+    for path in tqdm(files, desc=f"reading {root.name}", leave=False, disable=None):
+        image = read_image(path, channels, image_size)
+        if pixels and image.shape != pixels[0].shape:
+            raise GenzooError(
+                f"{path} is {image.shape[2]}x{image.shape[1]} but {files[0]} is "
+                f"{pixels[0].shape[2]}x{pixels[0].shape[1]}: give --image-size N to resize "
+                "every image to N x N"
+            )
+        pixels.append(image)
+    tensors = {"images": torch.from_numpy(np.stack(pixels))}  # (N, C, H, W) uint8
+    if labels is not None:
+        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".part")
+    save_file(tensors, partial, metadata={"folder": str(root), "classes": json.dumps(classes)})
+    os.replace(partial, cache)
+    return tensors["images"].float() / 255, tensors.get("labels"), classes
+
+
+def _folder_splits(root: Path, channels: int, image_size: int | None, val_size: int) -> Data:
+    """A folder split at random (seed FOLDER_SEED) into validation and test, a tenth each
+    (at least one image; fewer validation images if ``val_size`` is smaller), and train."""
+    images, labels, _ = read_folder(root, channels, image_size)
+    n = len(images)
+    tenth = max(1, n // 10)
+    n_val = min(val_size, tenth)
+    if n - n_val - tenth < 1:
+        raise GenzooError(f"{root} holds {n} images: too few to split (at least 3 needed)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(FOLDER_SEED))
+
+    def split(index: torch.Tensor) -> Split:
+        return Split(images[index], None if labels is None else labels[index])
+
+    test, val, train = order[:tenth], order[tenth : tenth + n_val], order[tenth + n_val :]
+    return Data(split(train), split(val), split(test), "none")
+
+
 def load_data(
     dataset: str = "mnist",
     binarize: str = "dynamic",
     val_size: int = 10000,
     data_dir: str | Path | None = None,
     train_size: int | None = None,
+    channels: int = 1,
+    image_size: int | None = None,
 ) -> Data:
     """Load a dataset into memory as train / validation / test splits.
 
     MNIST-like idx datasets: the last ``val_size`` of the 60k training images are the
     validation split. ``binarize="static"`` reads the Larochelle & Murray files instead
-    (their own 50k/10k/10k split, no labels). ``train_size`` keeps only the first that
-    many training images (validation and test stay whole).
+    (their own 50k/10k/10k split, no labels). ``folder:PATH``: the images of PATH as
+    ``channels`` (1 grey, 3 RGB), resized to ``image_size`` if given, split by
+    ``_folder_splits``. ``train_size`` keeps only the first that many training images
+    (validation and test stay whole).
     """
-    data = _load_splits(dataset, binarize, val_size, resolve_data_dir(data_dir))
+    check_dataset_name(dataset)
+    if is_folder_dataset(dataset):
+        if binarize == "static":
+            raise GenzooError("--binarize static exists only for --dataset mnist")
+        root = Path(dataset[len(FOLDER_PREFIX) :]).expanduser()
+        data = _binarized(_folder_splits(root, channels, image_size, val_size), binarize)
+    elif channels != 1 or image_size is not None:
+        raise GenzooError("--channels and --image-size apply to --dataset folder:PATH only")
+    else:
+        data = _load_splits(dataset, binarize, val_size, resolve_data_dir(data_dir))
     if train_size is not None:
         if not 0 < train_size <= len(data.train):
             raise GenzooError(
@@ -415,10 +556,15 @@ def _load_splits(dataset: str, binarize: str, val_size: int, root: Path) -> Data
     cut = len(full) - val_size
     train = Split(full.images[:cut], full.labels[:cut])
     val = Split(full.images[cut:], full.labels[cut:])
-    if binarize == "threshold":
-        train = _binarize_once(train, binarize, 0)
-    val = _binarize_once(val, binarize, EVAL_BINARIZE_SEEDS["val"])
-    test = _binarize_once(test, binarize, EVAL_BINARIZE_SEEDS["test"])
+    return _binarized(Data(train, val, test, "none"), binarize)
+
+
+def _binarized(data: Data, binarize: str) -> Data:
+    """Grey-level splits binarized as ``binarize`` says: training images now only when
+    thresholded, evaluation images once, with their fixed seeds."""
+    train = _binarize_once(data.train, binarize, 0) if binarize == "threshold" else data.train
+    val = _binarize_once(data.val, binarize, EVAL_BINARIZE_SEEDS["val"])
+    test = _binarize_once(data.test, binarize, EVAL_BINARIZE_SEEDS["test"])
     return Data(train, val, test, binarize)
 
 

@@ -32,15 +32,16 @@ N_GRID = 64  # samples per grid (8 x 8)
 
 
 def image_grid(images: torch.Tensor, ncol: int) -> np.ndarray:
-    """Tile images (N, 1, H, W) into one (rows*H, ncol*W) array with 1-pixel gaps."""
+    """Tile images (N, C, H, W) into one array with 1-pixel gaps: (rows*H, ncol*W) for
+    grey images, (rows*H, ncol*W, 3) for colour ones, as imshow takes them."""
     images = images.detach().float().cpu().clamp(0, 1)
-    n, _, h, w = images.shape
+    n, channels, h, w = images.shape
     nrow = -(-n // ncol)
-    grid = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
-    for i, img in enumerate(images[:, 0].numpy()):
+    grid = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1, channels), dtype=np.float32)
+    for i, img in enumerate(images.permute(0, 2, 3, 1).numpy()):  # (H, W, C) each
         r, c = divmod(i, ncol)
         grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
-    return grid
+    return grid[..., 0] if channels == 1 else grid
 
 
 def _show(ax: plt.Axes, grid: np.ndarray, title: str = "") -> None:
@@ -147,11 +148,14 @@ def draw_curves(
 def draw_reconstructions(
     model: GenerativeModel, x: torch.Tensor, path: Path, ncol: int = 10
 ) -> None:
-    """Rows of test images, each followed by a row of their reconstructions."""
-    x = x[: 3 * ncol]
+    """Up to three rows of test images, each followed by a row of their reconstructions."""
+    ncol = min(ncol, len(x))
+    rows = min(3, len(x) // ncol)
+    x = x[: rows * ncol]
     recon = model.reconstruct(x)
-    pairs = torch.stack([x.view(3, ncol, *x.shape[1:]), recon.view(3, ncol, *x.shape[1:])], 1)
-    fig, ax = plt.subplots(figsize=(ncol * 0.6, 6 * 0.6 + 0.5))
+    shape = (rows, ncol, *x.shape[1:])
+    pairs = torch.stack([x.view(shape), recon.view(shape)], 1)  # (rows, 2, ncol, C, H, W)
+    fig, ax = plt.subplots(figsize=(ncol * 0.6, 2 * rows * 0.6 + 0.5))
     _show(ax, image_grid(pairs.flatten(0, 2), ncol), "test images (odd rows), reconstructions")
     _save(fig, path)
 

@@ -242,7 +242,15 @@ def resume_config(run_dir: Path, epochs: int | None, lr: float | None = None) ->
 def load_data_of(cfg: RunConfig, device: torch.device, data_dir: str | Path | None) -> Data:
     """The run's dataset, split and binarized as it was trained, on ``device``."""
     tc = cfg.train
-    return load_data(tc.dataset, tc.binarize, tc.val_size, data_dir, tc.train_size).to(device)
+    return load_data(
+        tc.dataset,
+        tc.binarize,
+        tc.val_size,
+        data_dir,
+        tc.train_size,
+        tc.channels,
+        tc.image_size,
+    ).to(device)
 
 
 def load_trained(

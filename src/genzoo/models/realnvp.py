@@ -341,8 +341,9 @@ class RealNVP(GenerativeModel):
     def base(self) -> Independent:
         return Independent(Normal(self.base_loc, self.base_scale), 1)
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Continuous images y (B, C, H, W) in [0, 1] -> z (B, D) and log |det dz/dy| (B,)."""
+    def transform(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous images y (B, C, H, W) in [0, 1] -> z (B, D) and log |det dz/dy| (B,).
+        (Not ``forward``: that name is the objective's, for DDP; models/base.py.)"""
         h, log_det = self.logit(y)  # (B, C, H, W), (B,)
         zs = []
         for i, scale in enumerate(self.scales):
@@ -368,7 +369,7 @@ class RealNVP(GenerativeModel):
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log density (nats) of continuous images y (B, C, H, W) in [0, 1]^D: (B,)."""
-        z, log_det = self(y)
+        z, log_det = self.transform(y)
         return self.base().log_prob(check_values("the flow's output z", z)) + log_det
 
     def dequantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -408,7 +409,7 @@ class RealNVP(GenerativeModel):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Grey levels x (B, C, H, W) -> z (B, D), deterministic: the centre of each
         dequantization bin, (x_int + 1/2) / 256, for interpolation in z."""
-        return self((self._grey_levels(x) + 0.5) / 256)[0]
+        return self.transform((self._grey_levels(x) + 0.5) / 256)[0]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
