@@ -13,7 +13,14 @@ from safetensors.torch import load_file
 from genzoo import train as gtrain
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models.vae import VAE
-from genzoo.runs import RunConfig, checkpoint_files, load_checkpoint, load_run_config, resume_config
+from genzoo.runs import (
+    RunConfig,
+    checkpoint_files,
+    load_checkpoint,
+    load_run_config,
+    read_metrics,
+    resume_config,
+)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -222,6 +229,31 @@ def test_time_budget_stops_after_the_epoch_that_reaches_it(
     assert "the training passes took 2.0 of --max-minutes 1.5" in capsys.readouterr().out
     state = load_checkpoint(tmp_path / "run", "last", VAE(tiny_config.model_config, (1, 28, 28)))
     assert state["loop"]["seconds"] == 120.0  # kept for a resume
+
+
+def test_bf16_autocast_changes_the_arithmetic_not_the_weights(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    tiny_config.train.epochs = 1
+    fp32 = gtrain.train(tmp_path / "fp32", tiny_config, device="cpu")
+    tiny_config.train.precision = "bf16"
+    bf16 = gtrain.train(tmp_path / "bf16", tiny_config, device="cpu")
+    losses = [read_metrics(tmp_path / r)[0]["train_loss"] for r in ("fp32", "bf16")]
+    assert losses[0] != losses[1]  # the products were rounded to bfloat16
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)
+    assert bf16["best_val_neg_elbo"] == pytest.approx(fp32["best_val_neg_elbo"], rel=0.02)
+    state = load_file(checkpoint_files(tmp_path / "bf16", "last")[0])
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_compiled_objectives_take_the_same_steps(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    tiny_config.train.epochs = 1
+    eager = gtrain.train(tmp_path / "eager", tiny_config, device="cpu")
+    tiny_config.train.compile = True
+    compiled = gtrain.train(tmp_path / "compiled", tiny_config, device="cpu")
+    assert compiled["best_val_neg_elbo"] == pytest.approx(eager["best_val_neg_elbo"], rel=1e-4)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(

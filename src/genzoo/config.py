@@ -112,6 +112,18 @@ class TrainConfig:
             "min": 0.0,
         },
     )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "arithmetic of the training steps: fp32, or bf16 autocast (matrix products "
+            "in bfloat16; evaluation stays fp32)",
+            "choices": ("fp32", "bf16"),
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "compile the model's objectives with torch.compile (minutes at first)"},
+    )
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0, "max": 2**32 - 1})
     ema: float = field(
         default=0.0,

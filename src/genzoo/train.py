@@ -141,6 +141,8 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
         self.data_rng = torch.Generator(dev).manual_seed(tc.seed)
+        if tc.compile:
+            self.model.compile()  # its forward: every objective that train_step computes
         if world.parallel:
             self.model.parallel = DataParallel(self.model, world, dev)
             torch.manual_seed(world.noise_seed(tc.seed))
@@ -162,6 +164,11 @@ class Trainer:
         self.loop = LoopState()
         self.progress = EpochProgress()
         self.saved_at: str | None = None  # the point of training of the last checkpoint
+
+    def arithmetic(self) -> AbstractContextManager:
+        """bf16 autocast for the training steps if asked (the weights stay fp32)."""
+        bf16 = self.cfg.train.precision == "bf16"
+        return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     def evaluated(self) -> AbstractContextManager:
         """What validation, the grids and the best checkpoint see: the average, if any."""
@@ -264,7 +271,8 @@ class Trainer:
                     continue
                 x = parallel.share(x)
             self.schedule.apply(self.optimizers, (epoch - 1) * self.steps_per_epoch + progress.step)
-            stats = self.model.train_step(x, self.optimizers)
+            with self.arithmetic():
+                stats = self.model.train_step(x, self.optimizers)
             if not math.isfinite(stats["loss"]):
                 raise self.diverged(f"the loss became {stats['loss']}", epoch)
             if self.average is not None:
