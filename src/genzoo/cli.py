@@ -428,8 +428,9 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 
 def print_quality(r: dict) -> None:
+    what = r.get("quality_protocol", f"{r['n_samples']} samples against {r['n_test']} images")
     print(
-        f"  sample quality of {r['n_samples']} samples against {r['n_test']} images:\n"
+        f"  sample quality of {what}:\n"
         f"  FID {r['fid']:.2f}   Inception score {r['inception_score']:.2f}   "
         f"precision {r['precision']:.3f}   recall {r['recall']:.3f} (k={r['k']})\n"
         f"  Parzen log-likelihood {r['parzen_ll']:.1f} ± {r['parzen_ll_se']:.1f} nats "

@@ -103,6 +103,16 @@ class TrainConfig:
             "min": 0,
         },
     )
+    quality_every: int = field(
+        default=0,
+        metadata={
+            "help": "every N epochs (and after the first) score 2,000 samples of fixed noise "
+            "with the MNIST feature net: FID against the validation images, Inception score, "
+            "entropy of the predicted classes (log 10: no collapse); a GAN keeps as best the "
+            "epoch of the lowest FID (0: off)",
+            "min": 0,
+        },
+    )
     checkpoint_minutes: float = field(
         default=10.0,
         metadata={

@@ -79,6 +79,11 @@ class World:
             dist.all_reduce(values)
         return values
 
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        if self.parallel:
+            dist.barrier()
+
     def agree(self, flag: bool) -> bool:
         """Rank 0's ``flag``, on every rank: decisions taken on a clock must be shared."""
         if not self.parallel:

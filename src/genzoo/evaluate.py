@@ -14,6 +14,7 @@ run was trained on (dynamic binarization: the test set drawn once with a fixed s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from genzoo.errors import GenzooError
 from genzoo.models import GenerativeModel
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
-from genzoo.runs import load_trained, read_json, write_json
+from genzoo.runs import RunConfig, load_data_of, load_trained, read_json, write_json
 from genzoo.stats import mean_and_se
 
 PROPOSALS = {"posterior": "q(z|x)", "prior": "p(z)"}  # estimator -> where z is drawn from
@@ -83,16 +84,46 @@ def draw_many(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.T
     return torch.cat([model.sample(min(batch_size, n - i)) for i in range(0, n, batch_size)])
 
 
+@torch.no_grad()
+def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.Tensor:
+    """What the sample-quality scores see of a model: (n, C, H, W) in [0, 1]. For models
+    with Bernoulli pixels the pixel means of p(x|z), z ~ p(z): the feature net was
+    trained on grey levels, and a 0/1 draw of every pixel is noise it punishes, which
+    the real images would not carry; for the others their samples."""
+    if not model.bernoulli_pixels:
+        return draw_many(model, n, batch_size)
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    return torch.cat([model.decode(model.prior().sample((m,))) for m in sizes])
+
+
+def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
+    """The sample-quality protocol in words, for eval.json and the pages."""
+    what = "pixel means of p(x|z), z ~ p(z)" if model.bernoulli_pixels else "samples"
+    return f"{n} {what} against the grey-level {split} images"
+
+
+def grey_data(cfg: RunConfig, device: torch.device, data_dir: str | Path | None) -> Data:
+    """The run's dataset in grey levels, the real images of the sample-quality scores
+    (the feature net's own kind). Static binarized MNIST has no grey version: MNIST's
+    own splits stand in for it."""
+    tc = cfg.train
+    if tc.binarize == "none":
+        return load_data_of(cfg, device, data_dir)
+    dataset = "mnist" if tc.binarize == "static" else tc.dataset
+    grey = dataclasses.replace(tc, binarize="none", dataset=dataset)
+    return load_data_of(dataclasses.replace(cfg, train=grey), device, data_dir)
+
+
 def sample_quality(
-    model: GenerativeModel, data: Data, real: Split, n_samples: int, data_dir: str | Path | None
+    model: GenerativeModel, grey: Data, real: Split, n_samples: int, data_dir: str | Path | None
 ) -> dict[str, Any]:
     """FID, Inception score, precision/recall and Parzen log-likelihood of ``n_samples``
-    samples against the ``real`` images (the run's own binarization), with the cached
-    feature net; the Parzen bandwidth is chosen on validation images."""
+    ``quality_images`` against the grey ``real`` images, with the cached feature net; the
+    Parzen bandwidth is chosen on the grey validation images."""
     device = real.images.device
     net = quality.load_or_train_feature_net(data_dir, device)
-    samples = draw_many(model, n_samples)
-    return quality.quality_scores(samples, real.images, data.val.images, net)
+    samples = quality_images(model, n_samples)
+    return quality.quality_scores(samples, real.images, grey.val.images, net)
 
 
 def reference_quality(
@@ -151,7 +182,11 @@ def evaluate_run(
             result["nll"], result["nll_se"] = mean_and_se(nll)
             result.update(iw_samples=iw_samples, estimator=estimator)
         if quality:
-            result.update(sample_quality(model, data, images, n_samples, data_dir))
+            grey = grey_data(cfg, images.images.device, data_dir)
+            real = {"test": grey.test, "val": grey.val}[split]
+            real = Split(real.images[:limit], None) if limit is not None else real
+            result.update(sample_quality(model, grey, real, n_samples, data_dir))
+            result["quality_protocol"] = quality_protocol(model, n_samples, split)
             plots.draw_class_histogram(
                 result["class_histogram"], run_dir / "figures" / "class_histogram.png"
             )

@@ -9,6 +9,7 @@ temperatures for ``sample_temperatures``; the mixture for ``has_mixture``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,23 +94,32 @@ def draw_progress_samples(model: GenerativeModel, run_dir: Path, epoch: int) -> 
 
 
 BOOKKEEPING = ("epoch", "seconds", "lr", "device")
+# The panels of --quality-every, and the class entropy of samples free of collapse.
+QUALITY_PANELS = {
+    "FID (2,000 samples vs validation)": ["quality_fid"],
+    "Inception score": ["quality_inception_score"],
+    "class entropy of the samples": ["quality_class_entropy"],
+}
+QUALITY_REFERENCES = {"class entropy of the samples": (math.log(10), "no collapse: log 10")}
 
 
 def curve_panels(model: GenerativeModel, metrics: list[dict]) -> dict[str, list[str]]:
     """Panel title -> metric names: the model's own ``curve_panels`` if it declares them,
     else its objective, its other validation terms, and one panel per logged diagnostic;
-    the learning rate too where it changed (a schedule, or ``genzoo resume RUN --lr LR``)."""
+    the learning rate too where it changed (a schedule, or ``genzoo resume RUN --lr LR``),
+    and the sample quality where it was watched (``--quality-every``)."""
+    watched = QUALITY_PANELS if any("quality_fid" in m for m in metrics) else {}
     if model.curve_panels is not None:
-        return {**model.curve_panels, **_rate_panel(metrics)}
+        return {**model.curve_panels, **watched, **_rate_panel(metrics)}
     keys, metric = metrics[0].keys(), model.val_metric
     panels = {"objective": [f"train_{metric}", f"val_{metric}"]}
     terms = [k for k in keys if k.startswith("val_") and k != f"val_{metric}"]
     if terms:
         panels["validation terms"] = terms
     for k in keys:
-        if k not in BOOKKEEPING and not k.startswith(("train_", "val_")):
+        if k not in BOOKKEEPING and not k.startswith(("train_", "val_", "quality_")):
             panels[k.replace("_", " ")] = [k]
-    return {**panels, **_rate_panel(metrics)}
+    return {**panels, **watched, **_rate_panel(metrics)}
 
 
 def _rate_panel(metrics: list[dict]) -> dict[str, list[str]]:
@@ -126,14 +136,14 @@ def draw_curves(
     """One panel per entry of ``panels``, a curve per metric; ``references`` adds a
     labelled horizontal line to a panel (e.g. the GAN's equilibrium value), ``note`` a
     line above them all."""
-    epochs = [m["epoch"] for m in metrics]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     if note:
         fig.suptitle(note, fontsize=9)
     for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
         for name in names:
-            if name in metrics[0]:
-                ax.plot(epochs, [m[name] for m in metrics], marker=".", label=name)
+            points = [(m["epoch"], m[name]) for m in metrics if name in m]  # some epochs only
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=name)
         if references and title in references:
             value, label = references[title]
             ax.axhline(value, color="gray", ls="--", label=label)
@@ -342,7 +352,7 @@ def draw_run_figures(model: GenerativeModel, data: Data, run_dir: Path) -> list[
     metrics = read_metrics(run_dir)
     if metrics:
         panels = curve_panels(model, metrics)
-        references = model.reference_lines
+        references = {**model.reference_lines, **QUALITY_REFERENCES}
         draw("curves.png", draw_curves, metrics, panels, references, _averaging_note(run_dir))
     draw("samples.png", draw_samples, model, "samples (best checkpoint)")
     test = data.test

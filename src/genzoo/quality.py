@@ -351,6 +351,33 @@ def class_histogram(probs: ArrayLike) -> torch.Tensor:
     return torch.bincount(p.argmax(1).cpu(), minlength=p.shape[1])
 
 
+def class_entropy(probs: ArrayLike) -> float:
+    """Entropy in nats of the histogram of predicted classes of (N, C) probabilities: 0
+    when every image is called the same class (total collapse), log C when the classes
+    come equally often."""
+    counts = class_histogram(probs).double()
+    return torch.special.entr(counts / counts.sum()).sum().item()
+
+
+class QualityProbe:
+    """Sample quality watched while training (``--quality-every``): samples scored against
+    fixed real images (the validation split, grey levels) with the feature net. The real
+    images' features are computed once."""
+
+    def __init__(self, net: FeatureNet, real: torch.Tensor, batch_size: int = 500) -> None:
+        self.net, self.batch_size = net, batch_size
+        self.real_feats, _ = features_and_probs(net, real, batch_size)
+
+    def __call__(self, samples: torch.Tensor) -> dict[str, float]:
+        """FID against the real images, Inception score and class entropy of ``samples``."""
+        feats, probs = features_and_probs(self.net, samples, self.batch_size)
+        return {
+            "quality_fid": frechet_distance(self.real_feats, feats),
+            "quality_inception_score": inception_score(probs),
+            "quality_class_entropy": class_entropy(probs),
+        }
+
+
 def _kth_neighbour_radii(feats: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
     """(N,) distance from each row to its k-th nearest other row."""
     radii = []

@@ -35,13 +35,14 @@ import torch
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from genzoo import distributed, plots
+from genzoo import distributed, plots, quality
 from genzoo.averaging import WeightAverage
-from genzoo.data import Data, Split, batches
+from genzoo.data import Data, Split, batches, is_folder_dataset
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
-from genzoo.evaluate import per_example_terms
+from genzoo.evaluate import grey_data, per_example_terms, quality_images
 from genzoo.models import MODELS, GenerativeModel
+from genzoo.quality import QualityProbe
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
 from genzoo.runs import (
@@ -74,6 +75,9 @@ def validate(
     names = sorted(terms)
     sums = world.sum(torch.stack([terms[k].sum() for k in names]).to(device))
     return dict(zip(names, (sums / len(split)).tolist(), strict=True))
+
+
+QUALITY_SAMPLES = 2000  # samples per --quality-every probe
 
 
 @dataclass
@@ -135,9 +139,11 @@ class Trainer:
         dev: torch.device,
         data: Data,
         world: World = ONE_PROCESS,
+        quality_probe: QualityProbe | None = None,
     ) -> None:
         tc = cfg.train
         self.run_dir, self.cfg, self.dev, self.data, self.world = run_dir, cfg, dev, data, world
+        self.quality_probe = quality_probe
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
         self.data_rng = torch.Generator(dev).manual_seed(tc.seed)
@@ -312,19 +318,24 @@ class Trainer:
             "lr": self.optimizers[0].param_groups[0]["lr"],
             "device": str(self.dev),
         }
+        if self.quality_probe is not None and draws_samples_after(epoch, tc.quality_every, ()):
+            # The same noise every time (seeded): the scores follow the model, not the draw.
+            # Every rank scores the same samples, so that all take the same best epoch.
+            with self.evaluated(), isolated_rng(tc.seed, self.dev):
+                record.update(self.quality_probe(quality_images(model, QUALITY_SAMPLES)))
         main = self.world.is_main
         if main:
             with isolated_rng(EVAL_SEED, self.dev):
                 record.update(model.epoch_diagnostics(self.probe))
             append_metrics(self.run_dir, record)
-        # Without a validation metric (a GAN) the latest weights count as the best.
-        score = val[metric] if metric else -epoch
-        improved = score < self.loop.best
+        score = self.selection_score(epoch, val, record)
+        improved = score is not None and score < self.loop.best
         self.loop = LoopState(
             epoch=epoch,
             best=score if improved else self.loop.best,
             best_epoch=epoch if improved else self.loop.best_epoch,
-            bad_epochs=0 if improved else self.loop.bad_epochs + 1,
+            # an epoch without a figure to compare (no probe this time) counts neither way
+            bad_epochs=0 if improved else self.loop.bad_epochs + (score is not None),
             seconds=self.loop.seconds + self.progress.seconds,
         )
         self.progress = EpochProgress()
@@ -344,6 +355,19 @@ class Trainer:
             f"lr {record['lr']:.2e}  ({record['seconds']:.1f} s)" + ("  *" if improved else "")
         )
         return record
+
+    def selection_score(
+        self, epoch: int, val: dict[str, float], record: dict[str, Any]
+    ) -> float | None:
+        """What the best checkpoint and early stopping minimise: the validation metric;
+        for a model without one (a GAN) the quality probe's FID in the epochs it runs
+        (None in the others), or, with no probe, the epoch reversed: the latest is best."""
+        metric = self.model.val_metric
+        if metric:
+            return val[metric]
+        if self.quality_probe is not None:
+            return record.get("quality_fid")
+        return -epoch
 
     def diverged(self, what: str, epoch: int) -> TrainingDiverged:
         """The stop for a non-finite loss or network output, saying what can be done."""
@@ -439,9 +463,12 @@ def train(
                 f"not {tc.binarize}"
             )
         data = load_data_of(cfg, dev, data_dir)
+        probe = watch_quality(cfg, dev, data_dir) if tc.quality_every else None
         took_the_lock = world.is_main and lock_run(run_dir)
         try:
-            return _train_locked(run_dir, cfg, dev, data, resume, world)
+            summary = _train_locked(run_dir, cfg, dev, data, resume, world, probe)
+            world.barrier()  # the others wait for rank 0's last writes, then all leave at once
+            return summary
         finally:
             if took_the_lock:  # a caller that holds it keeps it
                 unlock_run(run_dir)
@@ -449,8 +476,28 @@ def train(
         distributed.stop()
 
 
+def watch_quality(
+    cfg: RunConfig, dev: torch.device, data_dir: str | Path | None
+) -> QualityProbe | None:
+    """The probe of ``--quality-every``: the dataset's feature net (trained first if not
+    cached) and the grey validation images; None, with a note, where no feature net fits."""
+    tc = cfg.train
+    if is_folder_dataset(tc.dataset):
+        print("--quality-every is off: the feature net is for MNIST-like datasets")
+        return None
+    dataset = "mnist" if tc.binarize == "static" else tc.dataset
+    net = quality.load_or_train_feature_net(data_dir, dev, dataset=dataset, val_size=tc.val_size)
+    return QualityProbe(net, grey_data(cfg, dev, data_dir).val.images)
+
+
 def _train_locked(
-    run_dir: Path, cfg: RunConfig, dev: torch.device, data: Data, resume: bool, world: World
+    run_dir: Path,
+    cfg: RunConfig,
+    dev: torch.device,
+    data: Data,
+    resume: bool,
+    world: World,
+    probe: QualityProbe | None,
 ) -> dict[str, Any]:
     """``train`` once the run folder's lock is held (by rank 0)."""
     tc, main = cfg.train, world.is_main
@@ -459,7 +506,7 @@ def _train_locked(
             f"{run_dir} already holds a run; choose another --run-dir, "
             f"or continue it with `genzoo resume {run_dir}`"
         )
-    trainer = Trainer(run_dir, cfg, dev, data, world)
+    trainer = Trainer(run_dir, cfg, dev, data, world, probe)
     if resume and has_checkpoint(run_dir, "last"):
         trainer.restore()
         if main:
@@ -481,9 +528,11 @@ def _train_locked(
     except KeyboardInterrupt:
         print(f"\ninterrupted; {trainer.last_good()}. Continue with: genzoo resume {run_dir}")
         raise
+    # Free the DDP wrapper now, before the process group goes: a reducer that outlives it
+    # aborts the process at exit ("terminate called without an active exception").
+    trainer.model.parallel = None
     if not main:
         return {}
-    trainer.model.parallel = None
     model, loop, metric = trainer.model, trainer.loop, trainer.model.val_metric
     best_state = load_checkpoint(run_dir, "best", model)
     with isolated_rng(EVAL_SEED, dev), trainer.naming_the_last_good_checkpoint():

@@ -1,6 +1,9 @@
-"""Generative adversarial network with MLP generator and discriminator.
+"""Generative adversarial network: MLP or convolutional generator and discriminator.
 
-Goodfellow et al. (2014), "Generative Adversarial Nets".
+Goodfellow et al. (2014), "Generative Adversarial Nets"; the convolutional pair
+(``--arch conv``) is DCGAN's (Radford, Metz & Chintala 2016, "Unsupervised
+representation learning with deep convolutional generative adversarial networks"),
+sized for 28 x 28 (any side divisible by 4, any number of channels).
 
     min_G max_D  V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))],   z ~ N(0, I).
 
@@ -27,6 +30,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 from torch.optim import Adam, Optimizer
 
+from genzoo.errors import GenzooError
 from genzoo.models.base import GenerativeModel, check_stats, fused_adam_available
 
 EQUILIBRIUM_VALUE = -math.log(4.0)
@@ -49,6 +53,18 @@ class GANConfig:
         },
     )
     d_steps: int = field(default=1, metadata={"help": "discriminator steps per generator step (k)"})
+    arch: str = field(
+        default="mlp",
+        metadata={
+            "help": "networks: mlp (the hidden sizes above) or conv (DCGAN: transposed "
+            "convolutions in G, strided convolutions in D, widths from --conv-width)",
+            "choices": ("mlp", "conv"),
+        },
+    )
+    conv_width: int = field(
+        default=64,
+        metadata={"help": "conv: channels of D's first layer and G's last hidden one"},
+    )
 
 
 def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.Sequential:
@@ -74,6 +90,39 @@ def discriminator_net(data_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def conv_generator_net(noise_dim: int, width: int, image_shape: tuple[int, ...]) -> nn.Sequential:
+    """z -> pixel logits (C, H, W): a linear map to (2 width, H/4, W/4), then two
+    transposed convolutions that double the size (BatchNorm + ReLU between, DCGAN's)."""
+    channels, height, width_px = image_shape
+    h, w = height // 4, width_px // 4
+    return nn.Sequential(
+        nn.Linear(noise_dim, 2 * width * h * w),
+        nn.Unflatten(1, (2 * width, h, w)),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),  # (width, H/2, W/2)
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),  # (C, H, W)
+        nn.Flatten(),
+    )
+
+
+def conv_discriminator_net(width: int, image_shape: tuple[int, ...]) -> nn.Sequential:
+    """Images (C, H, W) -> one logit: two strided convolutions with LeakyReLU (no
+    BatchNorm in D, so that its verdict on an image does not depend on the batch)."""
+    channels, height, width_px = image_shape
+    return nn.Sequential(
+        nn.Unflatten(1, image_shape),
+        nn.Conv2d(channels, width, 4, stride=2, padding=1),  # (width, H/2, W/2)
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),  # (2 width, H/4, W/4)
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(2 * width * (height // 4) * (width_px // 4), 1),
+    )
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """-V(D, G) per pair of examples: -log D(x) - log(1 - D(G(z)))."""
     return F.softplus(-real_logits) + F.softplus(fake_logits)
@@ -87,7 +136,8 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 class GAN(GenerativeModel):
-    # No likelihood to validate or stop early on: the "best" checkpoint is the last one.
+    # No likelihood to validate or stop early on: the "best" checkpoint is the one of the
+    # lowest FID of --quality-every (on by default), else the last one.
     val_metric = None
     eval_terms: ClassVar[dict[str, str]] = {
         "d_real": "D(x)",
@@ -112,8 +162,17 @@ class GAN(GenerativeModel):
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         data_dim = math.prod(image_shape)
-        self.generator = generator_net(cfg.noise_dim, cfg.gen_hidden, data_dim)
-        self.discriminator = discriminator_net(data_dim, cfg.disc_hidden)
+        if cfg.arch == "conv":
+            if len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4:
+                raise GenzooError(
+                    f"gan --arch conv needs (C, H, W) images with sides divisible by 4, got "
+                    f"{tuple(image_shape)}: resize them (--image-size) or use --arch mlp"
+                )
+            self.generator = conv_generator_net(cfg.noise_dim, cfg.conv_width, self.image_shape)
+            self.discriminator = conv_discriminator_net(cfg.conv_width, self.image_shape)
+        else:
+            self.generator = generator_net(cfg.noise_dim, cfg.gen_hidden, data_dim)
+            self.discriminator = discriminator_net(data_dim, cfg.disc_hidden)
         self.register_buffer("noise_loc", torch.zeros(cfg.noise_dim))
         self.register_buffer("noise_scale", torch.ones(cfg.noise_dim))
         # Counts discriminator steps, so that every d_steps-th one is followed by a
