@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from genzoo import quality
 from genzoo.cli import main
-from genzoo.runs import checkpoint_files
+from genzoo.evaluate import grey_data
+from genzoo.runs import checkpoint_files, load_run_config
 
 COMMON = ["--epochs", "2", "--batch-size", "16", "--val-size", "20", "--device", "cpu"]
 FAMILIES = {
@@ -170,6 +171,13 @@ def test_compare_quality_and_reference(data_dir: Path, tmp_path: Path, capsys) -
     assert main(["eval", str(runs[0]), "--quality", "--iw-samples", "0", "--n-samples", "30"]) == 0
     after = json.loads((runs[0] / "eval.json").read_text())
     assert after["nll"] == before["nll"] and after["iw_samples"] == 10 and "fid" in after
+    # Bernoulli pixels: their means are scored, against grey images, and eval.json says so.
+    assert after["quality_protocol"] == (
+        "30 pixel means of p(x|z), z ~ p(z) against the grey-level test images"
+    )
+    assert result["quality_protocol"] == "30 samples against the grey-level test images"
+    grey = grey_data(load_run_config(runs[0]), torch.device("cpu"), None)
+    assert ((grey.test.images > 0) & (grey.test.images < 1)).any()  # not binarized
 
     reference = tmp_path / "reference.json"
     assert (

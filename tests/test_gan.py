@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from genzoo.errors import GenzooError
 from genzoo.models.gan import (
     EQUILIBRIUM_VALUE,
     GAN,
@@ -87,3 +88,25 @@ def test_generator_steps_once_every_d_steps_discriminator_steps() -> None:
         assert ("g_loss" in stats) == generator_moved[-1]
     assert generator_moved == [False, False, True, False, False, True]
     assert model.sample(5).shape == (5, *SHAPE)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 12)])
+def test_conv_gan_shapes_and_its_step_rhythm(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = GAN(GANConfig(noise_dim=4, arch="conv", conv_width=4, d_steps=2), shape)
+    x = torch.rand(6, *shape)
+    assert model.logits(x).shape == (6,)
+    samples = model.sample(5)
+    assert samples.shape == (5, *shape) and samples.min() >= 0 and samples.max() <= 1
+    optimizers = model.configure_optimizers(1e-2)
+    steps = [model.train_step(x, optimizers) for _ in range(4)]
+    assert ["g_loss" in s for s in steps] == [False, True, False, True]
+    # Every parameter of both networks receives a gradient from its player's loss.
+    fake = model.generate(model.prior().sample((6,)))
+    generator_loss(model.logits(fake), "nonsaturating").mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+
+
+def test_conv_gan_refuses_sides_not_divisible_by_4() -> None:
+    with pytest.raises(GenzooError, match="sides divisible by 4"):
+        GAN(GANConfig(arch="conv"), (1, 30, 30))

@@ -23,6 +23,8 @@ from genzoo.data import Data, file_digest, load_data
 from genzoo.errors import GenzooError
 from genzoo.quality import (
     FeatureNet,
+    QualityProbe,
+    class_entropy,
     class_histogram,
     frechet_distance,
     inception_score,
@@ -117,6 +119,26 @@ def test_class_histogram_counts_predicted_classes_and_rejects_logits() -> None:
     assert class_histogram(probs).tolist() == [1, 0, 0, 2, 0, 0, 0, 0, 0, 3]
     with pytest.raises(GenzooError, match="summing to 1"):
         inception_score(10 * torch.eye(10)[labels])
+
+
+def test_class_entropy_tells_collapse_from_balance() -> None:
+    one_class = torch.softmax(10 * torch.eye(10)[torch.full((50,), 7)], 1)
+    balanced = torch.softmax(10 * torch.eye(10)[torch.arange(50) % 10], 1)
+    assert class_entropy(one_class) == pytest.approx(0.0, abs=1e-12)
+    assert class_entropy(balanced) == pytest.approx(math.log(10))
+    two_classes = torch.softmax(10 * torch.eye(10)[torch.arange(50) % 2], 1)
+    assert class_entropy(two_classes) == pytest.approx(math.log(2))
+
+
+def test_quality_probe_scores_the_real_images_as_perfect() -> None:
+    torch.manual_seed(0)
+    net = FeatureNet().eval()
+    real = torch.rand(300, 1, 28, 28)
+    probe = QualityProbe(net, real)
+    same = probe(real)
+    assert same["quality_fid"] == pytest.approx(0.0, abs=1e-6)
+    assert probe(torch.zeros(300, 1, 28, 28))["quality_class_entropy"] == pytest.approx(0.0)
+    assert probe(real.clamp(0, 0.2))["quality_fid"] > 1e-3
 
 
 # ----------------------------------------------------------------------------- precision / recall

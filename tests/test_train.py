@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from genzoo import train as gtrain
+from genzoo.config import TrainConfig
 from genzoo.errors import GenzooError, TrainingDiverged
+from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.vae import VAE
 from genzoo.runs import (
     RunConfig,
@@ -254,6 +256,28 @@ def test_compiled_objectives_take_the_same_steps(
     tiny_config.train.compile = True
     compiled = gtrain.train(tmp_path / "compiled", tiny_config, device="cpu")
     assert compiled["best_val_neg_elbo"] == pytest.approx(eager["best_val_neg_elbo"], rel=1e-4)
+
+
+def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fids = iter([50.0, 30.0, 40.0, 45.0])  # epochs 1, 2, 4, 6 (every 2nd, and the first)
+    probed = []
+
+    def scripted_probe(samples):
+        probed.append(samples.shape)
+        return {"quality_fid": next(fids), "quality_class_entropy": 2.0}
+
+    monkeypatch.setattr(gtrain, "watch_quality", lambda cfg, dev, data_dir: scripted_probe)
+    train = TrainConfig(epochs=6, batch_size=16, val_size=20, quality_every=2, patience=0)
+    cfg = RunConfig("gan", train, GANConfig(noise_dim=4, gen_hidden=(8,), disc_hidden=(8,)))
+    summary = gtrain.train(tmp_path / "gan", cfg, device="cpu")
+    assert probed == [(gtrain.QUALITY_SAMPLES, 1, 28, 28)] * 4
+    records = read_metrics(tmp_path / "gan")
+    assert [r["epoch"] for r in records if "quality_fid" in r] == [1, 2, 4, 6]
+    assert summary["best_epoch"] == 2
+    gan = GAN(cfg.model_config, (1, 28, 28))
+    assert load_checkpoint(tmp_path / "gan", "best", gan)["epoch"] == 2
 
 
 def test_corrupt_checkpoint_is_a_clear_error(

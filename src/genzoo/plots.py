@@ -150,7 +150,8 @@ def draw_curves(
         if "var" in title:
             ax.set_yscale("log")
         ax.set(xlabel="epoch", title=title)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     _save(fig, path)
 
