@@ -26,7 +26,7 @@ from genzoo.errors import GenzooError, RunFailed
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
-from genzoo.report import write_run_report
+from genzoo.report import write_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
     RunConfig,
@@ -37,6 +37,7 @@ from genzoo.runs import (
     resume_config,
     write_json,
 )
+from genzoo.studies import STUDIES, run_study
 from genzoo.train import train
 
 positive_int = bounded(int)
@@ -284,11 +285,33 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
 
 def add_report(commands: argparse._SubParsersAction) -> None:
     report_p = commands.add_parser(
-        "report", help="one self-contained HTML page of a run -> RUN/report.html"
+        "report", help="one self-contained HTML page of a run or study -> DIR/report.html"
     )
     report_p.set_defaults(func=cmd_report)
-    report_p.add_argument("run", type=Path, metavar="RUN")
-    report_p.add_argument("-o", "--output", type=Path, help="HTML file (default: RUN/report.html)")
+    report_p.add_argument("run", type=Path, metavar="RUN|STUDY")
+    report_p.add_argument("-o", "--output", type=Path, help="HTML file (default: DIR/report.html)")
+
+
+def add_study(commands: argparse._SubParsersAction) -> None:
+    names = "\n".join(f"  {name:<24}{study.question}" for name, study in STUDIES.items())
+    study_p = commands.add_parser(
+        "study",
+        help="run one of the classic studies: every arm trained, evaluated, one page",
+        description=f"Run a study: every arm, its evaluation, one page.\n\nstudies:\n{names}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    study_p.set_defaults(func=cmd_study)
+    study_p.add_argument("name", choices=tuple(STUDIES), metavar="NAME")
+    study_p.add_argument(
+        "--quick", action="store_true", help="one epoch on 1,000 images: minutes, a smoke run"
+    )
+    study_p.add_argument(
+        "--out", type=Path, help="study folder (default: studies/NAME, studies/NAME-quick)"
+    )
+    study_p.add_argument(
+        "--seeds", type=bounded(int, max=100), default=1, help="seeds per arm (default: 1)"
+    )
+    _add_runtime_flags(study_p)
 
 
 def add_data(commands: argparse._SubParsersAction) -> None:
@@ -317,6 +340,7 @@ SUBCOMMANDS = (
     add_plot,
     add_compare,
     add_report,
+    add_study,
     add_quality_net,
     add_data,
 )
@@ -543,7 +567,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    print(write_run_report(args.run, args.output))
+    print(write_report(args.run, args.output))
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    out = args.out or Path("studies") / (args.name + ("-quick" if args.quick else ""))
+    study = STUDIES[args.name]
+    page = run_study(study, out, args.quick, args.seeds, args.device or "auto", args.data_dir)
+    rows = read_json(out / "study.json")
+    print(f"{study.name}: {rows['answer']}")
+    print(f"page: {page}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:

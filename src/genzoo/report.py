@@ -132,13 +132,15 @@ def figure_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_TYPES), key=order)
 
 
-def figure_gallery(paths: Sequence[Path]) -> Html:
-    """Each image embedded, captioned with its file name (what ``genzoo plot`` calls it)."""
+def figure_gallery(paths: Sequence[Path], captions: Sequence[str] | None = None) -> Html:
+    """Each image embedded, captioned with its file name (what ``genzoo plot`` calls it)
+    or with ``captions``."""
+    captions = captions or [p.name for p in paths]
     return Html(
         "".join(
-            f'<figure><img src="{data_uri(p)}" alt="{escape(p.name)}">'
-            f"<figcaption>{escape(p.name)}</figcaption></figure>"
-            for p in paths
+            f'<figure><img src="{data_uri(p)}" alt="{escape(c)}">'
+            f"<figcaption>{escape(c)}</figcaption></figure>"
+            for p, c in zip(paths, captions, strict=True)
         )
     )
 
@@ -494,6 +496,9 @@ def run_sections(run: RunFiles, written: datetime | None = None) -> list[Section
 # ----------------------------------------------------------------------------- the page
 
 STYLE = """
+.side{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:8px}
+.side figure{margin:0}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f6f6f6;padding:8px}
 body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222}
 main{max-width:960px;margin:0 auto;padding:12px 14px 40px}
 h1{font-size:1.4em;margin:.4em 0;overflow-wrap:anywhere}
@@ -575,6 +580,96 @@ def run_report_html(run_dir: Path, written: datetime | None = None) -> str:
     """The run's whole page as a string."""
     run = read_run_files(run_dir)
     return page(f"genzoo run {run.name}", run_sections(run, written), run_lead(run))
+
+
+def study_table(study: dict[str, Any]) -> Html:
+    """One row per arm: each column's mean and spread, minutes, parameters, protocol."""
+    columns = study["columns"]
+    headers = ["arm", "model"]
+    for title in columns.values():
+        headers += [title, "±"]
+    headers += ["training minutes", "parameters", "units", "protocol"]
+    rows = []
+    for row in study["rows"]:
+        cells: list[Cell] = [row["arm"], row["model"]]
+        for key in columns:
+            cells += [row.get(key), row.get(f"{key}_spread")]
+        cells += [row.get("minutes"), row.get("parameters"), row.get("units"), row.get("protocol")]
+        rows.append(cells)
+    seeds = study.get("seeds", 1)
+    spread = "standard deviation over seeds" if seeds > 1 else "standard error over the images"
+    return table(headers, rows, sortable=True, caption=f"{seeds} seed(s) per arm; ±: {spread}")
+
+
+def side_by_side(study_dir: Path, study: dict[str, Any]) -> Html:
+    """Each figure the study names, every arm's copy next to the others'."""
+    parts = []
+    for name in study["figures"]:
+        pairs = [
+            (study_dir / run / "figures" / name, f"{row['arm']}: {name}")
+            for row in study["rows"]
+            for run in row["runs"][:1]
+        ]
+        pairs = [(p, c) for p, c in pairs if p.is_file()]
+        if pairs:
+            gallery = figure_gallery([p for p, _ in pairs], [c for _, c in pairs])
+            parts.append(f'<div class="side">{gallery}</div>')
+    return Html("".join(parts))
+
+
+def study_sections(study_dir: Path, study: dict[str, Any]) -> list[Section]:
+    analysis = study.get("analysis") or {}
+    own = figure_files(study_dir / "figures")
+    links = "".join(
+        f'<li><a href="{escape(run)}/report.html">{escape(run)}</a> ({escape(row["model"])})</li>'
+        for row in study["rows"]
+        for run in row["runs"]
+    )
+    commands = "\n".join(escape(c) for c in study.get("commands", []))
+    analysis_parts = [figure_gallery(own) if own else ""]
+    if analysis.get("table"):
+        analysis_parts.append(table(analysis["table"]["headers"], analysis["table"]["rows"]))
+    if analysis.get("note"):
+        analysis_parts.append(analysis["note"])
+    sections = [
+        section("table", "The table", study_table(study)),
+        section("figures", "Side by side", side_by_side(study_dir, study) or "No figures."),
+    ]
+    if any(analysis_parts):
+        sections.append(section("analysis", "Analysis", *analysis_parts))
+    sections += [
+        section("arms", "Each arm's own page", Html(f"<ul>{links}</ul>")),
+        section("commands", "Commands", Html(f"<pre>{commands}</pre>")),
+        section(
+            "environment",
+            "Environment",
+            table([], [["genzoo", genzoo.__version__], ["torch", torch.__version__]]),
+        ),
+    ]
+    return sections
+
+
+def write_study_report(study_dir: Path, output: Path | None = None) -> Path:
+    """The page of a study (``genzoo study`` writes study.json): the question and its
+    answer, the table, the arms' figures side by side, the analysis, links to every
+    arm's page; to ``output`` (default STUDY/report.html)."""
+    study = _read_object(study_dir / "study.json")
+    quick = " (--quick: a smoke run, not the protocol)" if study.get("quick") else ""
+    lead = Html(
+        f'<p class="lead">{escape(study["question"])}</p>'
+        + (f"<p><strong>{escape(study['answer'])}</strong></p>" if study.get("answer") else "")
+    )
+    html = page(f"genzoo study {study['study']}{quick}", study_sections(study_dir, study), lead)
+    path = output or study_dir / "report.html"
+    atomic_write(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    return path
+
+
+def write_report(folder: Path, output: Path | None = None) -> Path:
+    """``genzoo report RUN|STUDY``: the page of a run or of a study folder."""
+    if (folder / "study.json").is_file():
+        return write_study_report(folder, output)
+    return write_run_report(folder, output)
 
 
 def write_run_report(run_dir: Path, output: Path | None = None) -> Path:

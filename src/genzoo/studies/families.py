@@ -1,0 +1,42 @@
+"""Every family at its defaults, in one table of what each measures and at what cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genzoo.studies.recipe import Arm, Study
+
+ARMS = (
+    Arm("vae", "vae", ("--latent-dim", "20")),
+    Arm("bvae", "bvae"),
+    Arm("ae", "ae"),
+    Arm("gan", "gan"),
+    Arm("gan-conv", "gan", ("--arch", "conv"), ("--conv-width", "16")),
+    Arm("realnvp", "realnvp", (), ("--width", "8", "--n-couplings", "2")),
+    Arm("draw", "draw", (), ("--steps", "4", "--enc-hidden", "64", "--dec-hidden", "64")),
+)
+
+
+def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
+    nll = sorted((r for r in rows if "nll" in r), key=lambda r: r["nll"])
+    fid = sorted((r for r in rows if "fid" in r), key=lambda r: r["fid"])
+    parts = []
+    if nll:
+        parts.append("lowest NLL: " + ", ".join(f"{r['arm']} {r['nll']:.1f}" for r in nll))
+    if fid:
+        parts.append("lowest FID: " + ", ".join(f"{r['arm']} {r['fid']:.1f}" for r in fid))
+    return "; ".join(parts) + " (nats per image on each family's own pixels: see protocol)."
+
+
+STUDY = Study(
+    name="families",
+    question="What does each family measure, how good is it and what does it cost, at its "
+    "defaults on MNIST?",
+    arms=ARMS,
+    train=("--epochs", "20"),
+    evaluate=("--iw-samples", "1000", "--limit", "2000"),
+    columns={"nll": "NLL (nats)", "bpd": "bits/dim", "neg_elbo": "-ELBO", "fid": "FID"},
+    figures=("samples.png",),
+    quality=True,
+    answer=answer,
+)

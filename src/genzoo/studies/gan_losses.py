@@ -1,0 +1,70 @@
+"""The GAN's generator loss, its k, its networks (Goodfellow et al. 2014; Radford et al. 2016).
+
+Minimax against non-saturating, k = 1 against 5 discriminator steps per generator step,
+MLP against convolutional networks: D(G(z)) and V(D, G) against the equilibrium -log 4,
+FID while training, and the class histogram of the samples (mode collapse shows as a
+spike there and an entropy far below log 10).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from genzoo.models.gan import EQUILIBRIUM_VALUE
+from genzoo.studies.recipe import Arm, Study, StudyRun, draw_arm_curves
+
+SMALL_CONV = ("--conv-width", "16")  # --quick: a narrower DCGAN
+
+ARMS = (
+    Arm("mlp-minimax-k1", "gan", ("--gen-loss", "minimax")),
+    Arm("mlp-nonsaturating-k1", "gan", ("--gen-loss", "nonsaturating")),
+    Arm("mlp-nonsaturating-k5", "gan", ("--gen-loss", "nonsaturating", "--d-steps", "5")),
+    Arm("conv-minimax-k1", "gan", ("--arch", "conv", "--gen-loss", "minimax"), SMALL_CONV),
+    Arm("conv-nonsaturating-k1", "gan", ("--arch", "conv"), SMALL_CONV),
+)
+
+
+def analyse(state: StudyRun) -> dict[str, Any]:
+    draw_arm_curves(
+        state,
+        {
+            "D(G(z)), training": "train_d_fake",
+            "V(D, G), validation": "val_value",
+            "FID while training": "quality_fid",
+            "class entropy of the samples": "quality_class_entropy",
+        },
+        state.figures / "gan_curves.png",
+        references={
+            "V(D, G), validation": (EQUILIBRIUM_VALUE, "-log 4"),
+            "class entropy of the samples": (math.log(10), "no collapse: log 10"),
+        },
+    )
+    return {}
+
+
+def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
+    scored = sorted((r for r in rows if "fid" in r), key=lambda r: r["fid"])
+    order = ", ".join(f"{r['arm']} {r['fid']:.1f}" for r in scored)
+    return f"FID of the best checkpoint, lowest first: {order}."
+
+
+STUDY = Study(
+    name="gan-losses",
+    question="Which generator loss, how many discriminator steps and which networks give "
+    "a GAN that trains without collapsing?",
+    arms=ARMS,
+    train=("--epochs", "30"),
+    evaluate=(),
+    columns={
+        "fid": "FID",
+        "inception_score": "Inception score",
+        "recall": "recall",
+        "parzen_ll": "Parzen (nats)",
+        "d_fake": "D(G(z))",
+    },
+    figures=("class_histogram.png", "samples.png"),
+    quality=True,
+    analyse=analyse,
+    answer=answer,
+)

@@ -1,0 +1,235 @@
+"""What a study is (a declarative recipe) and the one runner of every study.
+
+A ``Study`` names its question, its arms (a family and its ``genzoo train`` flags each),
+the flags of the full protocol and of ``--quick``, the ``genzoo eval`` flags, the columns
+of its table (keys of eval.json), the figures it shows side by side, and optionally an
+``analyse`` step (a measurement beyond train and eval, e.g. the likelihood estimators'
+curves) and an ``answer`` (the headline, in words, from the table and the analysis).
+
+``run_study`` trains and evaluates every arm (``--seeds N`` times), each in its own run
+folder under the study's folder, through the same CLI commands a user would type, then
+writes study.json (the table, the analysis, the answer, the commands) and the page
+(report.py). A killed study continues where it stopped: a finished arm is kept, a
+checkpointed one is resumed (``genzoo resume``), an evaluated one is not evaluated again.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genzoo.errors import GenzooError
+from genzoo.report import training_seconds, write_study_report
+from genzoo.runs import load_trained, read_json, read_metrics, write_json
+
+# --quick: one epoch on 1,000 images, evaluation on 200: the whole study in minutes.
+QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500")
+QUICK_EVAL = ("--iw-samples", "20", "--limit", "200")
+QUICK_SAMPLES = 200  # samples scored by --quality under --quick (10,000 in full)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a study: ``genzoo train MODEL FLAGS``."""
+
+    name: str
+    model: str
+    flags: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()  # with --quick also these (smaller networks, fewer steps)
+
+
+Analysis = Callable[["StudyRun"], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    arms: tuple[Arm, ...]
+    train: tuple[str, ...]  # the full protocol's training flags, for every arm
+    evaluate: tuple[str, ...] = ("--iw-samples", "5000")
+    columns: dict[str, str] = field(default_factory=dict)  # eval.json key -> column title
+    figures: tuple[str, ...] = ("samples.png",)  # each arm's figures shown side by side
+    quality: bool = False  # eval --quality (sample-quality scores) for every arm
+    analyse: Analysis | None = None  # measurements beyond train and eval
+    answer: Callable[[list[dict[str, Any]], dict[str, Any]], str] | None = None
+
+
+@dataclass
+class StudyRun:
+    """A study being run: where, how, and the run folders of each arm (one per seed)."""
+
+    study: Study
+    out: Path
+    quick: bool
+    seeds: int
+    device: str
+    data_dir: Path | None
+    runs: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def figures(self) -> Path:
+        return self.out / "figures"
+
+
+def run_dir(out: Path, arm: Arm, seed: int, seeds: int) -> Path:
+    return out / (arm.name if seeds == 1 else f"{arm.name}-seed{seed}")
+
+
+def train_command(study: Study, arm: Arm, run: Path, seed: int, quick: bool) -> list[str]:
+    protocol = QUICK_TRAIN if quick else study.train
+    extra = arm.quick if quick else ()
+    return [
+        "train", arm.model, *protocol, *arm.flags, *extra, "--seed", str(seed),
+        "--run-dir", str(run),
+    ]  # fmt: skip
+
+
+def eval_command(study: Study, run: Path, quick: bool) -> list[str]:
+    command = ["eval", str(run), *(QUICK_EVAL if quick else study.evaluate)]
+    if study.quality:
+        command += ["--quality", "--n-samples", str(QUICK_SAMPLES if quick else 10000)]
+    return command
+
+
+def _genzoo(argv: list[str], device: str, data_dir: Path | None) -> None:
+    """One genzoo command, as a user would type it; a failure stops the study."""
+    from genzoo.cli import main  # the CLI imports the studies: import it when used
+
+    runtime = ["--device", device] + (["--data-dir", str(data_dir)] if data_dir else [])
+    code = main([*argv, *runtime])
+    if code:
+        raise GenzooError(f"`genzoo {shlex.join(argv)}` failed (exit status {code})")
+
+
+def run_arm(state: StudyRun, arm: Arm, seed: int) -> Path:
+    """Train (or resume, or keep) and evaluate one arm with one seed; its run folder."""
+    study, quick = state.study, state.quick
+    run = run_dir(state.out, arm, seed, state.seeds)
+    if not (run / "summary.json").exists():
+        resumable = (run / "config.json").exists()
+        command = ["resume", str(run)] if resumable else train_command(study, arm, run, seed, quick)
+        _genzoo(command, state.device, state.data_dir)
+    evaluated = run / "eval.json"
+    if not evaluated.exists() or read_json(evaluated).get("epoch") is None:
+        _genzoo(eval_command(study, run, quick), state.device, state.data_dir)
+    return run
+
+
+def arm_row(study: Study, arm: Arm, runs: list[Path], device: str) -> dict[str, Any]:
+    """An arm's line of the table: each column's mean over seeds with its spread (the
+    standard deviation over seeds; with one seed the evaluation's standard error), the
+    training minutes and the parameters."""
+    results = [read_json(r / "eval.json") for r in runs]
+    row: dict[str, Any] = {"arm": arm.name, "model": arm.model, "runs": [r.name for r in runs]}
+    for key in study.columns:
+        values = [r[key] for r in results if isinstance(r.get(key), int | float)]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        if len(values) > 1:
+            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        else:
+            spread = results[0].get(f"{key}_se")
+        row[key], row[f"{key}_spread"] = mean, spread
+    row["minutes"] = sum(training_seconds(read_metrics(r)) for r in runs) / len(runs) / 60
+    _, model, _, _ = load_trained(runs[0], device)
+    row["parameters"] = sum(p.numel() for p in model.parameters())
+    row["units"] = results[0].get("units")
+    row["protocol"] = results[0].get("quality_protocol") or results[0].get("binarize")
+    return row
+
+
+def check_plan(out: Path, plan: dict[str, Any]) -> None:
+    """Record what the study folder is for; a folder holding another study, or the same
+    one with --quick or --seeds changed, is refused (its runs would be mixed in)."""
+    path = out / "plan.json"
+    if path.exists():
+        earlier = read_json(path)
+        if earlier != plan:
+            raise GenzooError(
+                f"{out} holds a study run as {earlier}, not {plan}: give another --out, or "
+                "the same settings to continue it"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, plan)
+
+
+def run_study(
+    study: Study,
+    out: Path,
+    quick: bool = False,
+    seeds: int = 1,
+    device: str = "auto",
+    data_dir: Path | None = None,
+) -> Path:
+    """Run every arm of ``study`` into ``out`` (resuming what a killed run left), then its
+    analysis, study.json and the page; returns the page's path."""
+    state = StudyRun(study, out, quick, seeds, device, data_dir)
+    check_plan(out, {"study": study.name, "quick": quick, "seeds": seeds})
+    plan = [(arm, seed) for seed in range(seeds) for arm in study.arms]
+    for i, (arm, seed) in enumerate(plan, start=1):
+        print(f"[{i}/{len(plan)}] {study.name}: {arm.name} (seed {seed})", flush=True)
+        state.runs.setdefault(arm.name, []).append(run_arm(state, arm, seed))
+    rows = [arm_row(study, arm, state.runs[arm.name], device) for arm in study.arms]
+    with torch.no_grad():
+        analysis = study.analyse(state) if study.analyse else {}
+    answer = study.answer(rows, analysis) if study.answer else ""
+    commands = [
+        "genzoo " + shlex.join(train_command(study, arm, run_dir(out, arm, 0, seeds), 0, quick))
+        for arm in study.arms
+    ] + ["genzoo " + shlex.join(eval_command(study, Path("RUN"), quick))]
+    write_json(
+        out / "study.json",
+        {
+            "study": study.name,
+            "question": study.question,
+            "answer": answer,
+            "quick": quick,
+            "seeds": seeds,
+            "columns": study.columns,
+            "rows": rows,
+            "figures": list(study.figures),
+            "analysis": analysis,
+            "commands": commands,
+        },
+    )
+    return write_study_report(out)
+
+
+def draw_arm_curves(
+    state: StudyRun,
+    panels: dict[str, str],
+    path: Path,
+    log_scale: tuple[str, ...] = (),
+    references: dict[str, tuple[float, str]] | None = None,
+) -> None:
+    """One panel per (title -> metric of metrics.jsonl), one curve per arm (its first
+    seed) over the epochs; ``references`` adds a labelled horizontal line to a panel."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, metric) in zip(axes[0], panels.items(), strict=True):
+        for arm, runs in state.runs.items():
+            points = [(m["epoch"], m[metric]) for m in read_metrics(runs[0]) if metric in m]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=arm)
+        if references and title in references:
+            value, label = references[title]
+            ax.axhline(value, color="gray", ls="--", label=label)
+        if title in log_scale:
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", title=title)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

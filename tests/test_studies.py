@@ -1,0 +1,149 @@
+"""Every study with --quick on fake MNIST written here (1,600 training images, enough
+for the quick protocol's 1,000 + 500), its page, --seeds, and a killed study resumed.
+
+The figures these runs give mean nothing (one epoch on fake digits); what is checked is
+that every arm trains and is evaluated, and that the table, the analysis, the answer and
+the page hold what the runs measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from html import escape
+from pathlib import Path
+
+import pytest
+
+from conftest import register, write_fake_idx_dataset
+from genzoo import quality
+from genzoo.cli import main
+from genzoo.report import write_study_report
+from genzoo.runs import read_json
+from genzoo.studies import STUDIES, recipe
+from test_report import PageParser, _chromium
+
+
+@pytest.fixture(scope="module")
+def big_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_fake_idx_dataset(root / "mnist", n_train=1600, n_test=300)
+    return root
+
+
+@pytest.fixture
+def data(big_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    register(monkeypatch, "mnist", big_data / "mnist")
+    monkeypatch.setenv("GENZOO_DATA", str(big_data))
+    monkeypatch.setenv("GENZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The feature net of the quality scores, trained briefly on the fake digits, once.
+    quality.load_or_train_feature_net(epochs=1, val_size=500)
+    return big_data
+
+
+def study(name: str, out: Path, *flags: str) -> dict:
+    assert main(["study", name, "--quick", "--out", str(out), "--device", "cpu", *flags]) == 0
+    return read_json(out / "study.json")
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_runs_quick_and_its_page_holds_the_table(
+    name: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / name
+    result = study(name, out)
+    spec = STUDIES[name]
+    assert [row["arm"] for row in result["rows"]] == [arm.name for arm in spec.arms]
+    for row in result["rows"]:
+        run = out / row["runs"][0]
+        evaluated = read_json(run / "eval.json")
+        for key in spec.columns:
+            if key in evaluated:
+                assert row[key] == evaluated[key]  # one seed: the run's own figure
+        assert row["parameters"] > 0 and row["minutes"] > 0
+    assert result["answer"] and result["answer"] in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    parsed = PageParser()
+    parsed.feed(page)
+    rows = parsed.table_with("arm")
+    assert [r[0] for r in rows[1:]] == [arm.name for arm in spec.arms]
+    for row in result["rows"]:
+        assert f'href="{row["runs"][0]}/report.html"' in page
+        assert (out / row["runs"][0] / "report.html").is_file()
+    assert "data:image/png;base64," in page and "http" not in page.split("<body>")[1]
+
+
+def test_estimators_meet_the_elbo_and_the_answer_follows_the_curves(
+    data: Path, tmp_path: Path
+) -> None:
+    analysis = study("likelihood-estimators", tmp_path / "le")["analysis"]
+    importance = analysis["curves"]["posterior"]
+    # At K = 1 importance sampling's expectation is the ELBO; it only rises with K.
+    assert importance[0]["nll"] == pytest.approx(analysis["neg_elbo"], abs=3.0)
+    assert importance[-1]["nll"] <= importance[0]["nll"] + 0.5
+    naive = analysis["curves"]["prior"]
+    assert all(n["nll"] >= i["nll"] - 1.0 for n, i in zip(naive, importance, strict=True))
+    assert (tmp_path / "le" / "figures" / "estimators.png").is_file()
+
+
+def test_seeds_give_the_spread_over_seeds(data: Path, tmp_path: Path) -> None:
+    result = study("likelihood-estimators", tmp_path / "s", "--seeds", "2")
+    (row,) = result["rows"]
+    assert row["runs"] == ["vae-seed0", "vae-seed1"]
+    values = [read_json(tmp_path / "s" / r / "eval.json")["nll"] for r in row["runs"]]
+    assert values[0] != values[1]
+    assert row["nll"] == pytest.approx(sum(values) / 2)
+    assert row["nll_spread"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert "standard deviation over seeds" in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_a_killed_study_continues_from_its_finished_arms(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "latent"
+    arms_run = []
+    real_run_arm = recipe.run_arm
+
+    def killed_at_the_third(state, arm, seed):
+        if len(arms_run) == 2:
+            raise KeyboardInterrupt
+        arms_run.append(arm.name)
+        return real_run_arm(state, arm, seed)
+
+    monkeypatch.setattr(recipe, "run_arm", killed_at_the_third)
+    code = main(["study", "latent-size", "--quick", "--out", str(out), "--device", "cpu"])
+    assert code == 130  # as Ctrl-C
+    finished = {name: (out / name / "eval.json").stat().st_mtime_ns for name in arms_run}
+    monkeypatch.setattr(recipe, "run_arm", real_run_arm)
+    study("latent-size", out)
+    assert {n: (out / n / "eval.json").stat().st_mtime_ns for n in arms_run} == finished
+    # Another protocol in the same folder would mix runs: refused.
+    assert main(["study", "latent-size", "--out", str(out), "--device", "cpu"]) == 2
+
+
+def test_report_rewrites_a_study_page(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ae"
+    result = study("autoencoder-generative", out)
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert escape(result["answer"]) in (out / "report.html").read_text()
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="headless Chromium not installed (Debian: apt-get install chromium)",
+)
+def test_study_page_in_headless_chromium(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latent"
+    study("latent-size", out)
+    page = write_study_report(out)
+    shot = tmp_path / "study.png"
+    _chromium(tmp_path, f"--screenshot={shot}", page.resolve().as_uri())
+    assert shot.is_file()
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri())
+    loaded = dom.stdout.split('data-images-loaded="')[1].split('"')[0]
+    done, total = map(int, loaded.split("/"))
+    assert done == total > 0
+    assert escape(json.loads((out / "study.json").read_text())["answer"]) in dom.stdout
