@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,31 @@ def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
     assert summary["best_epoch"] == 2
     gan = GAN(cfg.model_config, (1, 28, 28))
     assert load_checkpoint(tmp_path / "gan", "best", gan)["epoch"] == 2
+
+
+def test_tensorboard_gets_every_metric_and_the_sample_grids(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config.train.tensorboard = True
+    gtrain.train(tmp_path / "run", tiny_config, device="cpu")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    records = read_metrics(tmp_path / "run")
+    for name in ("train_loss", "val_neg_elbo", "lr", "seconds"):
+        logged = [(e.step, e.value) for e in events.Scalars(name)]
+        assert logged == [(r["epoch"], pytest.approx(r[name])) for r in records]
+    grids = events.Images("samples")
+    assert [g.step for g in grids] == [0, 1, 2]  # before training, then as sample_every says
+
+
+def test_tensorboard_missing_says_how_to_install(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    tiny_config.train.tensorboard = True
+    with pytest.raises(GenzooError, match=r"pip install 'genzoo\[tensorboard\]'"):
+        gtrain.train(tmp_path / "run", tiny_config, device="cpu")
 
 
 def test_corrupt_checkpoint_is_a_clear_error(

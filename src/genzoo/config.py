@@ -113,6 +113,13 @@ class TrainConfig:
             "min": 0,
         },
     )
+    tensorboard: bool = field(
+        default=False,
+        metadata={
+            "help": "also write the metrics and sample grids as TensorBoard event files in "
+            "RUN/tensorboard (pip install 'genzoo[tensorboard]')"
+        },
+    )
     checkpoint_minutes: float = field(
         default=10.0,
         metadata={

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from genzoo import distributed, plots, quality
 from genzoo.averaging import WeightAverage
+from genzoo.board import Board
 from genzoo.data import Data, Split, batches, is_folder_dataset
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
@@ -144,6 +145,7 @@ class Trainer:
         tc = cfg.train
         self.run_dir, self.cfg, self.dev, self.data, self.world = run_dir, cfg, dev, data, world
         self.quality_probe = quality_probe
+        self.board = Board(run_dir) if tc.tensorboard and world.is_main else None
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
         self.data_rng = torch.Generator(dev).manual_seed(tc.seed)
@@ -328,6 +330,8 @@ class Trainer:
             with isolated_rng(EVAL_SEED, self.dev):
                 record.update(model.epoch_diagnostics(self.probe))
             append_metrics(self.run_dir, record)
+            if self.board is not None:
+                self.board.epoch(record)
         score = self.selection_score(epoch, val, record)
         improved = score is not None and score < self.loop.best
         self.loop = LoopState(
@@ -348,7 +352,7 @@ class Trainer:
         self.save_last(state)
         with self.evaluated():
             if main and draws_samples_after(epoch, tc.sample_every, tc.sample_epochs):
-                draw_progress(model, self.run_dir, epoch, tc.seed, self.dev)
+                draw_progress(model, self.run_dir, epoch, tc.seed, self.dev, self.board)
         shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
         print(
             f"epoch {epoch:3d}  train {model.loss_label} {train_stats['loss']:8.2f}  {shown}"
@@ -420,13 +424,21 @@ def diagnostics_batch(data: Data, dev: torch.device, size: int = 256) -> torch.T
 
 
 def draw_progress(
-    model: GenerativeModel, run_dir: Path, epoch: int, seed: int, dev: torch.device
+    model: GenerativeModel,
+    run_dir: Path,
+    epoch: int,
+    seed: int,
+    dev: torch.device,
+    board: Board | None = None,
 ) -> None:
     if not model.samples_while_training:  # the autoencoder's mixture comes at the end
         return
     # The same noise every time (seeded), so the grids show the model changing, not the draw.
     with isolated_rng(seed, dev):
         plots.draw_progress_samples(model, run_dir, epoch)
+    if board is not None:
+        with isolated_rng(seed, dev):
+            board.samples(model.sample(plots.N_GRID), epoch)
 
 
 def describe(cfg: RunConfig, data: Data, run_dir: Path, dev: torch.device, world: World) -> str:
@@ -520,7 +532,7 @@ def _train_locked(
             save_run_config(run_dir, cfg)
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
             if draws_samples_after(0, tc.sample_every, tc.sample_epochs):
-                draw_progress(trainer.model, run_dir, 0, tc.seed, dev)
+                draw_progress(trainer.model, run_dir, 0, tc.seed, dev, trainer.board)
 
     print(describe(cfg, data, run_dir, dev, world))
     try:
@@ -528,6 +540,9 @@ def _train_locked(
     except KeyboardInterrupt:
         print(f"\ninterrupted; {trainer.last_good()}. Continue with: genzoo resume {run_dir}")
         raise
+    finally:
+        if trainer.board is not None:
+            trainer.board.close()
     # Free the DDP wrapper now, before the process group goes: a reducer that outlives it
     # aborts the process at exit ("terminate called without an active exception").
     trainer.model.parallel = None
