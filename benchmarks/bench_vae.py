@@ -3,7 +3,7 @@
 Times, in one run:
   1. one training epoch of the 784-500-20 (relu) VAE on the 50k training images,
      batch 128, Adam, dynamic binarization, the weights' moving average: the project's
-     own ``train_epoch``;
+     own training loop (``Trainer.train_epoch``);
   2. the importance-sampled log-likelihood, K=5000, of 1,000 test images: the
      project's own ``importance_sampled_nll``;
   3. for each, the bare matrix multiplications that job needs (same shapes, same
@@ -21,21 +21,24 @@ import argparse
 import itertools
 import math
 import platform
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genzoo.averaging import WeightAverage
+from genzoo.config import TrainConfig
 from genzoo.cpu import tune_process
-from genzoo.data import load_data
+from genzoo.data import Data, load_data
 from genzoo.evaluate import importance_sampled_nll
 from genzoo.models import MODELS
 from genzoo.models.latent import MAX_DECODER_ROWS
-from genzoo.models.vae import VAE, VAEConfig
-from genzoo.train import train_epoch
+from genzoo.models.vae import VAEConfig
+from genzoo.runs import RunConfig
+from genzoo.train import EpochProgress, Trainer
 
 
 def interleaved_best(
@@ -84,6 +87,18 @@ def matmuls(shapes: list[tuple[int, int, int]], times: int) -> Callable[[], None
     return run
 
 
+def loop_epoch(cfg: RunConfig, data: Data) -> tuple[Trainer, Callable[[], object]]:
+    """The project's training loop for ``cfg`` (no checkpoint within the epoch, nothing
+    written) and a job that runs one epoch of it."""
+    trainer = Trainer(Path(tempfile.mkdtemp()), cfg, torch.device("cpu"), data)
+
+    def run() -> object:
+        trainer.progress = EpochProgress()
+        return trainer.train_epoch(1)
+
+    return trainer, run
+
+
 def plain_loop_epoch(images: torch.Tensor, batch: int, latent: int) -> Callable[[], None]:
     """A job: one epoch of the same VAE written as a bare PyTorch loop, with nothing of the
     library (layers, Gaussian KL written out, binary cross-entropy with logits, fused Adam,
@@ -121,14 +136,14 @@ def main() -> None:
     args = parser.parse_args()
 
     tune_process()  # as the genzoo command does
-    torch.manual_seed(0)
     data = load_data("mnist", "dynamic")
     cfg = VAEConfig(latent_dim=20, hidden=(500,), activation="relu")
-    model = VAE(cfg, data.image_shape)
-    optimizers = model.configure_optimizers(1e-3)
-    # As `genzoo train vae` trains: with the moving average of the weights.
-    average = WeightAverage(model, MODELS["vae"].training_defaults()["ema"])
     batch = 128
+    # As `genzoo train vae` trains: with the moving average of the weights.
+    ema = MODELS["vae"].training_defaults()["ema"]
+    run = RunConfig("vae", TrainConfig(batch_size=batch, ema=ema, checkpoint_minutes=0), cfg)
+    trainer, epoch = loop_epoch(run, data)
+    model = trainer.model
     n_train = len(data.train)
     steps = math.ceil(n_train / batch)
     encoder_sizes = [784, 500, 2 * cfg.latent_dim]
@@ -145,7 +160,7 @@ def main() -> None:
     ]
     train = interleaved_best(
         {
-            "job": lambda: train_epoch(model, optimizers, data, batch, 1, average),
+            "job": epoch,
             "floor": lambda: [run() for run in train_floor],
             "plain": plain_loop_epoch(data.train.images, batch, cfg.latent_dim),
         },

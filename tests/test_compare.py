@@ -152,3 +152,27 @@ def test_the_progress_bar_shows_the_running_nll(monkeypatch: pytest.MonkeyPatch)
     assert "K=7" in bar.desc and "p(z)" in bar.desc
     # After each batch of 4: the mean of the images so far (10..40, 10..80, 10..100).
     assert [p["nll"] for p in bar.postfixes] == ["25.00", "45.00", "55.00"]
+
+
+def test_gan_comparison_shows_d_of_g_fid_and_the_equilibrium_line(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genzoo import plots
+    from genzoo.models.gan import EQUILIBRIUM_VALUE
+
+    gan = ["--noise-dim", "4", "--gen-hidden", "8", "--disc-hidden", "8", "--quality-every", "1"]
+    runs = [tmp_path / loss for loss in ("minimax", "nonsaturating")]
+    for run in runs:
+        argv = ["train", "gan", "--run-dir", str(run), *TINY_VAE[:2], *TINY_VAE[6:], *gan]
+        assert main([*argv, "--gen-loss", run.name]) == 0
+    drawn = {}
+    real = plots.draw_comparison
+    monkeypatch.setattr(
+        plots, "draw_comparison", lambda *a: drawn.update(metrics=a[3], lines=a[5]) or real(*a)
+    )
+    figure = tmp_path / "gans.png"
+    assert main(["compare", *map(str, runs), "-o", str(figure)]) == 0
+    assert figure.stat().st_size > 0
+    assert drawn["metrics"][:2] == ["train_d_fake", "val_value"]
+    assert "quality_fid" in drawn["metrics"]
+    assert drawn["lines"]["val_value"][0] == EQUILIBRIUM_VALUE

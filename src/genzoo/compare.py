@@ -138,14 +138,18 @@ def compare_runs(
     run_dirs = [check_run_dir(r) for r in run_dirs]
     configs = [load_run_config(r) for r in run_dirs]
     all_metrics = [read_metrics(r) for r in run_dirs]
+    families = [MODELS[cfg.model].model for cfg in configs]
+    lines = {k: v for f in families for k, v in f.compare_metrics.items() if v is not None}
     if metrics is None:
-        val_metrics = {MODELS[cfg.model].model.val_metric for cfg in configs}
-        objectives = {f"val_{m}" for m in val_metrics if m}
-        metrics = sorted(objectives) + shared_diagnostics(all_metrics)
+        objectives = {f"val_{f.val_metric}" for f in families if f.val_metric}
+        own = [k for f in families for k in f.compare_metrics if k not in objectives]
+        metrics = [*sorted(objectives), *dict.fromkeys(own), *shared_diagnostics(all_metrics)]
     models = []
     for run_dir in run_dirs:
         _, model, _, _ = load_trained(run_dir, device, data_dir)
         models.append(model)
     with isolated_rng(EVAL_SEED, next(models[0].parameters()).device):
-        plots.draw_comparison([r.name for r in run_dirs], all_metrics, models, metrics, output)
+        plots.draw_comparison(
+            [r.name for r in run_dirs], all_metrics, models, metrics, output, lines
+        )
     return [table_row(r, cfg) for r, cfg in zip(run_dirs, configs, strict=True)]

@@ -285,10 +285,16 @@ def draw_comparison(
     models: list[GenerativeModel],
     metrics: list[str],
     path: Path,
+    lines: dict[str, tuple[float, str]] | None = None,
 ) -> None:
-    """Top: one panel per metric with a curve per run (log scale for variances). Below:
-    each run's samples and, for Bernoulli-pixel models, the pixel means and the most
-    probable pixel values for the same z."""
+    """Top: one panel per metric with a curve per run (log scale for variances), and a
+    labelled horizontal line where ``lines`` names one for the metric (the class entropy
+    of samples free of collapse always). Below: each run's samples and, for
+    Bernoulli-pixel models, the pixel means and the most probable pixel values for the
+    same z."""
+    lines = {"quality_class_entropy": QUALITY_REFERENCES["class entropy of the samples"]} | (
+        lines or {}
+    )
     drawn = [_pixel_means_and_samples(model) for model in models]
     grid_rows = 3 if any(means is not None for means, _ in drawn) else 1
     width = max(4.2 * len(names), 4.5 * len(metrics))
@@ -297,13 +303,18 @@ def draw_comparison(
     curve_axes = np.atleast_1d(top.subplots(1, len(metrics)))
     for ax, metric in zip(curve_axes, metrics, strict=True):
         for name, rows in zip(names, all_metrics, strict=True):
-            if rows and metric in rows[0]:
-                ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], label=name)
+            points = [(r["epoch"], r[metric]) for r in rows if metric in r]  # some epochs only
+            if points:
+                ax.plot(*zip(*points, strict=True), label=name)
+        if metric in lines:
+            value, label = lines[metric]
+            ax.axhline(value, color="gray", ls="--", label=label)
         ax.set(xlabel="epoch", title=metric.replace("_", " "))
         if "var" in metric:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     grid_axes = bottom.subplots(grid_rows, len(names), squeeze=False)
     for col, (name, (means, samples)) in enumerate(zip(names, drawn, strict=True)):
         _show(grid_axes[0, col], image_grid(samples, 8), f"{name}: samples")

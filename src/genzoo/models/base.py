@@ -40,7 +40,9 @@ the figures and the CLI read a flag instead of probing with ``hasattr``:
 - ``val_metric``: the ``evaluate_batch`` term that early stopping and the ``best``
   checkpoint minimise (None: none, the last epoch is kept);
 - ``curve_panels`` and ``reference_lines``: the training-curve figure's panels (None:
-  made from the metrics) and labelled horizontal lines on some panels.
+  made from the metrics) and labelled horizontal lines on some panels;
+- ``compare_metrics``: the curves ``genzoo compare`` draws for this family beyond its
+  validation metric, each with a labelled horizontal line or None.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class GenerativeModel(nn.Module):
     leaves_parameters_unused: ClassVar[bool] = False
     curve_panels: ClassVar[dict[str, list[str]] | None] = None
     reference_lines: ClassVar[dict[str, tuple[float, str]]] = {}
+    compare_metrics: ClassVar[dict[str, tuple[float, str] | None]] = {}
     max_grad_norm: float | None = None  # clip the gradient's global norm in train_step
     # Set by the loop for a data-parallel run: a distributed.DataParallel.
     parallel: Any = None

@@ -156,6 +156,10 @@ class GAN(GenerativeModel):
     reference_lines: ClassVar[dict[str, tuple[float, str]]] = {
         "V(D, G)": (EQUILIBRIUM_VALUE, "equilibrium -log 4")
     }
+    compare_metrics: ClassVar[dict[str, tuple[float, str] | None]] = {
+        "train_d_fake": None,
+        "val_value": (EQUILIBRIUM_VALUE, "equilibrium -log 4"),
+    }
 
     def __init__(self, cfg: GANConfig, image_shape: tuple[int, ...]):
         super().__init__()
