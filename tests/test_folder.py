@@ -126,6 +126,7 @@ FOLDER_RUNS = {
     "vae": ["--hidden", "16", "--latent-dim", "2"],
     "realnvp": ["--width", "4", "--depth", "1", "--n-couplings", "1", "--n-scales", "2"],
     "gan": ["--noise-dim", "4", "--gen-hidden", "8,8", "--disc-hidden", "8"],
+    "gan-conv": ["--arch", "conv", "--conv-width", "4", "--noise-dim", "4"],
 }
 
 
@@ -134,7 +135,8 @@ def test_families_train_on_a_folder_of_rgb_images(model: str, tmp_path: Path) ->
     write_images(tmp_path / "rgb" / "a", 12, size=32, mode="RGB", seed=3)
     write_images(tmp_path / "rgb" / "b", 12, size=32, mode="RGB", seed=4)
     run = tmp_path / model
-    argv = ["train", model, "--dataset", f"folder:{tmp_path / 'rgb'}", "--channels", "3"]
+    family = model.split("-")[0]
+    argv = ["train", family, "--dataset", f"folder:{tmp_path / 'rgb'}", "--channels", "3"]
     common = ["--epochs", "1", "--batch-size", "8", "--device", "cpu", "--run-dir", str(run)]
     assert main([*argv, *common, *FOLDER_RUNS[model]]) == 0
     assert main(["sample", str(run), "-n", "2", "-o", str(tmp_path / "s.npy")]) == 0
