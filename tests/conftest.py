@@ -87,6 +87,25 @@ def tiny_config() -> RunConfig:
     )
 
 
+# Registers the tests' fake MNIST (folder in argv[1]) the way conftest.register does,
+# then runs the CLI on the rest of argv: what the subprocess tests run (as
+# `python -c RUNNER`, or as a script under torchrun).
+RUNNER = """
+import hashlib, sys
+from pathlib import Path
+from genzoo import data as gdata
+from genzoo.cli import main
+folder = Path(sys.argv[1])
+files = tuple(
+    gdata.RemoteFile(f.name, (folder / f.name).stat().st_size,
+                     hashlib.md5((folder / f.name).read_bytes()).hexdigest())
+    for f in gdata.DATASETS["mnist"].files
+)
+gdata.DATASETS["mnist"] = gdata.DatasetSpec(files, ())
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 LOCK_HOLDER = """
 import sys
 from pathlib import Path

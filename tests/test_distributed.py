@@ -20,28 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import RUNNER
 from genzoo import cli, distributed
 from genzoo.cli import without_nproc
 from genzoo.distributed import World, torchrun_command
 from genzoo.models.autoencoder import Autoencoder, AutoencoderConfig
 from genzoo.runs import checkpoint_files, load_checkpoint
-
-# Registers the tests' fake MNIST (folder in argv[1]) the way conftest.register does,
-# then runs the CLI on the rest of argv: torchrun runs it as a script in every process.
-RUNNER = """
-import hashlib, sys
-from pathlib import Path
-from genzoo import data as gdata
-from genzoo.cli import main
-folder = Path(sys.argv[1])
-files = tuple(
-    gdata.RemoteFile(f.name, (folder / f.name).stat().st_size,
-                     hashlib.md5((folder / f.name).read_bytes()).hexdigest())
-    for f in gdata.DATASETS["mnist"].files
-)
-gdata.DATASETS["mnist"] = gdata.DatasetSpec(files, ())
-sys.exit(main(sys.argv[2:]))
-"""
 
 # 80 training images in batches of 12: six of 12 and a last one of 8, so the shares are
 # uneven only if the split were, and a batch of 3 would split 2 + 1 (see test_share).

@@ -18,25 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from conftest import RUNNER
 from genzoo.models.vae import VAE, VAEConfig
 from genzoo.runs import checkpoint_files, load_checkpoint
-
-# Registers the tests' fake MNIST (folder in argv[1]) the way conftest.register does,
-# then runs the CLI on the rest of argv.
-RUNNER = """
-import hashlib, sys
-from pathlib import Path
-from genzoo import data as gdata
-from genzoo.cli import main
-folder = Path(sys.argv[1])
-files = tuple(
-    gdata.RemoteFile(f.name, (folder / f.name).stat().st_size,
-                     hashlib.md5((folder / f.name).read_bytes()).hexdigest())
-    for f in gdata.DATASETS["mnist"].files
-)
-gdata.DATASETS["mnist"] = gdata.DatasetSpec(files, ())
-sys.exit(main(sys.argv[2:]))
-"""
 
 KILLS = int(os.environ.get("GENZOO_KILLS", "3"))
 FLAGS = [
