@@ -281,6 +281,19 @@ def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
     assert load_checkpoint(tmp_path / "gan", "best", gan)["epoch"] == 2
 
 
+def test_samples_gone_to_nan_are_a_divergence_not_a_probe_error(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gtrain, "watch_quality", lambda cfg, dev, data_dir: lambda x: {})
+    monkeypatch.setattr(
+        gtrain, "quality_images", lambda model, n: torch.full((n, 1, 28, 28), math.nan)
+    )
+    train = TrainConfig(epochs=2, batch_size=16, val_size=20, quality_every=1)
+    cfg = RunConfig("gan", train, GANConfig(noise_dim=4, gen_hidden=(8,), disc_hidden=(8,)))
+    with pytest.raises(TrainingDiverged, match="a sample became nan in epoch 1"):
+        gtrain.train(tmp_path / "gan", cfg, device="cpu")
+
+
 def test_tensorboard_gets_every_metric_and_the_sample_grids(
     data_dir: Path, tmp_path: Path, tiny_config: RunConfig
 ) -> None:

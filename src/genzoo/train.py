@@ -43,6 +43,7 @@ from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import grey_data, per_example_terms, quality_images
 from genzoo.models import MODELS, GenerativeModel
+from genzoo.models.base import check_values
 from genzoo.quality import QualityProbe
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
@@ -324,7 +325,8 @@ class Trainer:
             # The same noise every time (seeded): the scores follow the model, not the draw.
             # Every rank scores the same samples, so that all take the same best epoch.
             with self.evaluated(), isolated_rng(tc.seed, self.dev):
-                record.update(self.quality_probe(quality_images(model, QUALITY_SAMPLES)))
+                samples = check_values("a sample", quality_images(model, QUALITY_SAMPLES))
+                record.update(self.quality_probe(samples))
         main = self.world.is_main
         if main:
             with isolated_rng(EVAL_SEED, self.dev):
