@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from genzoo.studies.recipe import Arm, Study, StudyRun, draw_arm_curves
+from genzoo.studies.recipe import Arm, Study, StudyRun, draw_arm_curves, ranked
 
 ARMS = (
     Arm("gaussian", "vae", ("--latent-dim", "20")),
@@ -34,9 +34,7 @@ def analyse(state: StudyRun) -> dict[str, Any]:
 
 
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
-    ranked = sorted((r for r in rows if "neg_elbo" in r), key=lambda r: r["neg_elbo"])
-    order = " < ".join(f"{r['arm']} ({r['neg_elbo']:.1f})" for r in ranked)
-    return f"Test -ELBO, best first: {order} nats."
+    return f"Test -ELBO in nats, lowest first: {ranked(rows, 'neg_elbo')}."
 
 
 STUDY = Study(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from genzoo.studies.recipe import Arm, Study
+from genzoo.studies.recipe import Arm, Study, ranked
 
 ARMS = (
     Arm("vae", "vae", ("--latent-dim", "20")),
@@ -18,14 +18,10 @@ ARMS = (
 
 
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
-    nll = sorted((r for r in rows if "nll" in r), key=lambda r: r["nll"])
-    fid = sorted((r for r in rows if "fid" in r), key=lambda r: r["fid"])
-    parts = []
-    if nll:
-        parts.append("lowest NLL: " + ", ".join(f"{r['arm']} {r['nll']:.1f}" for r in nll))
-    if fid:
-        parts.append("lowest FID: " + ", ".join(f"{r['arm']} {r['fid']:.1f}" for r in fid))
-    return "; ".join(parts) + " (nats per image on each family's own pixels: see protocol)."
+    return (
+        f"NLL, lowest first: {ranked(rows, 'nll')}; FID, lowest first: {ranked(rows, 'fid')} "
+        "(nats per image on each family's own pixels: see the protocol column)."
+    )
 
 
 STUDY = Study(

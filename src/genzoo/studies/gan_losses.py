@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from genzoo.models.gan import EQUILIBRIUM_VALUE
-from genzoo.studies.recipe import Arm, Study, StudyRun, draw_arm_curves
+from genzoo.studies.recipe import Arm, Study, StudyRun, draw_arm_curves, ranked
 
 SMALL_CONV = ("--conv-width", "16")  # --quick: a narrower DCGAN
 
@@ -44,9 +44,7 @@ def analyse(state: StudyRun) -> dict[str, Any]:
 
 
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
-    scored = sorted((r for r in rows if "fid" in r), key=lambda r: r["fid"])
-    order = ", ".join(f"{r['arm']} {r['fid']:.1f}" for r in scored)
-    return f"FID of the best checkpoint, lowest first: {order}."
+    return f"FID of the best checkpoint, lowest first: {ranked(rows, 'fid')}."
 
 
 STUDY = Study(

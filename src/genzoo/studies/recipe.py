@@ -78,6 +78,12 @@ class StudyRun:
         return self.out / "figures"
 
 
+def ranked(rows: list[dict[str, Any]], key: str) -> str:
+    """The arms that have ``key``, lowest first: 'arm 12.3, arm 14.5' (for answers)."""
+    scored = sorted((r for r in rows if key in r), key=lambda r: r[key])
+    return ", ".join(f"{r['arm']} {r[key]:.1f}" for r in scored)
+
+
 def run_dir(out: Path, arm: Arm, seed: int, seeds: int) -> Path:
     return out / (arm.name if seeds == 1 else f"{arm.name}-seed{seed}")
 
