@@ -477,7 +477,14 @@ def train(
                 f"not {tc.binarize}"
             )
         data = load_data_of(cfg, dev, data_dir)
-        probe = watch_quality(cfg, dev, data_dir) if tc.quality_every else None
+        probe = None
+        if tc.quality_every:
+            # Rank 0 trains and caches the feature net if need be; the others then read it.
+            if not world.is_main:
+                world.barrier()
+            probe = watch_quality(cfg, dev, data_dir)
+            if world.is_main:
+                world.barrier()
         took_the_lock = world.is_main and lock_run(run_dir)
         try:
             summary = _train_locked(run_dir, cfg, dev, data, resume, world, probe)
