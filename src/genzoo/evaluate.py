@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,16 @@ def importance_sampled_nll(
 
 
 @torch.no_grad()
-def draw_many(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.Tensor:
-    """``n`` samples of the model, drawn in batches: (n, C, H, W) on the model's device."""
-    return torch.cat([model.sample(min(batch_size, n - i)) for i in range(0, n, batch_size)])
+def draw_many(
+    model: GenerativeModel,
+    n: int,
+    batch_size: int = 1000,
+    draw: Callable[[int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``n`` images drawn in batches by ``draw(m)`` (default: the model's ``sample``):
+    (n, C, H, W) on the model's device."""
+    draw = draw or model.sample
+    return torch.cat([draw(min(batch_size, n - i)) for i in range(0, n, batch_size)])
 
 
 @torch.no_grad()
@@ -92,8 +100,7 @@ def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> to
     the real images would not carry; for the others their samples."""
     if not model.bernoulli_pixels:
         return draw_many(model, n, batch_size)
-    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
-    return torch.cat([model.decode(model.prior().sample((m,))) for m in sizes])
+    return draw_many(model, n, batch_size, lambda m: model.decode(model.prior().sample((m,))))
 
 
 def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:

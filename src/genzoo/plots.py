@@ -140,19 +140,52 @@ def draw_curves(
     if note:
         fig.suptitle(note, fontsize=9)
     for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
-        for name in names:
-            points = [(m["epoch"], m[name]) for m in metrics if name in m]  # some epochs only
-            if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=name)
-        if references and title in references:
-            value, label = references[title]
-            ax.axhline(value, color="gray", ls="--", label=label)
-        if "var" in title:
-            ax.set_yscale("log")
-        ax.set(xlabel="epoch", title=title)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        series = {name: epoch_points(metrics, name) for name in names}
+        curve_panel(ax, title, series, (references or {}).get(title), "var" in title)
+    _save(fig, path)
+
+
+def epoch_points(metrics: list[dict], name: str) -> list[tuple[int, float]]:
+    """(epoch, value) of a metric, from the lines that have it (some are logged in some
+    epochs only)."""
+    return [(m["epoch"], m[name]) for m in metrics if name in m]
+
+
+def curve_panel(
+    ax: plt.Axes,
+    title: str,
+    series: dict[str, list[tuple[int, float]]],
+    line: tuple[float, str] | None = None,
+    log_scale: bool = False,
+    marker: str | None = ".",
+) -> None:
+    """One panel of curves over the epochs (label -> points, empty ones left out), with
+    an optional labelled horizontal line."""
+    for label, points in series.items():
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=marker, label=label)
+    if line is not None:
+        ax.axhline(line[0], color="gray", ls="--", label=line[1])
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", title=title)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def draw_metric_panels(
+    runs: dict[str, list[dict]],
+    panels: dict[str, str],
+    path: Path,
+    log_scale: tuple[str, ...] = (),
+    references: dict[str, tuple[float, str]] | None = None,
+) -> None:
+    """One panel per (title -> metric), one curve per run (label -> its metrics lines)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, metric) in zip(axes[0], panels.items(), strict=True):
+        series = {label: epoch_points(lines, metric) for label, lines in runs.items()}
+        curve_panel(ax, title, series, (references or {}).get(title), title in log_scale)
     _save(fig, path)
 
 
@@ -302,19 +335,11 @@ def draw_comparison(
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, grid_rows])
     curve_axes = np.atleast_1d(top.subplots(1, len(metrics)))
     for ax, metric in zip(curve_axes, metrics, strict=True):
-        for name, rows in zip(names, all_metrics, strict=True):
-            points = [(r["epoch"], r[metric]) for r in rows if metric in r]  # some epochs only
-            if points:
-                ax.plot(*zip(*points, strict=True), label=name)
-        if metric in lines:
-            value, label = lines[metric]
-            ax.axhline(value, color="gray", ls="--", label=label)
-        ax.set(xlabel="epoch", title=metric.replace("_", " "))
-        if "var" in metric:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+        series = {
+            name: epoch_points(rows, metric) for name, rows in zip(names, all_metrics, strict=True)
+        }
+        title = metric.replace("_", " ")
+        curve_panel(ax, title, series, lines.get(metric), "var" in metric, marker=None)
     grid_axes = bottom.subplots(grid_rows, len(names), squeeze=False)
     for col, (name, (means, samples)) in enumerate(zip(names, drawn, strict=True)):
         _show(grid_axes[0, col], image_grid(samples, 8), f"{name}: samples")

@@ -26,14 +26,17 @@ ARMS = (
 def analyse(state: StudyRun) -> dict[str, Any]:
     """FID of decoded N(0, I) codes against FID of mixture samples, per autoencoder."""
     n = QUICK_SAMPLES if state.quick else 10000
-    rows = []
+    rows, probe = [], None
     for arm in ARMS:
         cfg, model, _, _ = load_trained(state.runs[arm.name][0], state.device, state.data_dir)
         if not model.has_mixture:
             continue
-        real = grey_data(cfg, next(model.parameters()).device, state.data_dir).test.images[:n]
-        probe = quality.QualityProbe(quality.load_or_train_feature_net(state.data_dir), real)
-        with isolated_rng(EVAL_SEED, real.device):
+        device = next(model.parameters()).device
+        if probe is None:  # one feature net and one set of grey test images for every arm
+            real = grey_data(cfg, device, state.data_dir).test.images[:n]
+            net = quality.load_or_train_feature_net(state.data_dir, device)
+            probe = quality.QualityProbe(net, real)
+        with isolated_rng(EVAL_SEED, device):
             normal = probe(model.sample_standard_normal(n))["quality_fid"]
             mixture = probe(model.sample(n))["quality_fid"]
         rows.append([arm.name, normal, mixture])

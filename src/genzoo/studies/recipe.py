@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from genzoo import plots
 from genzoo.errors import GenzooError
 from genzoo.report import training_seconds, write_study_report
 from genzoo.runs import load_trained, read_json, read_metrics, write_json
@@ -219,23 +220,5 @@ def draw_arm_curves(
 ) -> None:
     """One panel per (title -> metric of metrics.jsonl), one curve per arm (its first
     seed) over the epochs; ``references`` adds a labelled horizontal line to a panel."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (title, metric) in zip(axes[0], panels.items(), strict=True):
-        for arm, runs in state.runs.items():
-            points = [(m["epoch"], m[metric]) for m in read_metrics(runs[0]) if metric in m]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=arm)
-        if references and title in references:
-            value, label = references[title]
-            ax.axhline(value, color="gray", ls="--", label=label)
-        if title in log_scale:
-            ax.set_yscale("log")
-        ax.set(xlabel="epoch", title=title)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    runs = {arm: read_metrics(paths[0]) for arm, paths in state.runs.items()}
+    plots.draw_metric_panels(runs, panels, path, log_scale, references)
