@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genzoo.errors import GenzooError
 from genzoo.models.gan import (
@@ -21,7 +22,7 @@ SHAPE = (1, 4, 4)
 
 def tiny_gan(**overrides) -> GAN:
     torch.manual_seed(0)
-    cfg = GANConfig(noise_dim=3, gen_hidden=(8, 8), disc_hidden=(8,), **overrides)
+    cfg = GANConfig(**{"noise_dim": 3, "gen_hidden": (8, 8), "disc_hidden": (8,), **overrides})
     return GAN(cfg, SHAPE)
 
 
@@ -110,3 +111,43 @@ def test_conv_gan_shapes_and_its_step_rhythm(shape: tuple[int, ...]) -> None:
 def test_conv_gan_refuses_sides_not_divisible_by_4() -> None:
     with pytest.raises(GenzooError, match="sides divisible by 4"):
         GAN(GANConfig(arch="conv"), (1, 30, 30))
+
+
+def test_label_smoothing_is_the_cross_entropy_against_one_minus_s() -> None:
+    real = torch.linspace(-6, 6, 13, requires_grad=True)
+    fake = torch.linspace(-3, 3, 13)
+    s = 0.1
+    loss = discriminator_loss(real, fake, smoothing=s)
+    reference = F.binary_cross_entropy_with_logits(
+        real, torch.full_like(real, 1 - s), reduction="none"
+    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none")
+    torch.testing.assert_close(loss, reference)
+    # D's optimum on a real image is D(x) = 1 - s, no longer 1
+    optimum = torch.tensor([math.log((1 - s) / s)], requires_grad=True)
+    discriminator_loss(optimum, torch.zeros(1), smoothing=s).sum().backward()
+    assert abs(optimum.grad.item()) < 1e-6
+
+
+def test_smoothed_discriminator_still_reports_the_unsmoothed_value() -> None:
+    x = torch.rand(6, *SHAPE)
+    losses = {}
+    for s in (0.0, 0.2):
+        model = tiny_gan(label_smoothing=s)
+        torch.manual_seed(1)
+        _, stats = model.loss(x)
+        losses[s] = stats
+    # same weights and noise: V(D, G) agrees, D's (smoothed) loss does not
+    assert losses[0.2]["value"] == pytest.approx(losses[0.0]["value"], rel=1e-6)
+    assert losses[0.0]["d_loss"] == pytest.approx(-losses[0.0]["value"], rel=1e-6)
+    assert losses[0.2]["d_loss"] != pytest.approx(-losses[0.2]["value"], rel=1e-3)
+
+
+def test_discriminator_dropout_acts_in_training_only() -> None:
+    model = tiny_gan(d_dropout=0.5, disc_hidden=(8, 8))
+    dropouts = [m for m in model.discriminator if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 2
+    x = torch.rand(16, *SHAPE)
+    model.train()
+    assert not torch.equal(model.logits(x), model.logits(x))
+    model.eval()
+    assert torch.equal(model.logits(x), model.logits(x))

@@ -65,6 +65,21 @@ class GANConfig:
         default=64,
         metadata={"help": "conv: channels of D's first layer and G's last hidden one"},
     )
+    # The default recipe (benchmarks/README.md, bench_gan_recipe.py): without dropout in D
+    # the MLP pair collapses onto a few classes; with it, it covers all ten.
+    d_dropout: float = field(
+        default=0.3,
+        metadata={"help": "mlp: dropout after each of D's hidden layers", "min": 0.0, "max": 0.95},
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "one-sided label smoothing: D's target for real images is 1 - this "
+            "(Salimans et al. 2016); V(D, G) is still reported unsmoothed",
+            "min": 0.0,
+            "max": 0.5,
+        },
+    )
 
 
 def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.Sequential:
@@ -80,12 +95,14 @@ def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.
     return nn.Sequential(*layers)
 
 
-def discriminator_net(data_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
-    """x -> one logit: Linear + LeakyReLU layers."""
+def discriminator_net(data_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
+    """x -> one logit: Linear + LeakyReLU (+ Dropout) layers."""
     layers: list[nn.Module] = []
     sizes = [data_dim, *hidden]
     for n_in, n_out in itertools.pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(sizes[-1], 1))
     return nn.Sequential(*layers)
 
@@ -123,9 +140,16 @@ def conv_discriminator_net(width: int, image_shape: tuple[int, ...]) -> nn.Seque
     )
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-V(D, G) per pair of examples: -log D(x) - log(1 - D(G(z)))."""
-    return F.softplus(-real_logits) + F.softplus(fake_logits)
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, smoothing: float = 0.0
+) -> torch.Tensor:
+    """-V(D, G) per pair of examples: -log D(x) - log(1 - D(G(z))); with one-sided label
+    smoothing s the real term is the cross-entropy against the target 1 - s:
+    -(1 - s) log D(x) - s log(1 - D(x))."""
+    real_term = F.softplus(-real_logits)
+    if smoothing:
+        real_term = (1 - smoothing) * real_term + smoothing * F.softplus(real_logits)
+    return real_term + F.softplus(fake_logits)
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -176,7 +200,7 @@ class GAN(GenerativeModel):
             self.discriminator = conv_discriminator_net(cfg.conv_width, self.image_shape)
         else:
             self.generator = generator_net(cfg.noise_dim, cfg.gen_hidden, data_dim)
-            self.discriminator = discriminator_net(data_dim, cfg.disc_hidden)
+            self.discriminator = discriminator_net(data_dim, cfg.disc_hidden, cfg.d_dropout)
         self.register_buffer("noise_loc", torch.zeros(cfg.noise_dim))
         self.register_buffer("noise_scale", torch.ones(cfg.noise_dim))
         # Counts discriminator steps, so that every d_steps-th one is followed by a
@@ -204,16 +228,17 @@ class GAN(GenerativeModel):
         ]
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The discriminator's loss -V(D, G) on real batch ``x`` and as many generated
-        images, and its statistics (``"loss"``: that same value)."""
+        """The discriminator's loss -V(D, G) (with label smoothing, if set) on real batch
+        ``x`` and as many generated images, and its statistics (``"loss"``: that value)."""
         with torch.no_grad():
             fake = self.generate(self.prior().sample((x.shape[0],)))
         real_logits, fake_logits = self.logits(x), self.logits(fake)  # (B,) each
-        d_loss = discriminator_loss(real_logits, fake_logits).mean()
+        d_loss = discriminator_loss(real_logits, fake_logits, self.cfg.label_smoothing).mean()
+        value = -discriminator_loss(real_logits.detach(), fake_logits.detach()).mean()
         stats = {
             "loss": d_loss.item(),
             "d_loss": d_loss.item(),
-            "value": -d_loss.item(),
+            "value": value.item(),
             "d_real": torch.sigmoid(real_logits).mean().item(),
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
         }
