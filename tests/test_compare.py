@@ -155,7 +155,7 @@ def test_the_progress_bar_shows_the_running_nll(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_gan_comparison_shows_d_of_g_fid_and_the_equilibrium_line(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     from genzoo import plots
     from genzoo.models.gan import EQUILIBRIUM_VALUE
@@ -170,8 +170,20 @@ def test_gan_comparison_shows_d_of_g_fid_and_the_equilibrium_line(
     monkeypatch.setattr(
         plots, "draw_comparison", lambda *a: drawn.update(metrics=a[3], lines=a[5]) or real(*a)
     )
+    scores = {"fid": 12.5, "inception_score": 8.5, "precision": 0.75, "recall": 0.5}
+    scores |= {"parzen_ll": 210.0, "parzen_ll_se": 2.0, "quality_protocol": "toy protocol"}
+    (runs[0] / "eval.json").write_text(json.dumps(scores))
     figure = tmp_path / "gans.png"
+    capsys.readouterr()
     assert main(["compare", *map(str, runs), "-o", str(figure)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # the run with sample-quality scores gets a line of them; the other has none yet
+    assert "sample quality below" in out[3]
+    assert out[4].split() == ["run", "FID", "IS", "precision", "recall", "Parzen", "(nats)"]
+    assert out[5].split() == [
+        "minimax", "12.50", "8.50", "0.750", "0.500", "210.0", "±", "2.0", "toy", "protocol"
+    ]  # fmt: skip
+    assert len(out) == 6
     assert figure.stat().st_size > 0
     assert drawn["metrics"][:2] == ["train_d_fake", "val_value"]
     assert "quality_fid" in drawn["metrics"]

@@ -19,7 +19,14 @@ import torch
 
 from genzoo import data as gdata
 from genzoo import distributed, plots
-from genzoo.compare import comparability, compare_runs, n_images, nll_samples, units_note
+from genzoo.compare import (
+    comparability,
+    compare_runs,
+    n_images,
+    nll_samples,
+    quality_table,
+    units_note,
+)
 from genzoo.config import TrainConfig, add_config_arguments, bounded, given_values
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
@@ -564,6 +571,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         if reason:
             print(f"* {row['run']}: {reason}")
     print(f"(units: {units_note(rows)}; from each run's eval.json; figure: {args.output})")
+    for line in quality_table(rows):
+        print(line)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

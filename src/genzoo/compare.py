@@ -107,6 +107,8 @@ def units_note(rows: list[dict[str, Any]]) -> str:
     the rows share them, else per run."""
     units = {row["run"]: str(row.get("units", "-")) for row in rows if shows_figures(row)}
     if not units:
+        if any("fid" in row for row in rows):
+            return "no likelihoods; sample quality below"
         return "no figures yet: genzoo eval RUN"
     if len(set(units.values())) == 1:
         return next(iter(units.values()))
@@ -153,3 +155,19 @@ def compare_runs(
             [r.name for r in run_dirs], all_metrics, models, metrics, output, lines
         )
     return [table_row(r, cfg) for r, cfg in zip(run_dirs, configs, strict=True)]
+
+
+def quality_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The sample-quality scores of the rows whose eval.json has them (genzoo eval
+    --quality), one line each under a header, with the protocol each was measured on."""
+    scored = [row for row in rows if "fid" in row]
+    if not scored:
+        return []
+    lines = [f"{'run':<24}{'FID':>8}{'IS':>7}{'precision':>10}{'recall':>8}{'Parzen (nats)':>17}"]
+    lines += [
+        f"{row['run']:<24}{row['fid']:8.2f}{row['inception_score']:7.2f}{row['precision']:10.3f}"
+        f"{row['recall']:8.3f}{row['parzen_ll']:9.1f} ± {row['parzen_ll_se']:5.1f}  "
+        f"{row['quality_protocol']}"
+        for row in scored
+    ]
+    return lines
