@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from genzoo.cli import main
-from genzoo.report import nice_ticks, write_run_report
+from genzoo.report import nice_ticks, study_table, write_run_report
 
 SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF8"}
 
@@ -219,3 +219,19 @@ def test_page_in_headless_chromium(run: Path, tmp_path: Path) -> None:
     parsed = PageParser()
     parsed.feed(dom.stdout)
     assert [row[0] for row in parsed.table_with("epoch")[1:]] == ["2", "1"]
+
+
+def test_study_table_shows_a_dash_where_an_arm_has_no_figure() -> None:
+    study = {"columns": {"fid": "FID"}, "seeds": 1}
+    study["rows"] = [
+        {"arm": "a", "model": "ae", "fid": 65.857, "fid_spread": None, "minutes": 1.5},
+        {"arm": "b", "model": "vae", "fid": 70.0, "fid_spread": 0.25},
+    ]
+    html = study_table(study)
+    assert "null" not in html and "None" not in html
+    parser = PageParser()
+    parser.feed(html)
+    header, first, second = parser.tables[0]
+    assert header[:4] == ["arm", "model", "FID", "±"]
+    assert first == ["a", "ae", "65.857", "-", "1.5", "-", "-", "-"]
+    assert second[:4] == ["b", "vae", "70", "0.25"]

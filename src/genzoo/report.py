@@ -591,10 +591,11 @@ def study_table(study: dict[str, Any]) -> Html:
     headers += ["training minutes", "parameters", "units", "protocol"]
     rows = []
     for row in study["rows"]:
+        keys = [k for key in columns for k in (key, f"{key}_spread")]
+        keys += ["minutes", "parameters", "units", "protocol"]
+        # "-" where an arm has no such figure (a FID has no standard error over images)
         cells: list[Cell] = [row["arm"], row["model"]]
-        for key in columns:
-            cells += [row.get(key), row.get(f"{key}_spread")]
-        cells += [row.get("minutes"), row.get("parameters"), row.get("units"), row.get("protocol")]
+        cells += ["-" if row.get(key) is None else row[key] for key in keys]
         rows.append(cells)
     seeds = study.get("seeds", 1)
     spread = "standard deviation over seeds" if seeds > 1 else "standard error over the images"
