@@ -589,14 +589,13 @@ def study_table(study: dict[str, Any]) -> Html:
     for title in columns.values():
         headers += [title, "±"]
     headers += ["training minutes", "parameters", "units", "protocol"]
-    rows = []
-    for row in study["rows"]:
-        keys = [k for key in columns for k in (key, f"{key}_spread")]
-        keys += ["minutes", "parameters", "units", "protocol"]
+    keys = [k for key in columns for k in (key, f"{key}_spread")]
+    keys += ["minutes", "parameters", "units", "protocol"]
+    rows = [
         # "-" where an arm has no such figure (a FID has no standard error over images)
-        cells: list[Cell] = [row["arm"], row["model"]]
-        cells += ["-" if row.get(key) is None else row[key] for key in keys]
-        rows.append(cells)
+        [row["arm"], row["model"], *("-" if row.get(key) is None else row[key] for key in keys)]
+        for row in study["rows"]
+    ]
     seeds = study.get("seeds", 1)
     spread = "standard deviation over seeds" if seeds > 1 else "standard error over the images"
     return table(headers, rows, sortable=True, caption=f"{seeds} seed(s) per arm; ±: {spread}")
