@@ -12,11 +12,13 @@ metrics.jsonl. Results: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from genzoo.report import training_seconds
+from genzoo.runs import read_metrics
 
 # Every setting spelled out (a later flag wins), so that the arms stay what they were
 # whatever the defaults become: the settings before this ablation, at Adam's rate 2e-4.
@@ -35,7 +37,7 @@ ARMS: dict[str, str] = {
 
 def run_arm(name: str, epochs: int, out: Path) -> None:
     run_dir = out / name
-    if (run_dir / "metrics.jsonl").exists() and len(quality_rows(run_dir)) >= epochs:
+    if len(quality_rows(run_dir)) >= epochs:
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     flags = f"{BASE} {ARMS[name]} --epochs {epochs} --sample-every {epochs} --run-dir {run_dir}"
@@ -44,8 +46,8 @@ def run_arm(name: str, epochs: int, out: Path) -> None:
 
 
 def quality_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "quality_fid" in r]
+    """The run's epochs that carry the probe's figures ([] before the run exists)."""
+    return [r for r in read_metrics(run_dir) if "quality_fid" in r]
 
 
 def main() -> None:
@@ -62,7 +64,7 @@ def main() -> None:
         rows = quality_rows(args.out / name)
         best = min(rows, key=lambda r: r["quality_fid"])
         fids = ", ".join(f"{r['quality_fid']:.0f}" for r in rows)
-        minutes = sum(r["seconds"] for r in rows) / 60  # training passes only
+        minutes = training_seconds(read_metrics(args.out / name)) / 60
         print(
             f"| {name} | {fids} | {best['quality_fid']:.1f} (epoch {best['epoch']}) "
             f"| {best['quality_class_entropy']:.3f} | {minutes:.1f} |"
