@@ -38,8 +38,9 @@ MODELS: dict[str, ModelFamily] = {
     # DCGAN's (Radford et al. 2016); batches of 64 learned faster than of 128, and the
     # averaged weights' samples score better than the last weights' (Yazici et al. 2019)
     # in this project's ablation (benchmarks/README.md, bench_gan_recipe.py). A cosine
-    # decay of the rate over 90 epochs, run to its end (no early stop on the noisy probe
-    # FID), took the non-saturating MLP from FID 32.5 to 22.2 in the same 30 minutes.
+    # decay of the rate, run to its end (no early stop on the noisy probe FID), took the
+    # non-saturating MLP from FID 32.5 to 22.2 in the same 30 minutes; over 90 epochs it
+    # ends within 30 minutes on one CPU thread.
     "gan": ModelFamily(
         GANConfig,
         GAN,
