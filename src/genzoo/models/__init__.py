@@ -39,8 +39,8 @@ MODELS: dict[str, ModelFamily] = {
     # averaged weights' samples score better than the last weights' (Yazici et al. 2019)
     # in this project's ablation (benchmarks/README.md, bench_gan_recipe.py). A cosine
     # decay of the rate, run to its end (no early stop on the noisy probe FID), took the
-    # non-saturating MLP from FID 32.5 to 22.2 in the same 30 minutes; over 90 epochs it
-    # ends within 30 minutes on one CPU thread.
+    # non-saturating MLP from FID 32.5 to 22.2 in the same 30 minutes; 90 epochs take
+    # about 28 minutes at the 19 s an epoch of one CPU thread here (31.8 measured beside CI).
     "gan": ModelFamily(
         GANConfig,
         GAN,
