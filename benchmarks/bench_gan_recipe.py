@@ -1,6 +1,7 @@
-"""The MLP GAN's recipe, by measurement: short runs of `genzoo train gan` that differ in
-one setting each, and the quality probe's figures (FID against the validation images,
-class entropy of 2,000 fixed-noise samples; log 10 = 2.303 is no collapse) per epoch.
+"""The GAN's recipe, by measurement: short runs of `genzoo train gan` (MLP or conv pair)
+that differ in one setting each, and the quality probe's figures (FID against the
+validation images, class entropy of 2,000 fixed-noise samples; log 10 = 2.303 is no
+collapse) per epoch.
 
     python benchmarks/bench_gan_recipe.py --epochs 8 --out runs/gan-recipe [ARM ...]
 
@@ -22,7 +23,12 @@ from genzoo.runs import read_metrics
 
 # Every setting spelled out (a later flag wins), so that the arms stay what they were
 # whatever the defaults become: the settings before this ablation, at Adam's rate 2e-4.
-BASE = "--gen-loss nonsaturating --lr 2e-4 --d-dropout 0 --label-smoothing 0 --ema 0"
+BASE = (
+    "--arch mlp --gen-loss nonsaturating --lr 2e-4 --lr-schedule constant --patience 0 "
+    "--d-dropout 0 --d-norm none --label-smoothing 0 --ema 0"
+)
+RECIPE = "--batch-size 64 --d-dropout 0.3 --ema 0.999"  # what the MLP ablation chose
+CONV = "--arch conv --batch-size 64 --ema 0.999"  # the conv pair as first measured
 ARMS: dict[str, str] = {
     "b128": "--batch-size 128",  # the recipe of the collapsed run
     "b64": "--batch-size 64",
@@ -30,8 +36,15 @@ ARMS: dict[str, str] = {
     "b64-smooth": "--batch-size 64 --label-smoothing 0.1",
     "b64-dropout-smooth": "--batch-size 64 --d-dropout 0.3 --label-smoothing 0.1",
     "b64-wide-d-dropout": "--batch-size 64 --d-dropout 0.3 --disc-hidden 1024,512,256",
-    "b64-dropout-ema": "--batch-size 64 --d-dropout 0.3 --ema 0.999",
+    "b64-dropout-ema": RECIPE,
     "lr1e-3": "--batch-size 64 --lr 1e-3",
+    "recipe-spectral": f"{RECIPE} --d-norm spectral",
+    "recipe-hinge": f"{RECIPE} --gen-loss hinge",
+    "conv": CONV,
+    "conv-dropout": f"{CONV} --d-dropout 0.3",
+    "conv-batchnorm": f"{CONV} --d-norm batch",
+    "conv-spectral": f"{CONV} --d-norm spectral",
+    "conv-hinge-spectral": f"{CONV} --gen-loss hinge --d-norm spectral",
 }
 
 

@@ -122,6 +122,27 @@ def test_family_specific_behaviour(data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "options",
+    [
+        ["--gen-loss", "hinge", "--d-norm", "spectral"],
+        ["--arch", "conv", "--conv-width", "2", "--d-norm", "batch", "--d-dropout", "0.2"],
+    ],
+)
+def test_gan_discriminator_options_train_resume_evaluate_and_sample(
+    options: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    # Spectral normalization keeps its power iteration's vectors, BatchNorm its statistics,
+    # as buffers: the checkpoints must carry them for a resumed run and for eval.
+    gan = train("gan", tmp_path / "gan", *options)
+    assert main(["train", "--resume", str(gan), "--epochs", "3"]) == 0
+    assert [m["epoch"] for m in metrics(gan)] == [1, 2, 3]
+    assert main(["eval", str(gan), "--limit", "10"]) == 0
+    values = json.loads((gan / "eval.json").read_text())
+    assert all(math.isfinite(v) for v in values.values() if isinstance(v, float))
+    assert main(["sample", str(gan), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["train", "realnvp", "--binarize", "dynamic"], "--binarize none"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from genzoo.models.gan import (
     GANConfig,
     discriminator_loss,
     generator_loss,
+    hinge_discriminator_loss,
 )
 
 SHAPE = (1, 4, 4)
@@ -151,3 +153,63 @@ def test_discriminator_dropout_acts_in_training_only() -> None:
     assert not torch.equal(model.logits(x), model.logits(x))
     model.eval()
     assert torch.equal(model.logits(x), model.logits(x))
+
+
+def test_hinge_losses_against_their_formulas() -> None:
+    real = torch.tensor([-2.0, 0.5, 3.0], requires_grad=True)
+    fake = torch.tensor([-3.0, -0.5, 2.0], requires_grad=True)
+    loss = hinge_discriminator_loss(real, fake)
+    torch.testing.assert_close(loss.detach(), torch.tensor([3.0 + 0.0, 0.5 + 0.5, 0.0 + 3.0]))
+    loss.sum().backward()
+    # Beyond its margin (l(x) >= 1, l(G(z)) <= -1) an example gives D no gradient.
+    torch.testing.assert_close(real.grad, torch.tensor([-1.0, -1.0, 0.0]))
+    torch.testing.assert_close(fake.grad, torch.tensor([0.0, 1.0, 1.0]))
+    logits = torch.linspace(-3, 3, 7, requires_grad=True)
+    generator_loss(logits, "hinge").sum().backward()
+    torch.testing.assert_close(logits.grad, torch.full((7,), -1.0))
+
+
+def test_hinge_gan_trains_on_the_hinge_loss_and_refuses_label_smoothing() -> None:
+    model = tiny_gan(gen_loss="hinge")
+    x = torch.rand(6, *SHAPE)
+    torch.manual_seed(1)
+    _, stats = model.loss(x)
+    torch.manual_seed(1)
+    fake = model.generate(model.prior().sample((6,)))
+    expected = hinge_discriminator_loss(model.logits(x), model.logits(fake)).mean()
+    assert stats["d_loss"] == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(GenzooError, match="label-smoothing"):
+        tiny_gan(gen_loss="hinge", label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_spectral_norm_holds_every_layer_of_d_at_singular_value_one(arch: str) -> None:
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    cfg = GANConfig(noise_dim=3, disc_hidden=(16, 8), arch=arch, conv_width=4, d_norm="spectral")
+    model = GAN(cfg, shape).train()
+    x = torch.rand(4, *shape)
+    for _ in range(30):  # each training-mode pass is one power iteration per layer
+        model.logits(x)
+    layers = [m for m in model.discriminator if hasattr(m, "parametrizations")]
+    assert len(layers) == 3  # both hidden layers and the head
+    for layer in layers:
+        sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=1e-3)
+        original = layer.parametrizations.weight.original.detach().flatten(1)
+        assert torch.linalg.matrix_norm(original, ord=2).item() != pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_batch_norm_and_dropout_in_d_follow_every_hidden_layer_but_bn_the_first(
+    arch: str,
+) -> None:
+    cfg = GANConfig(noise_dim=3, disc_hidden=(8, 8), arch=arch, conv_width=2)
+    model = GAN(dataclasses.replace(cfg, d_norm="batch", d_dropout=0.2), (1, 8, 8))
+    kinds = [type(m).__name__ for m in model.discriminator if not isinstance(m, torch.nn.Flatten)]
+    hidden = [
+        k for k in kinds if k in ("Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d", "Dropout")
+    ]
+    bn = "BatchNorm2d" if arch == "conv" else "BatchNorm1d"
+    layer = "Conv2d" if arch == "conv" else "Linear"
+    assert hidden == [layer, "Dropout", layer, bn, "Dropout", "Linear"]

@@ -15,6 +15,11 @@ generator step (Algorithm 1 with k = d_steps). D outputs a logit l, and every lo
 log(1 - D) is a softplus of l (log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) =
 -softplus(l)), so no loss turns into NaN when D saturates. At the equilibrium
 D = 1/2 everywhere and V = -log 4.
+
+The third pair of losses (``hinge``; Lim & Ye 2017, "Geometric GAN"; Miyato et al. 2018,
+"Spectral normalization for generative adversarial networks") treats l as a score: D
+descends max(0, 1 - l(x)) + max(0, 1 + l(G(z))), G descends -l(G(z)). V(D, G) is still
+reported, for the D = sigmoid(l) that the scores define.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
+from torch.nn.utils.parametrizations import spectral_norm
 from torch.optim import Adam, Optimizer
 
 from genzoo.errors import GenzooError
 from genzoo.models.base import GenerativeModel, check_stats, fused_adam_available
 
 EQUILIBRIUM_VALUE = -math.log(4.0)
+GEN_LOSSES = ("minimax", "nonsaturating", "hinge")
+D_NORMS = ("none", "spectral", "batch")
 
 
 @dataclass
@@ -48,8 +56,10 @@ class GANConfig:
     gen_loss: str = field(
         default="nonsaturating",
         metadata={
-            "help": "generator loss: log(1 - D(G(z))) or -log D(G(z))",
-            "choices": ("minimax", "nonsaturating"),
+            "help": "generator loss: log(1 - D(G(z))) or -log D(G(z)), D ascending V(D, G) "
+            "for both; or the hinge pair (D: max(0, 1 - l(x)) + max(0, 1 + l(G(z))), "
+            "G: -l(G(z)), l = D's logit)",
+            "choices": GEN_LOSSES,
         },
     )
     d_steps: int = field(default=1, metadata={"help": "discriminator steps per generator step (k)"})
@@ -69,7 +79,16 @@ class GANConfig:
     # 346 against 425 after 8 epochs; benchmarks/README.md, bench_gan_recipe.py).
     d_dropout: float = field(
         default=0.3,
-        metadata={"help": "mlp: dropout after each of D's hidden layers", "min": 0.0, "max": 0.95},
+        metadata={"help": "dropout after each of D's hidden layers", "min": 0.0, "max": 0.95},
+    )
+    d_norm: str = field(
+        default="none",
+        metadata={
+            "help": "normalization in D: spectral (Miyato et al. 2018: every layer's "
+            "largest singular value held at 1) or batch (DCGAN's: BatchNorm after every "
+            "hidden layer but the first)",
+            "choices": D_NORMS,
+        },
     )
     label_smoothing: float = field(
         default=0.0,
@@ -95,16 +114,40 @@ def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.
     return nn.Sequential(*layers)
 
 
-def discriminator_net(data_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
-    """x -> one logit: Linear + LeakyReLU (+ Dropout) layers."""
-    layers: list[nn.Module] = []
-    sizes = [data_dim, *hidden]
-    for n_in, n_out in itertools.pairwise(sizes):
-        layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2)]
+def discriminator_blocks(
+    layers: list[nn.Module], norm: str, dropout: float, batch_norm: type[nn.Module]
+) -> list[nn.Module]:
+    """D's hidden layers (Linear or Conv2d), each followed by its normalization,
+    LeakyReLU(0.2) and dropout."""
+    blocks: list[nn.Module] = []
+    for i, layer in enumerate(layers):
+        blocks.append(spectral_norm(layer) if norm == "spectral" else layer)
+        if norm == "batch" and i:  # not on the first layer, which sees the images (DCGAN)
+            size = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+            blocks.append(batch_norm(size))
+        blocks.append(nn.LeakyReLU(0.2))
         if dropout:
-            layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(sizes[-1], 1))
-    return nn.Sequential(*layers)
+            blocks.append(nn.Dropout(dropout))
+    return blocks
+
+
+def discriminator_head(n_in: int, norm: str) -> nn.Module:
+    """The last layer of D: features -> one logit."""
+    head = nn.Linear(n_in, 1)
+    return spectral_norm(head) if norm == "spectral" else head
+
+
+def discriminator_net(
+    data_dim: int, hidden: tuple[int, ...], dropout: float, norm: str = "none"
+) -> nn.Sequential:
+    """x -> one logit: Linear layers with LeakyReLU (and the chosen normalization and
+    dropout)."""
+    sizes = [data_dim, *hidden]
+    linears = [nn.Linear(n_in, n_out) for n_in, n_out in itertools.pairwise(sizes)]
+    return nn.Sequential(
+        *discriminator_blocks(linears, norm, dropout, nn.BatchNorm1d),
+        discriminator_head(sizes[-1], norm),
+    )
 
 
 def conv_generator_net(noise_dim: int, width: int, image_shape: tuple[int, ...]) -> nn.Sequential:
@@ -125,18 +168,22 @@ def conv_generator_net(noise_dim: int, width: int, image_shape: tuple[int, ...])
     )
 
 
-def conv_discriminator_net(width: int, image_shape: tuple[int, ...]) -> nn.Sequential:
-    """Images (C, H, W) -> one logit: two strided convolutions with LeakyReLU (no
-    BatchNorm in D, so that its verdict on an image does not depend on the batch)."""
+def conv_discriminator_net(
+    width: int, image_shape: tuple[int, ...], dropout: float = 0.0, norm: str = "none"
+) -> nn.Sequential:
+    """Images (C, H, W) -> one logit: two strided convolutions with LeakyReLU (and the
+    chosen normalization and dropout). With ``norm="batch"`` D's verdict on an image
+    depends on its batch; real and generated images go through D in separate batches."""
     channels, height, width_px = image_shape
+    convs = [
+        nn.Conv2d(channels, width, 4, stride=2, padding=1),  # (width, H/2, W/2)
+        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),  # (2 width, H/4, W/4)
+    ]
     return nn.Sequential(
         nn.Unflatten(1, image_shape),
-        nn.Conv2d(channels, width, 4, stride=2, padding=1),  # (width, H/2, W/2)
-        nn.LeakyReLU(0.2),
-        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),  # (2 width, H/4, W/4)
-        nn.LeakyReLU(0.2),
+        *discriminator_blocks(convs, norm, dropout, nn.BatchNorm2d),
         nn.Flatten(),
-        nn.Linear(2 * width * (height // 4) * (width_px // 4), 1),
+        discriminator_head(2 * width * (height // 4) * (width_px // 4), norm),
     )
 
 
@@ -152,10 +199,19 @@ def discriminator_loss(
     return real_term + F.softplus(fake_logits)
 
 
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """max(0, 1 - l(x)) + max(0, 1 + l(G(z))) per pair of examples: no gradient from an
+    image that D scores beyond its margin."""
+    return F.relu(1 - real_logits) + F.relu(1 + fake_logits)
+
+
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """minimax: log(1 - D(G(z))); nonsaturating: -log D(G(z)); per example."""
+    """minimax: log(1 - D(G(z))); nonsaturating: -log D(G(z)); hinge: -l(G(z)); per
+    example."""
     if kind == "minimax":
         return -F.softplus(fake_logits)
+    if kind == "hinge":
+        return -fake_logits
     return F.softplus(-fake_logits)
 
 
@@ -190,6 +246,11 @@ class GAN(GenerativeModel):
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         data_dim = math.prod(image_shape)
+        if cfg.gen_loss == "hinge" and cfg.label_smoothing:
+            raise GenzooError(
+                "--label-smoothing smooths the cross-entropy's target; the hinge loss has "
+                "margins instead: drop --label-smoothing or choose another --gen-loss"
+            )
         if cfg.arch == "conv":
             if len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4:
                 raise GenzooError(
@@ -197,10 +258,14 @@ class GAN(GenerativeModel):
                     f"{tuple(image_shape)}: resize them (--image-size) or use --arch mlp"
                 )
             self.generator = conv_generator_net(cfg.noise_dim, cfg.conv_width, self.image_shape)
-            self.discriminator = conv_discriminator_net(cfg.conv_width, self.image_shape)
+            self.discriminator = conv_discriminator_net(
+                cfg.conv_width, self.image_shape, cfg.d_dropout, cfg.d_norm
+            )
         else:
             self.generator = generator_net(cfg.noise_dim, cfg.gen_hidden, data_dim)
-            self.discriminator = discriminator_net(data_dim, cfg.disc_hidden, cfg.d_dropout)
+            self.discriminator = discriminator_net(
+                data_dim, cfg.disc_hidden, cfg.d_dropout, cfg.d_norm
+            )
         self.register_buffer("noise_loc", torch.zeros(cfg.noise_dim))
         self.register_buffer("noise_scale", torch.ones(cfg.noise_dim))
         # Counts discriminator steps, so that every d_steps-th one is followed by a
@@ -228,12 +293,16 @@ class GAN(GenerativeModel):
         ]
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The discriminator's loss -V(D, G) (with label smoothing, if set) on real batch
-        ``x`` and as many generated images, and its statistics (``"loss"``: that value)."""
+        """The discriminator's loss (-V(D, G), with label smoothing if set, or the hinge
+        loss) on real batch ``x`` and as many generated images, and its statistics
+        (``"loss"``: that value)."""
         with torch.no_grad():
             fake = self.generate(self.prior().sample((x.shape[0],)))
         real_logits, fake_logits = self.logits(x), self.logits(fake)  # (B,) each
-        d_loss = discriminator_loss(real_logits, fake_logits, self.cfg.label_smoothing).mean()
+        if self.cfg.gen_loss == "hinge":
+            d_loss = hinge_discriminator_loss(real_logits, fake_logits).mean()
+        else:
+            d_loss = discriminator_loss(real_logits, fake_logits, self.cfg.label_smoothing).mean()
         value = -discriminator_loss(real_logits.detach(), fake_logits.detach()).mean()
         stats = {
             "loss": d_loss.item(),
