@@ -155,6 +155,15 @@ def test_discriminator_dropout_acts_in_training_only() -> None:
     assert torch.equal(model.logits(x), model.logits(x))
 
 
+@pytest.mark.parametrize(("arch", "expected"), [("mlp", [0.3, 0.3]), ("conv", [])])
+def test_unset_dropout_is_the_recipe_of_each_arch(arch: str, expected: list[float]) -> None:
+    cfg = GANConfig(noise_dim=3, disc_hidden=(8, 8), arch=arch, conv_width=2)
+    model = GAN(cfg, (1, 8, 8))
+    assert [m.p for m in model.discriminator if isinstance(m, torch.nn.Dropout)] == expected
+    explicit = GAN(dataclasses.replace(cfg, d_dropout=0.1), (1, 8, 8))
+    assert [m.p for m in explicit.discriminator if isinstance(m, torch.nn.Dropout)] == [0.1] * 2
+
+
 def test_hinge_losses_against_their_formulas() -> None:
     real = torch.tensor([-2.0, 0.5, 3.0], requires_grad=True)
     fake = torch.tensor([-3.0, -0.5, 2.0], requires_grad=True)
