@@ -120,17 +120,29 @@ def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.
     return nn.Sequential(*layers)
 
 
+def normalized(layer: nn.Linear | nn.Conv2d, norm: str) -> nn.Module:
+    """``layer`` with its weight spectrally normalized if ``norm`` says so."""
+    return spectral_norm(layer) if norm == "spectral" else layer
+
+
+def batch_norm_for(layer: nn.Linear | nn.Conv2d) -> nn.Module:
+    """BatchNorm over ``layer``'s outputs: per feature after a Linear, per channel after a
+    Conv2d."""
+    if isinstance(layer, nn.Linear):
+        return nn.BatchNorm1d(layer.out_features)
+    return nn.BatchNorm2d(layer.out_channels)
+
+
 def discriminator_blocks(
-    layers: list[nn.Module], norm: str, dropout: float, batch_norm: type[nn.Module]
+    layers: list[nn.Linear | nn.Conv2d], norm: str, dropout: float
 ) -> list[nn.Module]:
-    """D's hidden layers (Linear or Conv2d), each followed by its normalization,
-    LeakyReLU(0.2) and dropout."""
+    """D's hidden layers, each followed by its normalization, LeakyReLU(0.2) and
+    dropout."""
     blocks: list[nn.Module] = []
     for i, layer in enumerate(layers):
-        blocks.append(spectral_norm(layer) if norm == "spectral" else layer)
+        blocks.append(normalized(layer, norm))
         if norm == "batch" and i:  # not on the first layer, which sees the images (DCGAN)
-            size = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-            blocks.append(batch_norm(size))
+            blocks.append(batch_norm_for(layer))
         blocks.append(nn.LeakyReLU(0.2))
         if dropout:
             blocks.append(nn.Dropout(dropout))
@@ -139,8 +151,7 @@ def discriminator_blocks(
 
 def discriminator_head(n_in: int, norm: str) -> nn.Module:
     """The last layer of D: features -> one logit."""
-    head = nn.Linear(n_in, 1)
-    return spectral_norm(head) if norm == "spectral" else head
+    return normalized(nn.Linear(n_in, 1), norm)
 
 
 def discriminator_net(
@@ -151,7 +162,7 @@ def discriminator_net(
     sizes = [data_dim, *hidden]
     linears = [nn.Linear(n_in, n_out) for n_in, n_out in itertools.pairwise(sizes)]
     return nn.Sequential(
-        *discriminator_blocks(linears, norm, dropout, nn.BatchNorm1d),
+        *discriminator_blocks(linears, norm, dropout),
         discriminator_head(sizes[-1], norm),
     )
 
@@ -187,7 +198,7 @@ def conv_discriminator_net(
     ]
     return nn.Sequential(
         nn.Unflatten(1, image_shape),
-        *discriminator_blocks(convs, norm, dropout, nn.BatchNorm2d),
+        *discriminator_blocks(convs, norm, dropout),
         nn.Flatten(),
         discriminator_head(2 * width * (height // 4) * (width_px // 4), norm),
     )
