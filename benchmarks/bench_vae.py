@@ -5,7 +5,7 @@ Times, in one run:
      batch 128, Adam, dynamic binarization, the weights' moving average: the project's
      own training loop (``Trainer.train_epoch``);
   2. the importance-sampled log-likelihood, K=5000, of 1,000 test images: the
-     project's own ``importance_sampled_nll``;
+     project's own ``negative_log_likelihood``;
   3. for each, the bare matrix multiplications that job needs (same shapes, same
      count, nothing else), which is as fast as this machine can go with dense layers;
   4. the same training epoch as a minimal hand-written PyTorch loop (the yardstick: what
@@ -33,7 +33,7 @@ from torch import nn
 from genzoo.config import TrainConfig
 from genzoo.cpu import tune_process
 from genzoo.data import Data, load_data
-from genzoo.evaluate import importance_sampled_nll
+from genzoo.evaluate import negative_log_likelihood
 from genzoo.models import MODELS
 from genzoo.models.latent import MAX_DECODER_ROWS
 from genzoo.models.vae import VAEConfig
@@ -170,7 +170,7 @@ def main() -> None:
     model.eval()
     test = data.test
     test.images = test.images[: args.eval_images]
-    per_batch = 100  # what importance_sampled_nll uses
+    per_batch = 100  # what negative_log_likelihood uses
     chunk = max(1, MAX_DECODER_ROWS // per_batch)
     n_batches = math.ceil(args.eval_images / per_batch)
     full_chunks, tail = divmod(args.k, chunk)
@@ -182,7 +182,7 @@ def main() -> None:
     ]
     evaluation = interleaved_best(
         {
-            "job": lambda: importance_sampled_nll(model, test, args.k),
+            "job": lambda: negative_log_likelihood(model, test, args.k),
             "floor": lambda: [run() for run in eval_floor],
         },
         args.eval_repeats,

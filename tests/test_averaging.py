@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from genzoo import plots
+from genzoo import figures
 from genzoo import train as gtrain
 from genzoo.averaging import WeightAverage
 from genzoo.cli import main
 from genzoo.data import load_data
 from genzoo.models.vae import VAE
-from genzoo.runs import RunConfig, checkpoint_files
+from genzoo.runs import RunConfig, checkpoint_files, load_run_config
 
 
 def all_equal(xs, ys) -> bool:
@@ -109,5 +109,5 @@ def test_vae_trains_with_an_average_unless_told(data_dir: Path, tmp_path: Path) 
     assert main([*args, "--latent-dim", "2", "--ema", "0", "--run-dir", str(off)]) == 0
     assert json.loads((off / "config.json").read_text())["train"]["ema"] == 0
     # curves.png says which weights its validation curve is of.
-    assert "0.999" in plots._averaging_note(run)
-    assert plots._averaging_note(off) is None
+    assert "0.999" in figures.averaging_note(load_run_config(run).train.ema)
+    assert figures.averaging_note(load_run_config(off).train.ema) is None

@@ -15,6 +15,8 @@ from genzoo import evaluate
 from genzoo.cli import main
 from genzoo.compare import comparability, n_images, nll_samples, units_note
 from genzoo.data import Split
+from genzoo.models.base import Likelihood
+from genzoo.models.latent import IMPORTANCE_SAMPLING
 
 TINY_VAE = [
     "--epochs", "2", "--hidden", "8", "--latent-dim", "2", "--batch-size", "16",
@@ -134,10 +136,13 @@ class RecordingBar:
         self.postfixes.append(values)
 
 
-class ToyLikelihood:
+class ToyLikelihood(Likelihood):
     """log p(x) = -(sum of the image's pixels), so each NLL is known beforehand."""
 
-    def log_likelihood(self, x: torch.Tensor, k: int, estimator: str) -> torch.Tensor:
+    likelihood_estimator = IMPORTANCE_SAMPLING
+    proposals = ("posterior", "prior")
+
+    def log_likelihood(self, x: torch.Tensor, samples: int, proposal: str) -> torch.Tensor:
         return -x.double().flatten(1).sum(1)
 
 
@@ -146,7 +151,7 @@ def test_the_progress_bar_shows_the_running_nll(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(evaluate, "tqdm", RecordingBar)
     nlls = torch.arange(1.0, 11.0, dtype=torch.float64) * 10  # 10, 20, ..., 100
     images = nlls.view(10, 1, 1, 1).expand(10, 1, 2, 5) / 10  # pixels summing to the NLL
-    result = evaluate.importance_sampled_nll(ToyLikelihood(), Split(images, None), 7, "prior", 4)
+    result = evaluate.negative_log_likelihood(ToyLikelihood(), Split(images, None), 7, "prior", 4)
     assert torch.allclose(result, nlls)
     (bar,) = RecordingBar.made
     assert "K=7" in bar.desc and "p(z)" in bar.desc

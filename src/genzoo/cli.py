@@ -31,7 +31,9 @@ from genzoo.config import TrainConfig, add_config_arguments, bounded, given_valu
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
+from genzoo.figures import draw_run_figures
 from genzoo.models import MODELS
+from genzoo.models.base import MixtureSampler, Tempered
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.report import write_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
@@ -41,6 +43,7 @@ from genzoo.runs import (
     load_trained,
     new_run_dir,
     read_json,
+    read_metrics,
     resume_config,
     write_json,
 )
@@ -499,8 +502,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for name, label in r["terms"].items():
         if name in r:
             print(f"  {label:<16}{r[name]:9.3f} ± {r[f'{name}_se']:.3f}")
-    if "iw_samples" in r:
-        print(f"  (NLL: importance sampling, K={r['iw_samples']}, proposal {r['estimator']})")
+    if "likelihood" in r:
+        likelihood = r["likelihood"]
+        print(f"  (NLL: {likelihood['protocol']}; {likelihood['kind']})")
     if "fid" in r:
         print_quality(r)
     print(f"  units: {r['units']}; {r['seconds']:.0f} s; written to {r['output']}")
@@ -518,15 +522,27 @@ def cmd_quality_net(args: argparse.Namespace) -> None:
     )
 
 
+def families_with(ability: type) -> str:
+    """The names of the families that have an ability, for the message refusing a flag
+    that needs it: e.g. "realnvp"."""
+    return ", ".join(name for name, family in MODELS.items() if issubclass(family.model, ability))
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".png", ".npy"):
         raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
     _, model, _, epoch = load_trained(check_run_dir(args.run), args.device, args.data_dir)
-    if args.standard_normal and not model.has_mixture:
-        raise GenzooError("--standard-normal applies to autoencoders (model ae) only")
-    if args.temperature is not None and not model.sample_temperatures:
-        raise GenzooError("--temperature applies to flows (model realnvp) only")
+    if args.standard_normal and not isinstance(model, MixtureSampler):
+        raise GenzooError(
+            "--standard-normal applies to models with a mixture on their codes "
+            f"({families_with(MixtureSampler)}) only"
+        )
+    if args.temperature is not None and not isinstance(model, Tempered):
+        raise GenzooError(
+            f"--temperature applies to flows and other tempered models "
+            f"({families_with(Tempered)}) only"
+        )
     with isolated_rng(args.seed, next(model.parameters()).device):
         if args.standard_normal:
             samples = model.sample_standard_normal(args.n)
@@ -544,9 +560,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     run_dir = check_run_dir(args.run)
-    _, model, data, _ = load_trained(run_dir, args.device, args.data_dir)
+    cfg, model, data, _ = load_trained(run_dir, args.device, args.data_dir)
     with isolated_rng(EVAL_SEED, next(model.parameters()).device):
-        for path in plots.draw_run_figures(model, data, run_dir):
+        figures = draw_run_figures(
+            model, data.test, read_metrics(run_dir), run_dir / "figures", cfg.train.ema
+        )
+        for path in figures:
             print(path)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from genzoo import plots
+from genzoo.figures import means_and_samples
 from genzoo.models import MODELS
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import RunConfig, check_run_dir, load_run_config, load_trained, read_metrics
@@ -151,8 +152,9 @@ def compare_runs(
         _, model, _, _ = load_trained(run_dir, device, data_dir)
         models.append(model)
     with isolated_rng(EVAL_SEED, next(models[0].parameters()).device):
+        drawn = [means_and_samples(model) for model in models]
         plots.draw_comparison(
-            [r.name for r in run_dirs], all_metrics, models, metrics, output, lines
+            [r.name for r in run_dirs], all_metrics, drawn, metrics, output, lines
         )
     return [table_row(r, cfg) for r, cfg in zip(run_dirs, configs, strict=True)]
 

@@ -169,9 +169,7 @@ class DataParallel:
     def __init__(self, model: GenerativeModel, world: World, device: torch.device) -> None:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.ddp = DistributedDataParallel(
-            model, find_unused_parameters=model.leaves_parameters_unused
-        )
+        self.ddp = DistributedDataParallel(model, find_unused_parameters=len(model.objectives) > 1)
         self.world = world
         self.weight = 1.0  # this rank's rows / the global batch's rows
 

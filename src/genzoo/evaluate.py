@@ -2,8 +2,10 @@
 
 - ELBO, split into the reconstruction term -E_q log p(x|z) and KL(q(z|x) || p(z)), with
   one reparameterized sample per example and the KL in closed form;
-- the negative log-likelihood -log p(x) by importance sampling with K samples, per
-  example in float64, reported as the mean over the examples and its standard error.
+- the negative log-likelihood -log p(x) by the family's own estimator (models/base.py,
+  ``Likelihood``): importance sampling with K samples for the latent-variable models, a
+  bound or an exact value for others; per example in float64, reported as the mean over
+  the examples and its standard error, with the estimator and whether it is a bound.
   With ``estimator="prior"`` the proposal is p(z) (the naive Monte Carlo estimate
   log 1/K sum_k p(x|z_k)), which shows how much a learned proposal matters at equal K.
 
@@ -15,6 +17,7 @@ run was trained on (dynamic binarization: the test set drawn once with a fixed s
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,7 @@ from genzoo import plots, quality
 from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
 from genzoo.models import GenerativeModel
+from genzoo.models.base import Likelihood, PixelMeans
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import RunConfig, load_data_of, load_trained, read_json, write_json
@@ -49,34 +53,73 @@ def per_example_terms(
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
+def likelihood_protocol(model: Likelihood, samples: int, proposal: str) -> str:
+    """The estimator of ``log_likelihood`` in words, e.g. "importance sampling, K=5000,
+    proposal q(z|x)"."""
+    est = model.likelihood_estimator
+    words = [est.name]
+    if est.samples:
+        words.append(f"{est.samples}={samples}")
+    if len(model.proposals) > 1:
+        words.append(f"proposal {PROPOSALS[proposal]}")
+    return ", ".join(words)
+
+
 @torch.no_grad()
-def importance_sampled_nll(
-    model: GenerativeModel,
+def negative_log_likelihood(
+    model: Likelihood,
     split: Split,
-    k: int,
-    estimator: str = "posterior",
+    samples: int,
+    proposal: str = "posterior",
     batch_size: int = 100,
 ) -> torch.Tensor:
-    """-log p(x) for every image of ``split`` with ``k`` importance samples: (N,) float64.
+    """-log p(x) (or its bound) for every image of ``split`` by the model's own estimator
+    with ``samples`` samples: (N,) float64, nats.
 
-    With K in the thousands this takes minutes, so the progress bar shows the mean NLL of
-    the images done so far: a user sees early whether the figure is worth waiting for.
+    With thousands of samples this takes minutes, so the progress bar shows the mean NLL
+    of the images done so far: a user sees early whether the figure is worth waiting for.
     """
     parts = []
     total = 0.0
     bar = tqdm(
         range(0, len(split), batch_size),
-        desc=f"NLL by importance sampling, K={k}, proposal {PROPOSALS[estimator]}",
+        desc=f"NLL by {likelihood_protocol(model, samples, proposal)}",
         unit="batch",
         leave=False,
         disable=None,
     )
     for start in bar:
         x = split.images[start : start + batch_size]
-        parts.append(-model.log_likelihood(x, k, estimator).cpu())
+        parts.append(-model.log_likelihood(x, samples, proposal).cpu())
         total += parts[-1].sum().item()
         bar.set_postfix(nll=f"{total / (start + len(x)):.2f}")
     return torch.cat(parts)
+
+
+def likelihood_result(
+    model: Likelihood, images: Split, samples: int, proposal: str
+) -> dict[str, Any]:
+    """The NLL's mean and standard error (and bits/dim for 8-bit likelihoods) with what
+    the estimator is, as eval.json keeps them."""
+    if proposal not in model.proposals:
+        raise GenzooError(
+            f"--estimator {proposal} does not apply to {type(model).__name__.lower()}: "
+            f"choose one of {', '.join(model.proposals)}"
+        )
+    est = model.likelihood_estimator
+    nll = negative_log_likelihood(model, images, samples, proposal)
+    result: dict[str, Any] = {"iw_samples": samples, "estimator": proposal}
+    result["nll"], result["nll_se"] = mean_and_se(nll)
+    if est.eight_bit:
+        dims = images.images[0].numel()
+        result["bpd"], result["bpd_se"] = mean_and_se(nll / (dims * math.log(2)))
+    result["likelihood"] = {
+        "estimator": est.name,
+        "kind": est.kind,
+        "samples": est.samples,
+        "protocol": likelihood_protocol(model, samples, proposal),
+    }
+    return result
 
 
 @torch.no_grad()
@@ -98,14 +141,14 @@ def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> to
     with Bernoulli pixels the pixel means of p(x|z), z ~ p(z): the feature net was
     trained on grey levels, and a 0/1 draw of every pixel is noise it punishes, which
     the real images would not carry; for the others their samples."""
-    if not model.bernoulli_pixels:
+    if not isinstance(model, PixelMeans):
         return draw_many(model, n, batch_size)
-    return draw_many(model, n, batch_size, lambda m: model.decode(model.prior().sample((m,))))
+    return draw_many(model, n, batch_size, model.sample_means)
 
 
 def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
     """The sample-quality protocol in words, for eval.json and the pages."""
-    what = "pixel means of p(x|z), z ~ p(z)" if model.bernoulli_pixels else "samples"
+    what = "pixel means of p(x|z), z ~ p(z)" if isinstance(model, PixelMeans) else "samples"
     return f"{n} {what} against the grey-level {split} images"
 
 
@@ -166,9 +209,10 @@ def evaluate_run(
     RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them.
 
     Every per-example term of ``evaluate_batch`` gets its mean and standard error (for a
-    VAE: neg_elbo, recon, kl); models with ``log_likelihood`` add the importance-sampled
-    nll and nll_se (``iw_samples=0`` skips it, keeping an earlier figure for the same
-    images in ``output``); ``quality`` adds the sample-quality scores of ``n_samples`` samples
+    VAE: neg_elbo, recon, kl); models with a ``Likelihood`` add its nll and nll_se by
+    their own estimator with ``iw_samples`` samples, and what the estimator is
+    (``iw_samples=0`` skips it, keeping an earlier figure for the same images in
+    ``output``); ``quality`` adds the sample-quality scores of ``n_samples`` samples
     (quality.py) against the evaluated images.
     """
     if estimator not in ESTIMATORS:
@@ -184,10 +228,8 @@ def evaluate_run(
     with isolated_rng(EVAL_SEED, images.images.device):
         for name, values in per_example_terms(model, images).items():
             result[name], result[f"{name}_se"] = mean_and_se(values)
-        if model.has_likelihood and iw_samples > 0:
-            nll = importance_sampled_nll(model, images, iw_samples, estimator)
-            result["nll"], result["nll_se"] = mean_and_se(nll)
-            result.update(iw_samples=iw_samples, estimator=estimator)
+        if isinstance(model, Likelihood) and iw_samples > 0:
+            result.update(likelihood_result(model, images, iw_samples, estimator))
         if quality:
             grey = grey_data(cfg, images.images.device, data_dir)
             real = {"test": grey.test, "val": grey.val}[split]

@@ -35,7 +35,7 @@ import torch
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from genzoo import distributed, plots, quality
+from genzoo import distributed, figures, plots, quality
 from genzoo.averaging import WeightAverage
 from genzoo.board import Board
 from genzoo.data import Data, Split, batches, is_folder_dataset
@@ -56,6 +56,7 @@ from genzoo.runs import (
     load_checkpoint,
     load_data_of,
     lock_run,
+    read_metrics,
     save_checkpoint,
     save_run_config,
     trim_metrics,
@@ -433,14 +434,17 @@ def draw_progress(
     dev: torch.device,
     board: Board | None = None,
 ) -> None:
-    if not model.samples_while_training:  # the autoencoder's mixture comes at the end
-        return
     # The same noise every time (seeded), so the grids show the model changing, not the draw.
+    model.eval()
     with isolated_rng(seed, dev):
-        plots.draw_progress_samples(model, run_dir, epoch)
+        samples = model.progress_samples(plots.N_GRID)
+    if samples is None:  # e.g. the autoencoder's mixture comes at the end
+        return
+    label = "before training" if epoch == 0 else f"after epoch {epoch}"
+    path = run_dir / "figures" / f"samples_epoch{epoch:03d}.png"
+    plots.save_image_grid(samples, path, f"samples {label}")
     if board is not None:
-        with isolated_rng(seed, dev):
-            board.samples(model.sample(plots.N_GRID), epoch)
+        board.samples(samples, epoch)
 
 
 def describe(cfg: RunConfig, data: Data, run_dir: Path, dev: torch.device, world: World) -> str:
@@ -562,7 +566,9 @@ def _train_locked(
     with isolated_rng(EVAL_SEED, dev), trainer.naming_the_last_good_checkpoint():
         model.after_training(data)
         save_checkpoint(run_dir, "best", model, best_state)  # with what after_training set
-        plots.draw_run_figures(model, data, run_dir)
+        figures.draw_run_figures(
+            model, data.test, read_metrics(run_dir), run_dir / "figures", cfg.train.ema
+        )
     summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
     if metric:
         summary[f"best_val_{metric}"] = loop.best

@@ -19,16 +19,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import Ellipse
 from sklearn.mixture import GaussianMixture
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from genzoo.data import Data, batches
+from genzoo import plots
+from genzoo.data import Data, Split, batches
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel
+from genzoo.models.base import (
+    Encodes,
+    Figure,
+    FigureContext,
+    GenerativeModel,
+    MixtureSampler,
+    Reconstructs,
+)
 from genzoo.nets import activation_field, mlp
 
 
@@ -55,15 +67,13 @@ class AutoencoderConfig:
     )
 
 
-class Autoencoder(GenerativeModel):
+class Autoencoder(GenerativeModel, Encodes, Reconstructs, MixtureSampler):
     val_metric = "loss"
     eval_terms: ClassVar[dict[str, str]] = {
         "loss": "loss",
         "recon": "reconstruction",
         "l1": "L1 of the code",
     }
-    can_encode = can_reconstruct = has_mixture = True
-    samples_while_training = False  # sampling needs the mixture, fitted at the end
 
     def __init__(self, cfg: AutoencoderConfig, image_shape: tuple[int, ...]):
         super().__init__()
@@ -123,6 +133,13 @@ class Autoencoder(GenerativeModel):
         codes = torch.cat([self.encode(x) for x in batches(data.train, 1000, data.binarize)])
         self.fit_mixture(codes)
 
+    def progress_samples(self, n: int) -> None:
+        """None: the sampler, the mixture, is fitted when training ends."""
+        return None
+
+    def figures(self, context: FigureContext) -> dict[str, Figure]:
+        return {"mixture.png": lambda path: draw_mixture(self, context.test, path)}
+
     def mixture(self) -> MixtureSameFamily:
         if not self.gmm_fitted:
             raise GenzooError(
@@ -156,3 +173,34 @@ class Autoencoder(GenerativeModel):
     def sample_standard_normal(self, n: int) -> torch.Tensor:
         """Decoded images of z ~ N(0, I): what a plain autoencoder gives without a density."""
         return self.decode(torch.randn(n, self.cfg.latent_dim, device=self.gmm_means.device))
+
+
+def draw_mixture(model: Autoencoder, split: Split, path: Path, n: int = 5000) -> None:
+    """Codes of test images by class with the fitted mixture's 2-sigma ellipses on top;
+    beside them, decoded samples from the mixture and from N(0, I)."""
+    codes = plots.encode_split(model, split, n)
+    points, pca, axis_name = plots.codes_in_2d(codes)
+    mixture = model.mixture()
+    means = mixture.component_distribution.mean.cpu().numpy()  # (C, L)
+    covs = mixture.component_distribution.covariance_matrix.cpu().numpy()  # (C, L, L)
+    if pca is not None:  # project the components the same way as the codes
+        means, covs = pca.transform(means), pca.components_ @ covs @ pca.components_.T
+    elif codes.shape[1] == 1:
+        means = np.hstack([means, np.zeros_like(means)])
+        covs = np.pad(covs, ((0, 0), (0, 1), (0, 1)), constant_values=1e-6)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), width_ratios=[1.25, 1, 1])
+    labels = None if split.labels is None else split.labels[:n].cpu().numpy()
+    plots.scatter_by_class(fig, axes[0], points, labels)
+    for weight, mean, cov in zip(
+        mixture.mixture_distribution.probs.tolist(), means, covs, strict=True
+    ):
+        eigvals, eigvecs = np.linalg.eigh(cov)
+        angle = np.degrees(np.arctan2(eigvecs[1, 1], eigvecs[0, 1]))
+        width, height = 4 * np.sqrt(np.maximum(eigvals[::-1], 0))  # 2 sigma each side
+        axes[0].add_patch(Ellipse(mean, width, height, angle=angle, fill=False, lw=1 + 6 * weight))
+    axes[0].set(title=f"codes of test images and the mixture ({axis_name})")
+    plots.show(axes[1], plots.image_grid(model.sample(plots.N_GRID), 8), "z from the mixture")
+    plots.show(
+        axes[2], plots.image_grid(model.sample_standard_normal(plots.N_GRID), 8), "z from N(0, I)"
+    )
+    plots.save_figure(fig, path)

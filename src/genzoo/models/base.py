@@ -1,78 +1,90 @@
 """The contract every model family follows, so one training loop trains them all.
 
-Each family is an ``nn.Module`` subclass of ``GenerativeModel`` (one level, no deeper)
-that owns its loss, the wrapper-owns-the-loss pattern of nanoGPT and the Flax examples:
+The hierarchy is at most two levels deep: a family subclasses ``GenerativeModel``
+directly, or through one shared intermediate (``LatentVariableModel``, latent.py, for
+the VAEs with Bernoulli pixels); no deeper. Each family is an ``nn.Module`` that owns
+its loss, the wrapper-owns-the-loss pattern of nanoGPT and the Flax examples:
 
-- ``loss(x) -> (loss, stats)``: the one name for the objective on a batch x (B, C, H, W).
-  ``loss`` is the scalar tensor to minimise; ``stats`` holds plain floats for the
-  metrics, among them ``"loss"`` (the figure the progress bar shows and the loop checks
-  for divergence).
+- ``loss(x) -> (loss, stats)`` (abstract): the one name for the objective on a batch x
+  (B, C, H, W). ``loss`` is the scalar tensor to minimise; ``stats`` holds plain floats
+  for the metrics, among them ``"loss"`` (the figure the progress bar shows and the loop
+  checks for divergence).
 - ``configure_optimizers(lr)`` and ``train_step(x, optimizers)``: the defaults build one
   Adam and take one backward pass of ``loss`` (clipped to ``max_grad_norm`` if set); a
   family with several players (the GAN) overrides both. ``train_step`` computes every
   objective it backpropagates through ``self.objective(x, name)``, which goes through
-  DistributedDataParallel when the run is data-parallel (distributed.py).
-- ``evaluate_batch(x) -> {name: (B,) tensor}``: per-example terms for validation and
-  test, named in ``eval_terms`` with their labels and ``units``.
-- ``sample(n, temperature=1.0)``: n images (n, C, H, W) in [0, 1].
-- Hooks the loop calls, no-ops by default: ``epoch_diagnostics(x)`` on a fixed training
-  batch after every epoch (the binary VAE's gradient variance), ``after_training(data)``
-  once on the best weights (the autoencoder's mixture fit).
+  DistributedDataParallel when the run is data-parallel (distributed.py); ``objectives``
+  names them (with more than one, each leaves some parameters out of its graph, which DDP
+  must be told).
+- ``evaluate_batch(x) -> {name: (B,) tensor}`` (abstract): per-example terms for
+  validation and test, named in ``eval_terms`` with their labels and ``units``.
+- ``sample(n, temperature=1.0)`` (abstract): n images (n, C, H, W) in [0, 1].
+- Hooks with defaults: ``progress_samples(n)`` (the grids drawn while training; None
+  where the sampler is made when training ends), ``epoch_diagnostics(x)`` on a fixed
+  training batch after every epoch, ``after_training(data)`` once on the best weights,
+  and ``figures(context)``: the family's own figures, beyond the common ones of plots.py.
 
-What a family can do beyond that is declared here as class attributes, so the loop,
-the figures and the CLI read a flag instead of probing with ``hasattr``:
+Generic presentation facts stay declared data: ``val_metric`` (the ``evaluate_batch``
+term that early stopping and the ``best`` checkpoint minimise; None: the last epoch is
+kept), ``curve_panels`` and ``reference_lines`` (the training-curve figure's panels and
+labelled horizontal lines), ``compare_metrics`` (the curves ``genzoo compare`` draws).
 
-- ``can_encode``: ``encode(x) -> z`` and ``decode(z) -> images`` (interpolations, the
+What other code calls beyond that is a small declared interface, an abstract class the
+family inherits beside ``GenerativeModel``; the type is the one source of truth
+(``isinstance(model, Encodes)``), and a family cannot declare an ability without
+defining its methods (it fails when instantiated):
+
+- ``Encodes``: ``encode(x) -> z`` and ``decode(z) -> images`` (interpolations, the
   latent scatter);
-- ``can_reconstruct``: ``reconstruct(x)``;
-- ``has_prior``: ``prior()``, the distribution of the latent or noise z (with
-  ``can_encode``, a 2-D Gaussian prior gives the manifold figure through ``decode``);
-- ``bernoulli_pixels``: ``decode`` gives Bernoulli means, ``sample`` draws 0/1 pixels;
-- ``has_likelihood``: ``log_likelihood(x, k, proposal)``, importance sampled;
-- ``has_mixture``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);
-- ``sample_temperatures``: temperatures at which ``sample`` is meaningful and drawn in
-  the figures (the flow); empty where ``temperature`` is ignored;
-- ``samples_while_training``: sample grids during training make sense;
-- ``draws_on_canvas``: ``sample_sequence`` and ``reconstruct_sequence``, the canvas
-  step by step with its attention windows (DRAW's drawing figures);
-- ``leaves_parameters_unused``: some objective of ``train_step`` leaves parameters out
-  of its graph (the GAN's discriminator step, the generator): DDP must look for them;
-- ``val_metric``: the ``evaluate_batch`` term that early stopping and the ``best``
-  checkpoint minimise (None: none, the last epoch is kept);
-- ``curve_panels`` and ``reference_lines``: the training-curve figure's panels (None:
-  made from the metrics) and labelled horizontal lines on some panels;
-- ``compare_metrics``: the curves ``genzoo compare`` draws for this family beyond its
-  validation metric, each with a labelled horizontal line or None.
+- ``Reconstructs``: ``reconstruct(x)``;
+- ``HasPrior``: ``prior()``, the distribution of the latent or noise z (with ``Encodes``,
+  a 2-D Gaussian prior gives the manifold figure);
+- ``PixelMeans``: ``sample_means(n)``, the Bernoulli means of p(x|z), z ~ p(z), whose
+  0/1 draws ``sample`` gives (the figures show both; the quality scores see the means);
+- ``Likelihood``: ``log_likelihood(x, samples, proposal)``, log p(x) per example by the
+  family's ``likelihood_estimator``, which says what it is (an importance-sampled
+  estimate, a bound, an exact value), what ``samples`` counts and its units;
+- ``MixtureSampler``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);
+- ``Tempered``: ``sample`` honours its ``temperature``, and ``figure_temperatures()``
+  are the ones the figures show (the flow).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, MixtureSameFamily
 from torch.optim import Adam, Optimizer
 
-from genzoo.data import Data
+from genzoo.data import Data, Split
+
+# A figure of a family: writes its file at the path it is given.
+Figure = Callable[[Path], None]
 
 
-class GenerativeModel(nn.Module):
+@dataclass(frozen=True)
+class FigureContext:
+    """What a family's ``figures`` may draw from: the run's test images (with their
+    labels where the dataset has them) and its metrics, one dict per epoch line."""
+
+    test: Split
+    metrics: list[dict[str, Any]]
+
+
+class GenerativeModel(nn.Module, ABC):
     val_metric: ClassVar[str | None] = "loss"
     # name -> printed label, for the terms of evaluate_batch (and of evaluation, e.g. nll)
     eval_terms: ClassVar[dict[str, str]] = {"loss": "loss"}
     units: ClassVar[str] = "nats per image"
     loss_label: ClassVar[str] = "loss"  # what stats["loss"] is, as the epoch line prints it
-    can_encode: ClassVar[bool] = False
-    can_reconstruct: ClassVar[bool] = False
-    has_prior: ClassVar[bool] = False
-    bernoulli_pixels: ClassVar[bool] = False
-    has_likelihood: ClassVar[bool] = False
-    has_mixture: ClassVar[bool] = False
-    sample_temperatures: ClassVar[tuple[float, ...]] = ()
-    samples_while_training: ClassVar[bool] = True
-    draws_on_canvas: ClassVar[bool] = False
-    leaves_parameters_unused: ClassVar[bool] = False
+    # The objective methods train_step runs through ``self.objective``.
+    objectives: ClassVar[tuple[str, ...]] = ("loss",)
     curve_panels: ClassVar[dict[str, list[str]] | None] = None
     reference_lines: ClassVar[dict[str, tuple[float, str]]] = {}
     compare_metrics: ClassVar[dict[str, tuple[float, str] | None]] = {}
@@ -97,10 +109,10 @@ class GenerativeModel(nn.Module):
             return self(x, name)
         return self.parallel(x, name)
 
+    @abstractmethod
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The scalar objective on batch ``x`` (B, C, H, W) and its statistics (floats,
         ``"loss"`` among them)."""
-        raise NotImplementedError
 
     def configure_optimizers(self, lr: float) -> list[Optimizer]:
         # fused: one kernel for the whole update, on the CPU as on CUDA; the unfused
@@ -114,15 +126,19 @@ class GenerativeModel(nn.Module):
         step_single_loss(loss, optimizers, self.max_grad_norm)
         return stats
 
+    @abstractmethod
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example terms, each of shape (B,), for validation and test."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """``n`` samples in image space, (n, C, H, W) in [0, 1]."""
-        raise NotImplementedError
 
-    # ------------------------------------------------------------------ loop hooks
+    # ------------------------------------------------------------------ hooks
+
+    def progress_samples(self, n: int) -> torch.Tensor | None:
+        """The samples of the grids drawn while training (None: none can be drawn yet)."""
+        return self.sample(n)
 
     def epoch_diagnostics(self, x: torch.Tensor) -> dict[str, float]:
         """Figures measured on a fixed training batch after every epoch (none here)."""
@@ -131,22 +147,96 @@ class GenerativeModel(nn.Module):
     def after_training(self, data: Data) -> None:
         """Runs once on the best weights when training ends (nothing here)."""
 
-    # ------------------------------------------------------------------ capabilities
+    def figures(self, context: FigureContext) -> dict[str, Figure]:
+        """The family's own figures, file name -> drawing function, drawn after the common
+        ones of plots.py from the same weights (none here)."""
+        return {}
 
+
+# ---------------------------------------------------------------------- abilities
+
+
+class Encodes(ABC):
+    """An encoder to a latent code and a decoder back to images."""
+
+    @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not encode (can_encode)")
+        """Codes (B, L) of images x (B, C, H, W)."""
 
+    @abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not decode (can_encode)")
+        """Images (N, C, H, W) in [0, 1] of codes z (N, L)."""
 
+
+class Reconstructs(ABC):
+    @abstractmethod
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not reconstruct")
+        """Reconstructions (B, C, H, W) in [0, 1] of images x."""
 
+
+class HasPrior(ABC):
+    @abstractmethod
     def prior(self) -> Distribution:
-        raise NotImplementedError(f"{type(self).__name__} has no prior (has_prior)")
+        """p(z), the distribution of the latent or noise z; event shape (L,)."""
 
-    def log_likelihood(self, x: torch.Tensor, k: int, proposal: str = "posterior") -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no likelihood (has_likelihood)")
+
+class PixelMeans(ABC):
+    """Bernoulli pixels: ``sample`` gives 0/1 draws of the means this returns."""
+
+    @abstractmethod
+    def sample_means(self, n: int) -> torch.Tensor:
+        """Pixel means (n, C, H, W) of p(x|z), z ~ p(z)."""
+
+
+@dataclass(frozen=True)
+class LikelihoodEstimator:
+    """What a family's ``log_likelihood`` returns, as eval.json and the pages state it.
+
+    ``kind``: "estimate" (converges to log p(x) as ``samples`` grows: importance
+    sampling), "lower bound" (its NLL is an upper bound: a variational bound), or "exact".
+    ``samples``: what the ``samples`` argument counts, None where it is unused.
+    ``eight_bit``: the likelihood is of 8-bit images (grey levels 0..255), so bits per
+    dimension, NLL / (D ln 2), are reported beside it.
+    """
+
+    name: str
+    kind: str
+    samples: str | None = None
+    eight_bit: bool = False
+
+
+class Likelihood(ABC):
+    """log p(x) per example, by the family's own estimator."""
+
+    likelihood_estimator: ClassVar[LikelihoodEstimator]
+    # Where the estimator may draw its samples from (the first is the default).
+    proposals: ClassVar[tuple[str, ...]] = ("posterior",)
+
+    @abstractmethod
+    def log_likelihood(
+        self, x: torch.Tensor, samples: int, proposal: str = "posterior"
+    ) -> torch.Tensor:
+        """log p(x) (or its bound) for images x (B, C, H, W): (B,) float64, nats."""
+
+
+class MixtureSampler(ABC):
+    """A Gaussian mixture fitted to the codes, from which ``sample`` draws."""
+
+    @abstractmethod
+    def mixture(self) -> MixtureSameFamily:
+        """The fitted mixture over codes; event shape (L,)."""
+
+    @abstractmethod
+    def sample_standard_normal(self, n: int) -> torch.Tensor:
+        """Decoded images (n, C, H, W) of z ~ N(0, I), for comparison with the mixture."""
+
+
+class Tempered(ABC):
+    """``sample(n, temperature)`` honours the temperature (z ~ N(0, T^2 I))."""
+
+    @abstractmethod
+    def figure_temperatures(self) -> tuple[float, ...]:
+        """The temperatures the figures show."""
 
 
 def fused_adam_available(model: nn.Module) -> bool:

@@ -21,7 +21,7 @@ stride, variance and intensity one linear map of h_dec sets (eqs. 19-26).
 
 log p(x) is importance sampled with the whole sequence z_1..T drawn from q, so
 log w = log p(x | c_T) + sum_t [log p(z_t) - log q(z_t | h_enc_t)].
-``sample`` gives the pixel means sigmoid(c_T) (``bernoulli_pixels`` is False): the
+``sample`` gives the pixel means sigmoid(c_T) (it has no ``PixelMeans``): the
 canvas is what DRAW draws, and a 0/1 draw of it adds only pixel noise.
 """
 
@@ -36,8 +36,16 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel, check_values
-from genzoo.models.latent import MAX_DECODER_ROWS
+from genzoo.models import draw_figures
+from genzoo.models.base import (
+    Figure,
+    FigureContext,
+    GenerativeModel,
+    Likelihood,
+    Reconstructs,
+    check_values,
+)
+from genzoo.models.latent import IMPORTANCE_SAMPLING, MAX_DECODER_ROWS
 from genzoo.stats import importance_sampled_log_mean
 
 ATTENTIONS = ("gaussian", "none")
@@ -180,7 +188,7 @@ class Unroll:
     windows: list[torch.Tensor | None]
 
 
-class DRAW(GenerativeModel):
+class DRAW(GenerativeModel, Reconstructs, Likelihood):
     val_metric = "neg_elbo"
     eval_terms: ClassVar[dict[str, str]] = {
         "neg_elbo": "-ELBO",
@@ -192,7 +200,8 @@ class DRAW(GenerativeModel):
         "objective": ["train_neg_elbo", "val_neg_elbo"],
         "ELBO terms": ["train_recon", "val_recon", "train_kl", "val_kl"],
     }
-    can_reconstruct = has_likelihood = draws_on_canvas = True
+    likelihood_estimator = IMPORTANCE_SAMPLING
+    proposals = ("posterior", "prior")
 
     def __init__(self, cfg: DRAWConfig, image_shape: tuple[int, ...]):
         super().__init__()
@@ -320,11 +329,13 @@ class DRAW(GenerativeModel):
         return log_w.view(k, x.shape[0])
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, k: int, proposal: str = "posterior") -> torch.Tensor:
-        """Importance-sampled log p(x) with ``k`` sequences per image, (B,) float64, nats;
-        at most MAX_DECODER_ROWS (sample x image) rows unrolled at once."""
+    def log_likelihood(
+        self, x: torch.Tensor, samples: int, proposal: str = "posterior"
+    ) -> torch.Tensor:
+        """Importance-sampled log p(x) with K = ``samples`` sequences per image, (B,)
+        float64, nats; at most MAX_DECODER_ROWS (sample x image) rows unrolled at once."""
         return importance_sampled_log_mean(
-            lambda n: self.log_weights(x, n, proposal), k, MAX_DECODER_ROWS, x.shape[0]
+            lambda n: self.log_weights(x, n, proposal), samples, MAX_DECODER_ROWS, x.shape[0]
         )
 
     # ------------------------------------------------------------------ images
@@ -360,3 +371,14 @@ class DRAW(GenerativeModel):
         """As ``sample_sequence`` for the reconstruction of x (z_t at posterior means),
         with the read windows: step t reads where the window of step t shows."""
         return self._sequence(self.infer(x, mean=True, record=True))
+
+    def figures(self, context: FigureContext) -> dict[str, Figure]:
+        # drawing.png and drawing.gif show the same samples.
+        canvases, windows = self.sample_sequence(draw_figures.DRAWING_SAMPLES)
+        images = context.test.images
+        return {
+            "drawing.png": lambda path: draw_figures.draw_drawing(canvases, windows, path),
+            "drawing.gif": lambda path: draw_figures.draw_drawing_gif(canvases, windows, path),
+            "reading.png": lambda path: draw_figures.draw_reading(self, images[:4], path),
+            "kl_per_step.png": lambda path: draw_figures.draw_kl_per_step(self, images, path),
+        }

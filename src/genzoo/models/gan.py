@@ -37,7 +37,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from torch.optim import Adam, Optimizer
 
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel, check_stats, fused_adam_available
+from genzoo.models.base import GenerativeModel, HasPrior, check_stats, fused_adam_available
 
 EQUILIBRIUM_VALUE = -math.log(4.0)
 DEFAULT_D_DROPOUT = {"mlp": 0.3, "conv": 0.0}  # what --d-dropout unset means, per --arch
@@ -232,7 +232,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     return F.softplus(-fake_logits)
 
 
-class GAN(GenerativeModel):
+class GAN(GenerativeModel, HasPrior):
     # No likelihood to validate or stop early on: the "best" checkpoint is the one of the
     # lowest FID of --quality-every (on by default), else the last one.
     val_metric = None
@@ -243,8 +243,7 @@ class GAN(GenerativeModel):
     }
     units = "D: probability that an image is real; V(D, G): nats per image pair"
     loss_label = "D loss"
-    has_prior = True
-    leaves_parameters_unused = True  # D's step does not use the generator
+    objectives = ("loss", "generator_objective")  # D's step, then G's
     curve_panels: ClassVar[dict[str, list[str]]] = {
         "losses": ["train_d_loss", "train_g_loss"],
         "discriminator outputs": ["train_d_real", "train_d_fake", "val_d_real", "val_d_fake"],

@@ -11,6 +11,7 @@ for a Gaussian latent (vae.py) and a Bernoulli latent (binary_vae.py):
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -18,15 +19,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, kl_divergence
 
-from genzoo.models.base import GenerativeModel
+from genzoo.models.base import (
+    Encodes,
+    GenerativeModel,
+    HasPrior,
+    Likelihood,
+    LikelihoodEstimator,
+    PixelMeans,
+    Reconstructs,
+)
 from genzoo.stats import importance_sampled_log_mean
+
+# What ``log_likelihood`` is, for every latent-variable family (DRAW's too).
+IMPORTANCE_SAMPLING = LikelihoodEstimator("importance sampling", "estimate", "K")
 
 # The one place where the number of (latent-sample x example) rows pushed through the
 # decoder at once is set: bounds the memory of the importance-sampled likelihood.
 MAX_DECODER_ROWS = 16384
 
 
-class LatentVariableModel(GenerativeModel):
+class LatentVariableModel(GenerativeModel, Encodes, Reconstructs, HasPrior, PixelMeans, Likelihood):
     val_metric = "neg_elbo"
     eval_terms: ClassVar[dict[str, str]] = {
         "neg_elbo": "-ELBO",
@@ -34,17 +46,14 @@ class LatentVariableModel(GenerativeModel):
         "kl": "KL",
         "nll": "NLL",
     }
-    can_encode = can_reconstruct = has_prior = bernoulli_pixels = has_likelihood = True
+    likelihood_estimator = IMPORTANCE_SAMPLING
+    proposals = ("posterior", "prior")
     image_shape: tuple[int, ...]
     decoder: nn.Module
 
-    def prior(self) -> Distribution:
-        """p(z); event shape (L,)."""
-        raise NotImplementedError
-
+    @abstractmethod
     def posterior(self, x: torch.Tensor) -> Distribution:
         """q(z|x) for images x (B, C, H, W); batch shape (B,), event shape (L,)."""
-        raise NotImplementedError
 
     def likelihood(self, z: torch.Tensor) -> Independent:
         """p(x|z) for z (..., L); event shape (D,), over flattened pixels."""
@@ -102,14 +111,16 @@ class LatentVariableModel(GenerativeModel):
         return log_px_z + prior.log_prob(z) - r.log_prob(z)
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, k: int, proposal: str = "posterior") -> torch.Tensor:
-        """Importance-sampled log p(x) with ``k`` samples, (B,) float64, nats.
+    def log_likelihood(
+        self, x: torch.Tensor, samples: int, proposal: str = "posterior"
+    ) -> torch.Tensor:
+        """Importance-sampled log p(x) with K = ``samples`` draws, (B,) float64, nats.
 
         The k weights are drawn in chunks so that at most MAX_DECODER_ROWS rows pass the
         decoder at once, and combined by log-mean-exp in float64.
         """
         return importance_sampled_log_mean(
-            lambda n: self.log_weights(x, n, proposal), k, MAX_DECODER_ROWS, x.shape[0]
+            lambda n: self.log_weights(x, n, proposal), samples, MAX_DECODER_ROWS, x.shape[0]
         )
 
     # ------------------------------------------------------------------ model contract
@@ -134,6 +145,11 @@ class LatentVariableModel(GenerativeModel):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def sample_means(self, n: int) -> torch.Tensor:
+        """Bernoulli means of p(x|z), z ~ p(z): (n, C, H, W)."""
+        return self.decode(self.prior().sample((n,)))
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:

@@ -33,15 +33,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
+from genzoo import plots
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel, check_values
+from genzoo.models.base import (
+    Encodes,
+    Figure,
+    FigureContext,
+    GenerativeModel,
+    Tempered,
+    check_values,
+)
 
 
 @dataclass
@@ -267,12 +278,10 @@ def coupling_step(mask: torch.Tensor, cfg: RealNVPConfig) -> list[nn.Module]:
 # ---------------------------------------------------------------------- the flow
 
 
-class RealNVP(GenerativeModel):
+class RealNVP(GenerativeModel, Encodes, Tempered):
     val_metric = "bpd"
     eval_terms: ClassVar[dict[str, str]] = {"nll": "NLL", "bpd": "bits/dim"}
     units = "nll: nats per image (8-bit grey levels); bpd: bits per dimension"
-    can_encode = True
-    sample_temperatures = (1.0, 0.7)  # the figures show both; lower T trades variety for quality
 
     def __init__(self, cfg: RealNVPConfig, image_shape: tuple[int, ...]):
         super().__init__()
@@ -422,3 +431,19 @@ class RealNVP(GenerativeModel):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         return self.decode(temperature * self.base().sample((n,)))
+
+    def figure_temperatures(self) -> tuple[float, ...]:
+        return (1.0, 0.7)  # lower T trades variety for quality
+
+    def figures(self, context: FigureContext) -> dict[str, Figure]:
+        return {"temperatures.png": lambda path: draw_temperatures(self, path)}
+
+
+def draw_temperatures(model: RealNVP, path: Path) -> None:
+    """Flow samples at each of the figure temperatures (z ~ N(0, T^2 I)), side by side."""
+    temperatures = model.figure_temperatures()
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(5 * len(temperatures), 5.4))
+    for ax, t in zip(np.atleast_1d(axes), temperatures, strict=True):
+        grid = plots.image_grid(model.sample(plots.N_GRID, temperature=t), 8)
+        plots.show(ax, grid, f"temperature {t}")
+    plots.save_figure(fig, path)

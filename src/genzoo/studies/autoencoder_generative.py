@@ -12,6 +12,7 @@ from typing import Any
 
 from genzoo import quality
 from genzoo.evaluate import grey_data
+from genzoo.models.base import MixtureSampler
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import load_trained
 from genzoo.studies.recipe import QUICK_SAMPLES, Arm, Study, StudyRun
@@ -29,7 +30,7 @@ def analyse(state: StudyRun) -> dict[str, Any]:
     rows, probe = [], None
     for arm in ARMS:
         cfg, model, _, _ = load_trained(state.runs[arm.name][0], state.device, state.data_dir)
-        if not model.has_mixture:
+        if not isinstance(model, MixtureSampler):
             continue
         device = next(model.parameters()).device
         if probe is None:  # one feature net and one set of grey test images for every arm

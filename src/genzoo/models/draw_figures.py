@@ -1,0 +1,130 @@
+"""DRAW's own figures: samples drawn on the canvas step by step (drawing.png and
+drawing.gif, from the same samples), test images read and redrawn (reading.png) and the
+KL of each step (kl_per_step.png); ``DRAW.figures`` hands them to the run's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.patches import Rectangle
+
+from genzoo import plots
+
+if TYPE_CHECKING:
+    from genzoo.models.draw import DRAW
+
+DRAWING_SAMPLES = 8  # samples in drawing.png and drawing.gif
+MAX_STRIP_STEPS = 16  # columns of a step-by-step strip
+
+
+def strip_steps(n_steps: int) -> list[int]:
+    """At most MAX_STRIP_STEPS steps spread evenly over 0..n_steps-1, the last among them."""
+    picks = np.linspace(0, n_steps - 1, min(n_steps, MAX_STRIP_STEPS)).round().astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def _window_box(
+    window: torch.Tensor, row: int, col: int, h: int, w: int
+) -> tuple[float, float, float, float]:
+    """A window (centre x, centre y, width, height) in an image's pixels as a Rectangle's
+    (x, y, width, height) on tile (row, col) of ``image_grid``, clipped to the tile so
+    that a window partly off its image does not cover the neighbours."""
+    gx, gy, bw, bh = (float(v) for v in window)
+    x0, x1 = max(gx - bw / 2, -0.5), min(gx + bw / 2, w - 0.5)
+    y0, y1 = max(gy - bh / 2, -0.5), min(gy + bh / 2, h - 0.5)
+    return col * (w + 1) + x0, row * (h + 1) + y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)
+
+
+def _add_window(ax: plt.Axes, window: torch.Tensor, row: int, col: int, h: int, w: int) -> None:
+    x, y, width, height = _window_box(window, row, col, h, w)
+    ax.add_patch(Rectangle((x, y), width, height, fill=False, edgecolor="tab:red", lw=1))
+
+
+def draw_drawing(canvases: torch.Tensor, windows: torch.Tensor | None, path: Path) -> None:
+    """A row per sample, a column per step: the canvas sigmoid(c_t) (T, n, 1, H, W) with
+    the window written at step t (T, n, 4) in red, every few steps where T is large."""
+    steps = strip_steps(len(canvases))
+    n, h, w = canvases.shape[1], *canvases.shape[-2:]
+    tiles = canvases[steps].transpose(0, 1).flatten(0, 1)  # (n * S, 1, H, W), sample-major
+    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, n * 0.7 + 0.7))
+    labels = ", ".join(str(t + 1) for t in steps)
+    plots.show(
+        ax, plots.image_grid(tiles, len(steps)), f"canvas at steps {labels} (red: write window)"
+    )
+    if windows is not None:
+        for col, t in enumerate(steps):
+            for row in range(n):
+                _add_window(ax, windows[t, row], row, col, h, w)
+    plots.save_figure(fig, path)
+
+
+def draw_drawing_gif(
+    canvases: torch.Tensor, windows: torch.Tensor | None, path: Path, fps: int = 4
+) -> None:
+    """The samples of ``draw_drawing`` in one row, a frame per step, as an animated GIF."""
+    n_steps, n, _, h, w = canvases.shape
+    frames = [plots.image_grid(canvas, n) for canvas in canvases]
+    fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8)  # frames are not cropped
+    plots.show(ax, frames[0])
+    image = ax.images[0]
+    boxes: list[Rectangle] = []
+    if windows is not None:  # moved to each step's windows by show()
+        boxes = [ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, ec="tab:red")) for _ in range(n)]
+
+    def show(t: int) -> list[matplotlib.artist.Artist]:
+        image.set_data(frames[t])
+        ax.set_title(f"step {t + 1} of {n_steps}")
+        for col, box in enumerate(boxes):
+            box.set_bounds(*_window_box(windows[t, col], 0, col, h, w))
+        return [image, *boxes]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FuncAnimation(fig, show, frames=n_steps).save(path, writer=PillowWriter(fps=fps))
+    plt.close(fig)
+
+
+def draw_reading(model: DRAW, x: torch.Tensor, path: Path) -> None:
+    """For each test image in x (B, 1, H, W), two rows: the image with the window read at
+    step t, and the canvas after step t (z_t at the posterior means)."""
+    canvases, windows = model.reconstruct_sequence(x)  # (T, B, 1, H, W), (T, B, 4)
+    steps = strip_steps(len(canvases))
+    b, h, w = x.shape[0], *x.shape[-2:]
+    targets = x[None].expand(len(steps), *x.shape)  # (S, B, 1, H, W)
+    tiles = torch.stack([targets, canvases[steps]], 2)  # (S, B, 2, 1, H, W)
+    tiles = tiles.permute(1, 2, 0, 3, 4, 5).flatten(0, 2)  # rows: image, canvas, image, ...
+    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, 2 * b * 0.7 + 0.7))
+    labels = ", ".join(str(t + 1) for t in steps)
+    title = f"test images read (red: read window) and redrawn, steps {labels}"
+    plots.show(ax, plots.image_grid(tiles, len(steps)), title)
+    if windows is not None:
+        for col, t in enumerate(steps):
+            for i in range(b):
+                _add_window(ax, windows[t, i], 2 * i, col, h, w)
+    plots.save_figure(fig, path)
+
+
+def draw_kl_per_step(model: DRAW, images: torch.Tensor, path: Path, n: int = 1000) -> None:
+    """Mean KL(q(z_t|.) || p(z_t)) of each step over the first ``n`` images, from the
+    ``kl_step{t}`` terms of ``evaluate_batch``, with standard errors: when the model
+    spends its nats."""
+    parts = [model.evaluate_batch(x) for x in images[:n].split(500)]
+    names = [name for name in parts[0] if name.startswith("kl_step")]
+    kl = torch.stack([torch.cat([p[name] for p in parts]) for name in names]).double().cpu()
+    mean, se = kl.mean(1), kl.std(1) / np.sqrt(kl.shape[1])  # (T,) each
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(names) + 2), 3.5))
+    ax.bar(range(1, len(names) + 1), mean.numpy(), yerr=se.numpy(), color="tab:blue")
+    ax.set(
+        xlabel="step t",
+        xticks=[t + 1 for t in strip_steps(len(names))],
+        ylabel="KL (nats per image)",
+        title=f"KL per step, mean over {kl.shape[1]} test images",
+    )
+    ax.grid(alpha=0.3, axis="y")
+    plots.save_figure(fig, path)
