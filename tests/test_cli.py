@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -81,9 +80,8 @@ def test_resume_with_a_new_learning_rate(run_dir: Path) -> None:
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["epoch"] == 5 and last["lr"] == 2.5e-4
     # The curves show the rate only where it changed.
-    vae = SimpleNamespace(val_metric="neg_elbo", curve_panels=None)
-    assert plots.curve_panels(vae, records)["learning rate"] == ["lr"]
-    assert "learning rate" not in plots.curve_panels(vae, records[:2])
+    assert plots.curve_panels(None, "neg_elbo", records)["learning rate"] == ["lr"]
+    assert "learning rate" not in plots.curve_panels(None, "neg_elbo", records[:2])
 
 
 def test_data_commands(data_dir: Path, capsys) -> None:

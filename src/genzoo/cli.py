@@ -535,7 +535,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _, model, _, epoch = load_trained(check_run_dir(args.run), args.device, args.data_dir)
     if args.standard_normal and not isinstance(model, MixtureSampler):
         raise GenzooError(
-            "--standard-normal applies to models with a mixture on their codes "
+            "--standard-normal applies to autoencoders with a mixture on their codes "
             f"({families_with(MixtureSampler)}) only"
         )
     if args.temperature is not None and not isinstance(model, Tempered):

@@ -68,19 +68,21 @@ def draw_run_figures(
         drawn.append(out / name)
 
     if metrics:
-        panels = plots.curve_panels(model, metrics)
+        panels = plots.curve_panels(model.curve_panels, model.val_metric, metrics)
         references = {**model.reference_lines, **plots.QUALITY_REFERENCES}
         draw("curves.png", plots.draw_curves, metrics, panels, references, averaging_note(ema))
     means, samples = means_and_samples(model)
     draw("samples.png", plots.draw_samples, samples, means, "samples (best checkpoint)")
     if isinstance(model, Reconstructs):
-        draw("reconstructions.png", plots.draw_reconstructions, model, test.images)
+        draw("reconstructions.png", plots.draw_reconstructions, model.reconstruct, test.images)
     if isinstance(model, Encodes):
-        draw("interpolation.png", plots.draw_interpolation, model, test.images[:2])
+        pair = test.images[:2]
+        draw("interpolation.png", plots.draw_interpolation, model.encode, model.decode, pair)
         if test.labels is not None:
-            draw("latents.png", plots.draw_latents, model, test)
+            draw("latents.png", plots.draw_latents, model.encode, test)
         if has_2d_gaussian_prior(model):
-            draw("manifold.png", plots.draw_manifold, model)
+            device = next(model.parameters()).device
+            draw("manifold.png", plots.draw_manifold, model.decode, device)
     for name, figure in model.figures(FigureContext(test, metrics)).items():
         draw(name, figure)
     return drawn

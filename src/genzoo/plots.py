@@ -10,8 +10,8 @@ this kit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -25,8 +25,8 @@ from torch.distributions import Normal
 
 from genzoo.data import Split
 
-if TYPE_CHECKING:
-    from genzoo.models.base import Encodes, GenerativeModel, Reconstructs
+# A model's encode, decode or reconstruct: images or codes in, images or codes out.
+Mapping = Callable[[torch.Tensor], torch.Tensor]
 
 N_GRID = 64  # samples per grid (8 x 8)
 
@@ -87,15 +87,18 @@ QUALITY_PANELS = {
 QUALITY_REFERENCES = {"class entropy of the samples": (math.log(10), "no collapse: log 10")}
 
 
-def curve_panels(model: GenerativeModel, metrics: list[dict]) -> dict[str, list[str]]:
-    """Panel title -> metric names: the model's own ``curve_panels`` if it declares them,
-    else its objective, its other validation terms, and one panel per logged diagnostic;
+def curve_panels(
+    declared: dict[str, list[str]] | None, val_metric: str | None, metrics: list[dict]
+) -> dict[str, list[str]]:
+    """Panel title -> metric names: the panels a family ``declared`` if it did, else its
+    objective ``val_metric``, its other validation terms, and one panel per logged
+    diagnostic;
     the learning rate too where it changed (a schedule, or ``genzoo resume RUN --lr LR``),
     and the sample quality where it was watched (``--quality-every``)."""
     watched = QUALITY_PANELS if any("quality_fid" in m for m in metrics) else {}
-    if model.curve_panels is not None:
-        return {**model.curve_panels, **watched, **_rate_panel(metrics)}
-    keys, metric = metrics[0].keys(), model.val_metric
+    if declared is not None:
+        return {**declared, **watched, **_rate_panel(metrics)}
+    keys, metric = metrics[0].keys(), val_metric
     panels = {"objective": [f"train_{metric}", f"val_{metric}"]}
     terms = [k for k in keys if k.startswith("val_") and k != f"val_{metric}"]
     if terms:
@@ -173,12 +176,12 @@ def draw_metric_panels(
     save_figure(fig, path)
 
 
-def draw_reconstructions(model: Reconstructs, x: torch.Tensor, path: Path, ncol: int = 10) -> None:
+def draw_reconstructions(reconstruct: Mapping, x: torch.Tensor, path: Path, ncol: int = 10) -> None:
     """Up to three rows of test images, each followed by a row of their reconstructions."""
     ncol = min(ncol, len(x))
     rows = min(3, len(x) // ncol)
     x = x[: rows * ncol]
-    recon = model.reconstruct(x)
+    recon = reconstruct(x)
     shape = (rows, ncol, *x.shape[1:])
     pairs = torch.stack([x.view(shape), recon.view(shape)], 1)  # (rows, 2, ncol, C, H, W)
     fig, ax = plt.subplots(figsize=(ncol * 0.6, 2 * rows * 0.6 + 0.5))
@@ -186,27 +189,26 @@ def draw_reconstructions(model: Reconstructs, x: torch.Tensor, path: Path, ncol:
     save_figure(fig, path)
 
 
-def draw_manifold(model: Encodes, path: Path, n: int = 20) -> None:
+def draw_manifold(decode: Mapping, device: torch.device, path: Path, n: int = 20) -> None:
     """Decoded means over an n x n grid of a 2-D latent, spaced by the inverse normal CDF
     so that every cell holds equal prior mass (Kingma & Welling 2014, fig. 4)."""
-    device = next(model.parameters()).device
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device)
     coords = Normal(0.0, 1.0).icdf(u)  # (n,)
     z1, z2 = torch.meshgrid(coords, coords.flip(0), indexing="xy")  # z2 grows upwards
-    means = model.decode(torch.stack([z1, z2], -1).view(-1, 2))  # (n*n, 1, 28, 28)
+    means = decode(torch.stack([z1, z2], -1).view(-1, 2))  # (n*n, 1, 28, 28)
     fig, ax = plt.subplots(figsize=(9, 9))
     show(ax, image_grid(means, n), "2-D latent manifold (decoded means)")
     save_figure(fig, path)
 
 
-def encode_split(model: Encodes, split: Split, n: int) -> np.ndarray:
+def encode_split(encode: Mapping, split: Split, n: int) -> np.ndarray:
     """Codes of the first ``n`` images of ``split``, encoded 1000 at a time: (n, L)."""
-    return torch.cat([model.encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
+    return torch.cat([encode(x) for x in split.images[:n].split(1000)]).cpu().numpy()
 
 
-def draw_latents(model: Encodes, split: Split, path: Path, n: int = 5000) -> None:
+def draw_latents(encode: Mapping, split: Split, path: Path, n: int = 5000) -> None:
     """Codes (posterior means) of test images coloured by class; PCA above 2 dimensions."""
-    codes = encode_split(model, split, n)
+    codes = encode_split(encode, split, n)
     points, _, axis_name = codes_in_2d(codes)
     fig, ax = plt.subplots(figsize=(7, 6))
     scatter_by_class(fig, ax, points, split.labels[:n].cpu().numpy())
@@ -214,11 +216,13 @@ def draw_latents(model: Encodes, split: Split, path: Path, n: int = 5000) -> Non
     save_figure(fig, path)
 
 
-def draw_interpolation(model: Encodes, x_pair: torch.Tensor, path: Path, steps: int = 10) -> None:
+def draw_interpolation(
+    encode: Mapping, decode: Mapping, x_pair: torch.Tensor, path: Path, steps: int = 10
+) -> None:
     """Decoded means along the straight line between the codes of two test images."""
-    z = model.encode(x_pair)  # (2, L)
+    z = encode(x_pair)  # (2, L)
     t = torch.linspace(0, 1, steps, device=z.device)[:, None]
-    means = model.decode((1 - t) * z[0] + t * z[1])
+    means = decode((1 - t) * z[0] + t * z[1])
     row = torch.cat([x_pair[:1], means, x_pair[1:]])
     fig, ax = plt.subplots(figsize=(steps * 0.7, 1.4))
     show(ax, image_grid(row, len(row)), "interpolation between two test images (ends: data)")
@@ -232,7 +236,7 @@ def codes_in_2d(codes: np.ndarray) -> tuple[np.ndarray, PCA | None, str]:
         return np.hstack([codes, np.zeros_like(codes)]), None, "z"
     if codes.shape[1] == 2:
         return codes, None, "z"
-    pca = PCA(n_components=2).fit(codes)
+    pca = PCA(n_components=2, random_state=0).fit(codes)  # its solver may be randomized
     return (
         pca.transform(codes),
         pca,

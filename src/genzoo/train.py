@@ -434,15 +434,15 @@ def draw_progress(
     dev: torch.device,
     board: Board | None = None,
 ) -> None:
-    # The same noise every time (seeded), so the grids show the model changing, not the draw.
-    model.eval()
-    with isolated_rng(seed, dev):
-        samples = model.progress_samples(plots.N_GRID)
-    if samples is None:  # e.g. the autoencoder's mixture comes at the end
+    if not model.ready_to_sample():  # e.g. the autoencoder's mixture comes at the end
         return
+    model.eval()
+    # The same noise every time (seeded), so the grids show the model changing, not the draw.
+    with isolated_rng(seed, dev):
+        means, samples = figures.means_and_samples(model)
     label = "before training" if epoch == 0 else f"after epoch {epoch}"
     path = run_dir / "figures" / f"samples_epoch{epoch:03d}.png"
-    plots.save_image_grid(samples, path, f"samples {label}")
+    plots.draw_samples(samples, means, f"samples {label}", path)
     if board is not None:
         board.samples(samples, epoch)
 

@@ -133,9 +133,9 @@ class Autoencoder(GenerativeModel, Encodes, Reconstructs, MixtureSampler):
         codes = torch.cat([self.encode(x) for x in batches(data.train, 1000, data.binarize)])
         self.fit_mixture(codes)
 
-    def progress_samples(self, n: int) -> None:
-        """None: the sampler, the mixture, is fitted when training ends."""
-        return None
+    def ready_to_sample(self) -> bool:
+        """Once the sampler, the mixture, is fitted, when training ends."""
+        return bool(self.gmm_fitted)
 
     def figures(self, context: FigureContext) -> dict[str, Figure]:
         return {"mixture.png": lambda path: draw_mixture(self, context.test, path)}
@@ -178,7 +178,7 @@ class Autoencoder(GenerativeModel, Encodes, Reconstructs, MixtureSampler):
 def draw_mixture(model: Autoencoder, split: Split, path: Path, n: int = 5000) -> None:
     """Codes of test images by class with the fitted mixture's 2-sigma ellipses on top;
     beside them, decoded samples from the mixture and from N(0, I)."""
-    codes = plots.encode_split(model, split, n)
+    codes = plots.encode_split(model.encode, split, n)
     points, pca, axis_name = plots.codes_in_2d(codes)
     mixture = model.mixture()
     means = mixture.component_distribution.mean.cpu().numpy()  # (C, L)

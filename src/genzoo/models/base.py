@@ -19,8 +19,8 @@ its loss, the wrapper-owns-the-loss pattern of nanoGPT and the Flax examples:
 - ``evaluate_batch(x) -> {name: (B,) tensor}`` (abstract): per-example terms for
   validation and test, named in ``eval_terms`` with their labels and ``units``.
 - ``sample(n, temperature=1.0)`` (abstract): n images (n, C, H, W) in [0, 1].
-- Hooks with defaults: ``progress_samples(n)`` (the grids drawn while training; None
-  where the sampler is made when training ends), ``epoch_diagnostics(x)`` on a fixed
+- Hooks with defaults: ``ready_to_sample()`` (False where the sampler is made when
+  training ends, so no grids are drawn while training), ``epoch_diagnostics(x)`` on a fixed
   training batch after every epoch, ``after_training(data)`` once on the best weights,
   and ``figures(context)``: the family's own figures, beyond the common ones of plots.py.
 
@@ -136,9 +136,11 @@ class GenerativeModel(nn.Module, ABC):
 
     # ------------------------------------------------------------------ hooks
 
-    def progress_samples(self, n: int) -> torch.Tensor | None:
-        """The samples of the grids drawn while training (None: none can be drawn yet)."""
-        return self.sample(n)
+    def ready_to_sample(self) -> bool:
+        """Whether ``sample`` works in the model's present state: the grids drawn while
+        training skip the epochs where it does not (the autoencoder's mixture is fitted
+        when training ends)."""
+        return True
 
     def epoch_diagnostics(self, x: torch.Tensor) -> dict[str, float]:
         """Figures measured on a fixed training batch after every epoch (none here)."""

@@ -36,7 +36,6 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from genzoo.errors import GenzooError
-from genzoo.models import draw_figures
 from genzoo.models.base import (
     Figure,
     FigureContext,
@@ -44,6 +43,13 @@ from genzoo.models.base import (
     Likelihood,
     Reconstructs,
     check_values,
+)
+from genzoo.models.draw_figures import (
+    DRAWING_SAMPLES,
+    draw_drawing,
+    draw_drawing_gif,
+    draw_kl_per_step,
+    draw_reading,
 )
 from genzoo.models.latent import IMPORTANCE_SAMPLING, MAX_DECODER_ROWS
 from genzoo.stats import importance_sampled_log_mean
@@ -374,11 +380,20 @@ class DRAW(GenerativeModel, Reconstructs, Likelihood):
 
     def figures(self, context: FigureContext) -> dict[str, Figure]:
         # drawing.png and drawing.gif show the same samples.
-        canvases, windows = self.sample_sequence(draw_figures.DRAWING_SAMPLES)
+        canvases, windows = self.sample_sequence(DRAWING_SAMPLES)
         images = context.test.images
         return {
-            "drawing.png": lambda path: draw_figures.draw_drawing(canvases, windows, path),
-            "drawing.gif": lambda path: draw_figures.draw_drawing_gif(canvases, windows, path),
-            "reading.png": lambda path: draw_figures.draw_reading(self, images[:4], path),
-            "kl_per_step.png": lambda path: draw_figures.draw_kl_per_step(self, images, path),
+            "drawing.png": lambda path: draw_drawing(canvases, windows, path),
+            "drawing.gif": lambda path: draw_drawing_gif(canvases, windows, path),
+            "reading.png": lambda path: draw_reading(
+                images[:4], *self.reconstruct_sequence(images[:4]), path
+            ),
+            "kl_per_step.png": lambda path: draw_kl_per_step(self.kl_per_step(images[:1000]), path),
         }
+
+    @torch.no_grad()
+    def kl_per_step(self, images: torch.Tensor) -> torch.Tensor:
+        """KL(q(z_t|.) || p(z_t)) of every step for every image, 500 at a time: (T, N)."""
+        parts = [self.evaluate_batch(x) for x in images.split(500)]
+        steps = [name for name in parts[0] if name.startswith("kl_step")]
+        return torch.stack([torch.cat([p[name] for p in parts]) for name in steps]).double().cpu()

@@ -5,7 +5,6 @@ KL of each step (kl_per_step.png); ``DRAW.figures`` hands them to the run's figu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -15,9 +14,6 @@ from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.patches import Rectangle
 
 from genzoo import plots
-
-if TYPE_CHECKING:
-    from genzoo.models.draw import DRAW
 
 DRAWING_SAMPLES = 8  # samples in drawing.png and drawing.gif
 MAX_STRIP_STEPS = 16  # columns of a step-by-step strip
@@ -90,10 +86,12 @@ def draw_drawing_gif(
     plt.close(fig)
 
 
-def draw_reading(model: DRAW, x: torch.Tensor, path: Path) -> None:
+def draw_reading(
+    x: torch.Tensor, canvases: torch.Tensor, windows: torch.Tensor | None, path: Path
+) -> None:
     """For each test image in x (B, 1, H, W), two rows: the image with the window read at
-    step t, and the canvas after step t (z_t at the posterior means)."""
-    canvases, windows = model.reconstruct_sequence(x)  # (T, B, 1, H, W), (T, B, 4)
+    step t (windows (T, B, 4)), and the canvas after step t (canvases (T, B, 1, H, W),
+    z_t at the posterior means)."""
     steps = strip_steps(len(canvases))
     b, h, w = x.shape[0], *x.shape[-2:]
     targets = x[None].expand(len(steps), *x.shape)  # (S, B, 1, H, W)
@@ -110,19 +108,16 @@ def draw_reading(model: DRAW, x: torch.Tensor, path: Path) -> None:
     plots.save_figure(fig, path)
 
 
-def draw_kl_per_step(model: DRAW, images: torch.Tensor, path: Path, n: int = 1000) -> None:
-    """Mean KL(q(z_t|.) || p(z_t)) of each step over the first ``n`` images, from the
-    ``kl_step{t}`` terms of ``evaluate_batch``, with standard errors: when the model
-    spends its nats."""
-    parts = [model.evaluate_batch(x) for x in images[:n].split(500)]
-    names = [name for name in parts[0] if name.startswith("kl_step")]
-    kl = torch.stack([torch.cat([p[name] for p in parts]) for name in names]).double().cpu()
+def draw_kl_per_step(kl: torch.Tensor, path: Path) -> None:
+    """Mean KL(q(z_t|.) || p(z_t)) of each step over images, kl (T, N), with standard
+    errors: when the model spends its nats."""
     mean, se = kl.mean(1), kl.std(1) / np.sqrt(kl.shape[1])  # (T,) each
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(names) + 2), 3.5))
-    ax.bar(range(1, len(names) + 1), mean.numpy(), yerr=se.numpy(), color="tab:blue")
+    steps = len(kl)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * steps + 2), 3.5))
+    ax.bar(range(1, steps + 1), mean.numpy(), yerr=se.numpy(), color="tab:blue")
     ax.set(
         xlabel="step t",
-        xticks=[t + 1 for t in strip_steps(len(names))],
+        xticks=[t + 1 for t in strip_steps(steps)],
         ylabel="KL (nats per image)",
         title=f"KL per step, mean over {kl.shape[1]} test images",
     )
