@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     from genzoo.models.diffusion import Diffusion
 
 CHAIN_SAMPLES = 8  # samples in denoising_chain.png and sampling.gif
-STEP_SAMPLES = 8  # samples per panel of sample_steps.png, from the chain's first noise
+# Samples per panel of sample_steps.png, from the chain's first noise: few, as its
+# 250-step panel costs five times the rest of the figures.
+STEP_SAMPLES = 4
+MAX_GIF_FRAMES = 26
 FIGURE_STEPS = (10, 50, 250)
 SEED = 0  # the figures' noise, so that runs and epochs show the same draws
 
@@ -62,15 +65,17 @@ def draw_chain(frames: torch.Tensor, title: str, path: Path) -> None:
 def draw_chain_gif(frames: torch.Tensor, title: str, path: Path, fps: int = 10) -> None:
     """The samples of ``draw_chain`` in one row, a frame per step, as an animated GIF."""
     n = frames.shape[1]
-    grids = [plots.image_grid(frame, n) for frame in frames]
+    # Evenly spaced states, the first (noise) and the last (the samples) among them.
+    picks = np.linspace(0, len(frames) - 1, min(len(frames), MAX_GIF_FRAMES)).round().astype(int)
+    grids = [plots.image_grid(frames[k], n) for k in picks]
     fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8)  # frames are not cropped
     plots.show(ax, grids[0])
     image = ax.images[0]
 
-    def show(k: int) -> list[matplotlib.artist.Artist]:
-        image.set_data(grids[k])
-        ax.set_title(f"{title}: step {k}")
+    def show(i: int) -> list[matplotlib.artist.Artist]:
+        image.set_data(grids[i])
+        ax.set_title(f"{title}: step {picks[i]}")
         return [image]
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ def draw_step_counts(
     counts = [s for s in FIGURE_STEPS if model.flow or s <= model.cfg.timesteps]
     noise = noise[:STEP_SAMPLES]
     labels = None if labels is None else labels[:STEP_SAMPLES]
-    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 1.6))
+    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 1.2))
     for ax, steps in zip(np.atleast_1d(axes), counts, strict=True):
         if steps == model.cfg.sample_steps:
             samples = default_samples[:STEP_SAMPLES]
