@@ -379,9 +379,8 @@ class Diffusion(GenerativeModel, Likelihood):
             return self.net(x, t, null)
         if guidance == 0:
             return self.net(x, t, labels)
-        cond, uncond = self.net(x.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([labels, null])).chunk(
-            2
-        )
+        both = self.net(x.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([labels, null]))
+        cond, uncond = both.chunk(2)  # (B, C, H, W) each
         return (1 + guidance) * cond - guidance * uncond
 
     def denoise(
@@ -394,14 +393,20 @@ class Diffusion(GenerativeModel, Likelihood):
         """(x0_hat, eps_hat) at steps t (B,) in 1..T: x0_hat clipped to [-1, 1], where the
         data lie (as Ho et al. do in sampling and in the bound), and eps_hat the noise
         consistent with it."""
-        ab = self.alpha_bar[t].to(x_t.dtype)[:, None, None, None]  # (B, 1, 1, 1)
+        signal, sigma = self.scales(t, x_t.dtype)
         out = self.predict(x_t, t / self.cfg.timesteps, labels, guidance)
         if self.cfg.objective == "eps":
-            x0 = (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
+            x0 = (x_t - sigma * out) / signal
         else:  # v
-            x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
+            x0 = signal * x_t - sigma * out
         x0 = x0.clamp(-1, 1)
-        return x0, (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return x0, (x_t - signal * x0) / sigma
+
+    def scales(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(abar_t) and sqrt(1 - abar_t), (B, 1, 1, 1) each, for steps t (B,); taken
+        in float64, where 1 - abar_t near t = 1 (about 1e-5) keeps its digits."""
+        ab = self.alpha_bar[t][:, None, None, None]
+        return ab.sqrt().to(dtype), (1 - ab).sqrt().to(dtype)
 
     # ------------------------------------------------------------------ objective
 
@@ -418,15 +423,12 @@ class Diffusion(GenerativeModel, Likelihood):
             s = t[:, None, None, None]
             x_t, target, time = (1 - s) * x0 + s * noise, noise - x0, t
         else:
-            ab = self.alpha_bar[t].to(x0.dtype)[:, None, None, None]
-            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            target = (
-                noise if self.cfg.objective == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
-            )
+            signal, sigma = self.scales(t, x0.dtype)
+            x_t = signal * x0 + sigma * noise
+            target = noise if self.cfg.objective == "eps" else signal * noise - sigma * x0
             time = t / self.cfg.timesteps
-        return (
-            F.mse_loss(self.predict(x_t, time, labels), target, reduction="none").flatten(1).mean(1)
-        )
+        error = F.mse_loss(self.predict(x_t, time, labels), target, reduction="none")
+        return error.flatten(1).mean(1)
 
     def draw_times(
         self, n: int, device: torch.device, generator: torch.Generator | None = None
