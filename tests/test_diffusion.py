@@ -284,6 +284,8 @@ def test_bad_calls_are_one_clear_line() -> None:
     m = model(objective="eps")
     with pytest.raises(GenzooError, match="--iw-samples 8 or fewer"):
         m.log_likelihood(grey(2), T + 1)
+    with pytest.raises(GenzooError, match="--iw-samples 1000 or fewer"):
+        model().log_likelihood(grey(2), 5000)
     with pytest.raises(GenzooError, match="--binarize none"):
         m.log_likelihood(torch.full((2, *SHAPE), 0.5), 2)
     with pytest.raises(GenzooError, match="at most --timesteps"):

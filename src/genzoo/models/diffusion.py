@@ -20,8 +20,9 @@ likelihood is Ho et al.'s variational bound on the 8-bit image (eq. 5),
 
 with a discretized Gaussian decoder p(x_0 | x_1) over the 256 grey levels; its sum over
 the T steps is estimated per image at ``samples`` timesteps, one from each of ``samples``
-strata of consecutive steps, weighted by the stratum's size (unbiased; exact when
-samples = T).
+strata of consecutive steps, weighted by the stratum's size: unbiased, and exact with
+samples = T (Ho et al.'s protocol, for reported figures); with fewer, the first steps'
+large terms make it noisy.
 
 Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al.
 2023, "Flow Straight and Fast", rectified flow): the straight path x_t = (1 - t) x_0 +
@@ -66,6 +67,9 @@ SAMPLERS = {"eps": ("ddpm", "ddim"), "v": ("ddpm", "ddim"), "flow-matching": ("e
 AUTO_SAMPLER = {"eps": "ddim", "v": "ddim", "flow-matching": "euler"}
 EVAL_SEED = 0  # the timesteps and noise of evaluate_batch, and Hutchinson's probes
 BIN = 2 / 255  # the width of a grey level in [-1, 1]
+# More ODE steps than this change the flow-matching likelihood by less than its noise; the
+# limit turns eval's default of 5000 importance samples into a clear error.
+MAX_ODE_STEPS = 1000
 Num = TypeVar("Num", float, torch.Tensor)
 
 
@@ -314,7 +318,12 @@ def ode_log_likelihood(
 
 
 class Diffusion(GenerativeModel, Likelihood):
-    eval_terms: ClassVar[dict[str, str]] = {"loss": "denoising MSE"}
+    # nll and bpd come from the likelihood in evaluation (base.Likelihood).
+    eval_terms: ClassVar[dict[str, str]] = {
+        "loss": "denoising MSE",
+        "nll": "NLL bound",
+        "bpd": "bits/dim",
+    }
     units = (
         "loss: mean squared error per pixel of the objective's target (eps, v or velocity); "
         "nll: nats per 8-bit image"
@@ -531,6 +540,11 @@ class Diffusion(GenerativeModel, Likelihood):
         if samples < 1:
             raise GenzooError(f"the likelihood needs at least 1 sample, got {samples}")
         if self.flow:
+            if samples > MAX_ODE_STEPS:
+                raise GenzooError(
+                    f"the flow-matching likelihood takes at most {MAX_ODE_STEPS} ODE steps, "
+                    f"not {samples}: pass --iw-samples {MAX_ODE_STEPS} or fewer (e.g. 100)"
+                )
             return self.ode_bound(x0, samples)
         if samples > self.cfg.timesteps:
             raise GenzooError(
