@@ -13,10 +13,9 @@ from torch import nn
 from torch.distributions import Normal
 
 from genzoo.errors import GenzooError
-from genzoo.models.diffusion import (
+from genzoo.models.diffusion import Diffusion, DiffusionConfig
+from genzoo.models.diffusion_process import (
     BIN,
-    Diffusion,
-    DiffusionConfig,
     log_discretized_gaussian,
     ode_log_likelihood,
     posterior,
