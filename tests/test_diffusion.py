@@ -208,12 +208,17 @@ def test_ddim_with_every_step_is_the_deterministic_chain() -> None:
 
 
 @pytest.mark.parametrize(
-    ("objective", "sampler"),
-    [("eps", "ddpm"), ("eps", "ddim"), ("v", "ddpm"), ("flow-matching", "euler"),
-     ("flow-matching", "heun")],
-)  # fmt: skip
-def test_samplers_give_images_and_chains(objective: str, sampler: str) -> None:
-    m = model(objective=objective, sampler=sampler, variance="beta")
+    ("objective", "sampler", "variance"),
+    [
+        ("eps", "ddpm", "posterior"),
+        ("eps", "ddim", "posterior"),
+        ("v", "ddpm", "beta"),
+        ("flow-matching", "euler", "posterior"),
+        ("flow-matching", "heun", "posterior"),
+    ],
+)
+def test_samplers_give_images_and_chains(objective: str, sampler: str, variance: str) -> None:
+    m = model(objective=objective, sampler=sampler, variance=variance)
     samples = m.sample(5)
     assert samples.shape == (5, *SHAPE) and ((samples >= 0) & (samples <= 1)).all()
     chain: list[torch.Tensor] = []
