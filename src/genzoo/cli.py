@@ -357,7 +357,8 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    families = "\n".join(f"  {name:<9}{family_summary(name)}" for name in MODELS)
+    width = max(map(len, MODELS)) + 2
+    families = "\n".join(f"  {name:<{width}}{family_summary(name)}" for name in MODELS)
     parser = Parser(
         prog="genzoo",
         description=DESCRIPTION.format(families=families),
@@ -573,7 +574,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     rows = compare_runs(args.runs, args.output, args.metrics, args.device, args.data_dir)
     reasons = comparability(rows)
     print(
-        f"{'run':<24}{'model':<8}{'epochs':>6}{'K':>7}{'images':>8}{'-ELBO':>17}{'NLL':>17}"
+        f"{'run':<24}{'model':<10}{'epochs':>6}{'K':>7}{'images':>8}{'-ELBO':>17}{'NLL':>17}"
         "  settings"
     )
     for row, reason in zip(rows, reasons, strict=True):
@@ -582,7 +583,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             for k in ("neg_elbo", "nll")
         ]
         print(
-            f"{row['run']:<24}{row['model']:<8}{row['epochs']:>6}{nll_samples(row):>7}"
+            f"{row['run']:<24}{row['model']:<10}{row['epochs']:>6}{nll_samples(row):>7}"
             f"{n_images(row):>8}  {cells[0]}  {cells[1]}  {row['settings']}"
             + (" *" if reason else "")
         )

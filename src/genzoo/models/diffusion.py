@@ -1,0 +1,500 @@
+"""Denoising diffusion and flow matching on grey-level images, with a U-Net (unet.py).
+
+Discrete diffusion (Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models"):
+a fixed forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 1..T,
+with the cosine schedule of Nichol & Dhariwal (2021, "Improved DDPM") or Ho et al.'s
+linear one, and a learned reverse process p(x_{t-1} | x_t) = N(mu(x_t, t), sigma_t^2 I).
+The network is trained by regression at a uniformly drawn t on x_t = sqrt(abar_t) x_0 +
+sqrt(1 - abar_t) eps, the target being
+
+- ``eps``: the noise eps (Ho et al.'s L_simple);
+- ``v``: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, "Progressive
+  Distillation"), whose scale does not vanish at either end of the schedule.
+
+Samplers: ancestral DDPM steps on a strided subsequence of the T steps (Nichol & Dhariwal
+section 4), or DDIM's deterministic steps with eta = 0 (Song, Meng & Ermon 2021). The
+likelihood is Ho et al.'s variational bound on the 8-bit image (eq. 5),
+
+    -log p(x_0) <= KL(q(x_T|x_0) || N(0, I)) + sum_{t=2}^T KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
+                   - log p(x_0 | x_1),
+
+with a discretized Gaussian decoder p(x_0 | x_1) over the 256 grey levels; its sum over
+the T steps is estimated per image at ``samples`` timesteps, one from each of ``samples``
+strata of consecutive steps, weighted by the stratum's size: unbiased, and exact with
+samples = T (Ho et al.'s protocol, for reported figures); with fewer, the first steps'
+large terms make it noisy.
+
+Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al.
+2023, "Flow Straight and Fast", rectified flow): the straight path x_t = (1 - t) x_0 +
+t eps, t ~ U(0, 1) (t = 0: data, t = 1: noise, as in Liu et al.; Lipman et al. run time
+the other way), and the network regresses the velocity dx_t/dt = eps - x_0. Samples
+integrate the ODE dx/dt = v(x, t) from t = 1 to 0 (Euler or Heun); the likelihood is the
+change of variables along the same ODE from t = 0 to 1, log p_0(x) = log N(x_1; 0, I) +
+int_0^1 div v(x_t, t) dt, with the divergence by Hutchinson's estimator. It is taken at
+x_0 + u, u uniform on the grey level's bin of width 2/255 (the bins of the DDPM decoder),
+so log P(x_int) >= E_u log p_0(x_0 + u) + D log(2/255): the same 8-bit nats as the bound,
+and bits/dim = NLL / (D ln 2) as for Real NVP.
+
+Class conditioning with classifier-free guidance (Ho & Salimans 2022): the label is
+replaced by a null label with probability ``label_dropout`` in training, and the
+guided prediction is (1 + w) f(x, t, c) - w f(x, t, null) (their w parameterization:
+w = 0 is the plain conditional model, computed without the second pass).
+
+Images x in [0, 1] (grey levels x_int / 255) are modelled as x_0 = 2 x - 1 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Normal, kl_divergence
+
+from genzoo.errors import GenzooError
+from genzoo.models.base import (
+    Figure,
+    FigureContext,
+    GenerativeModel,
+    Likelihood,
+    LikelihoodEstimator,
+)
+from genzoo.models.diffusion_process import (
+    BIN,
+    ddim,
+    ddpm,
+    euler,
+    heun,
+    log_discretized_gaussian,
+    ode_log_likelihood,
+    posterior,
+    schedule_alpha_bars,
+    stratified_timesteps,
+)
+from genzoo.models.unet import GROUPS, UNet
+
+SAMPLERS = {"eps": ("ddpm", "ddim"), "v": ("ddpm", "ddim"), "flow-matching": ("euler", "heun")}
+# What --sampler auto picks: one network evaluation per step for every objective.
+AUTO_SAMPLER = {"eps": "ddim", "v": "ddim", "flow-matching": "euler"}
+EVAL_SEED = 0  # the timesteps and noise of evaluate_batch, and Hutchinson's probes
+# More ODE steps than this change the flow-matching likelihood by less than its noise; the
+# limit turns eval's default of 5000 importance samples into a clear error.
+MAX_ODE_STEPS = 1000
+
+
+@dataclass
+class DiffusionConfig:
+    # Flow matching by default: its target eps - x_0 has the same scale at every t (no
+    # weighting of timesteps to choose), and its near-straight paths sample well in few
+    # steps, which is what a CPU pays for: rectified flow gave the best samples at 25-50
+    # steps among eps, v and flow objectives in Esser et al. (2024, table 1).
+    objective: str = field(
+        default="flow-matching",
+        metadata={"help": "regression target", "choices": tuple(SAMPLERS)},
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata={"help": "noise schedule of eps and v", "choices": ("cosine", "linear")},
+    )
+    timesteps: int = field(
+        default=1000, metadata={"help": "T, the steps of the discrete diffusion (eps and v)"}
+    )
+    base_channels: int = field(
+        default=32, metadata={"help": f"U-Net channels at 28x28 (a multiple of {GROUPS})"}
+    )
+    channel_mults: tuple[int, ...] = field(
+        default=(1, 2, 2),
+        metadata={"help": "channel multipliers of the U-Net levels (28, 14, 7 pixels)"},
+    )
+    res_blocks: int = field(default=1, metadata={"help": "residual blocks per U-Net level"})
+    attention: bool = field(
+        default=True, metadata={"help": "self-attention at the U-Net's lowest resolution"}
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout in the residual blocks", "min": 0, "below": 1}
+    )
+    sampler: str = field(
+        default="auto",
+        metadata={
+            "help": "ddpm or ddim for eps and v, euler or heun for flow matching; auto: "
+            + ", ".join(f"{o} {s}" for o, s in AUTO_SAMPLER.items()),
+            "choices": ("auto", "ddpm", "ddim", "euler", "heun"),
+        },
+    )
+    sample_steps: int = field(
+        default=50, metadata={"help": "sampler steps (at most --timesteps for eps and v)"}
+    )
+    guidance: float = field(
+        default=0.0,
+        metadata={
+            "help": "classifier-free guidance w: (1 + w) cond - w uncond; 0: none",
+            "min": 0,
+            "max": 100,
+        },
+    )
+    conditional: bool = field(
+        default=False, metadata={"help": "condition on the class label (needs labels)"}
+    )
+    num_classes: int = field(default=10, metadata={"help": "classes of --conditional"})
+    label_dropout: float = field(
+        default=0.1,
+        metadata={"help": "probability of the null label in training", "min": 0, "below": 1},
+    )
+    # Ho et al. found beta_t and the posterior's variance equally good for samples; the
+    # posterior's makes each KL of the bound a pure mean mismatch that vanishes for a
+    # perfect x_0 prediction (Ho et al. section 3.2).
+    variance: str = field(
+        default="posterior",
+        metadata={
+            "help": "the fixed reverse variance of ddpm and the bound: the posterior's "
+            "(tilde beta_t) or beta_t",
+            "choices": ("posterior", "beta"),
+        },
+    )
+    ode_probes: int = field(
+        default=1, metadata={"help": "Hutchinson probes of the flow-matching likelihood"}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "clip the gradient's global norm (Ho et al.)"}
+    )
+
+
+# ---------------------------------------------------------------------- the model
+
+
+class Diffusion(GenerativeModel, Likelihood):
+    # nll and bpd come from the likelihood in evaluation (base.Likelihood).
+    eval_terms: ClassVar[dict[str, str]] = {
+        "loss": "denoising MSE",
+        "nll": "NLL bound",
+        "bpd": "bits/dim",
+    }
+    units = (
+        "loss: mean squared error per pixel of the objective's target (eps, v or velocity); "
+        "nll: nats per 8-bit image"
+    )
+    loss_label = "MSE"
+
+    def __init__(self, cfg: DiffusionConfig, image_shape: tuple[int, ...]):
+        super().__init__()
+        check_config(cfg, tuple(image_shape))
+        self.cfg = cfg
+        self.image_shape = tuple(image_shape)
+        self.flow = cfg.objective == "flow-matching"
+        self.sampler = AUTO_SAMPLER[cfg.objective] if cfg.sampler == "auto" else cfg.sampler
+        self.max_grad_norm = cfg.max_grad_norm
+        self.net = UNet(
+            image_shape[0],
+            cfg.base_channels,
+            cfg.channel_mults,
+            cfg.res_blocks,
+            cfg.attention,
+            cfg.dropout,
+            cfg.num_classes if cfg.conditional else None,
+        )
+        # Rebuilt from the config, not saved; float64 for the steps near t = 0, where
+        # 1 - abar_t is about 1e-5.
+        alpha_bar = schedule_alpha_bars(cfg.schedule, cfg.timesteps)
+        self.register_buffer("alpha_bar", alpha_bar, persistent=False)  # (T + 1,)
+        self.alpha_bar_list = alpha_bar.tolist()
+
+    @property
+    def likelihood_estimator(self) -> LikelihoodEstimator:  # type: ignore[override]
+        if self.flow:
+            return LikelihoodEstimator(
+                f"probability-flow ODE (Heun), Hutchinson divergence ({self.cfg.ode_probes} "
+                "Rademacher probes, fixed seed), uniform dequantization",
+                "lower bound",
+                samples="ODE steps",
+                eight_bit=True,
+            )
+        return LikelihoodEstimator(
+            f"variational bound ({self.cfg.variance} variance), stratified timesteps",
+            "lower bound",
+            samples="timesteps",
+            eight_bit=True,
+        )
+
+    # ------------------------------------------------------------------ network outputs
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        guidance: float = 0.0,
+    ) -> torch.Tensor:
+        """The network's output (eps, v or velocity) at x (B, C, H, W), times t (B,) in
+        [0, 1] and labels (B,) (None: the null label), guided with weight ``guidance``."""
+        if not self.cfg.conditional:
+            return self.net(x, t)
+        null = torch.full((len(x),), self.cfg.num_classes, device=x.device)
+        if labels is None:
+            return self.net(x, t, null)
+        if guidance == 0:
+            return self.net(x, t, labels)
+        both = self.net(x.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([labels, null]))
+        cond, uncond = both.chunk(2)  # (B, C, H, W) each
+        return (1 + guidance) * cond - guidance * uncond
+
+    def denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        guidance: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) at steps t (B,) in 1..T: x0_hat clipped to [-1, 1], where the
+        data lie (as Ho et al. do in sampling and in the bound), and eps_hat the noise
+        consistent with it."""
+        signal, sigma = self.scales(t, x_t.dtype)
+        out = self.predict(x_t, t / self.cfg.timesteps, labels, guidance)
+        if self.cfg.objective == "eps":
+            x0 = (x_t - sigma * out) / signal
+        else:  # v
+            x0 = signal * x_t - sigma * out
+        x0 = x0.clamp(-1, 1)
+        return x0, (x_t - signal * x0) / sigma
+
+    def scales(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(abar_t) and sqrt(1 - abar_t), (B, 1, 1, 1) each, for steps t (B,); taken
+        in float64, where 1 - abar_t near t = 1 (about 1e-5) keeps its digits."""
+        ab = self.alpha_bar[t][:, None, None, None]
+        return ab.sqrt().to(dtype), (1 - ab).sqrt().to(dtype)
+
+    # ------------------------------------------------------------------ objective
+
+    def per_example_loss(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean squared error per example (B,) at times t: in [0, 1] for flow matching,
+        steps 1..T otherwise; x0 and noise (B, C, H, W)."""
+        if self.flow:
+            s = t[:, None, None, None]
+            x_t, target, time = (1 - s) * x0 + s * noise, noise - x0, t
+        else:
+            signal, sigma = self.scales(t, x0.dtype)
+            x_t = signal * x0 + sigma * noise
+            target = noise if self.cfg.objective == "eps" else signal * noise - sigma * x0
+            time = t / self.cfg.timesteps
+        error = F.mse_loss(self.predict(x_t, time, labels), target, reduction="none")
+        return error.flatten(1).mean(1)
+
+    def draw_times(
+        self, n: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Uniform times (n,): in [0, 1) for flow matching, steps 1..T otherwise; from
+        ``generator`` (on the CPU) where given."""
+        where = device if generator is None else torch.device("cpu")
+        if self.flow:
+            t = torch.rand(n, generator=generator, device=where)
+        else:
+            t = torch.randint(1, self.cfg.timesteps + 1, (n,), generator=generator, device=where)
+        return t.to(device)
+
+    def loss(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective on images x (B, C, H, W) in [0, 1] (with their labels (B,) when
+        conditional; the training loop does not pass them yet)."""
+        if self.cfg.conditional:
+            if labels is None:
+                raise GenzooError(
+                    "diffusion --conditional needs the labels in training, which the "
+                    "training loop does not pass yet: train without --conditional"
+                )
+            dropped = torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout
+            labels = labels.masked_fill(dropped, self.cfg.num_classes)
+        x0 = 2 * x - 1
+        loss = self.per_example_loss(
+            x0, self.draw_times(len(x), x.device), torch.randn_like(x0), labels
+        ).mean()
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss per example at times and noise of a fixed seed, the same every epoch
+        (the null label where conditional: the unconditional model)."""
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        t = self.draw_times(len(x), x.device, generator)
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        return {"loss": self.per_example_loss(2 * x - 1, t, noise)}
+
+    # ------------------------------------------------------------------ sampling
+
+    def generate(
+        self,
+        noise: torch.Tensor,
+        steps: int | None = None,
+        labels: torch.Tensor | None = None,
+        chain: list | None = None,
+    ) -> torch.Tensor:
+        """Run the sampler from ``noise`` (B, C, H, W) in ``steps`` steps (default:
+        sample_steps): x_0 in [-1, 1] (not clamped); the states along the way go to
+        ``chain``."""
+        steps = self.cfg.sample_steps if steps is None else steps
+        check_steps(steps, self.cfg)
+        w, n = self.cfg.guidance, len(noise)
+        if self.flow:
+
+            def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+                return self.predict(x, noise.new_full((n,), t), labels, w)
+
+            grid = torch.linspace(1, 0, steps + 1).tolist()
+            return (euler if self.sampler == "euler" else heun)(velocity, noise, grid, chain)
+
+        def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.denoise(x, torch.full((n,), t, device=x.device), labels, w)
+
+        grid = torch.linspace(self.cfg.timesteps, 0, steps + 1).round().long().tolist()
+        if self.sampler == "ddpm":
+            return ddpm(denoise, noise, grid, self.alpha_bar_list, self.cfg.variance, chain)
+        return ddim(denoise, noise, grid, self.alpha_bar_list, chain)
+
+    @torch.no_grad()
+    def sample_classes(self, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """One image of each label (n,) with guidance ``guidance``: (n, C, H, W) in [0, 1]."""
+        if not self.cfg.conditional:
+            raise GenzooError("sampling given classes needs a model trained with --conditional")
+        noise = torch.randn(len(labels), *self.image_shape, device=labels.device)
+        return to_images(self.generate(noise, steps, labels))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """n images (n, C, H, W) in [0, 1]; a conditional model draws their labels
+        uniformly. ``temperature`` must be 1 (diffusion does not declare Tempered)."""
+        if temperature != 1.0:
+            raise GenzooError(f"diffusion samples at temperature 1 only, got {temperature}")
+        device = self.alpha_bar.device
+        if self.cfg.conditional:
+            return self.sample_classes(torch.randint(self.cfg.num_classes, (n,), device=device))
+        return to_images(self.generate(torch.randn(n, *self.image_shape, device=device)))
+
+    # ------------------------------------------------------------------ likelihood
+
+    def log_likelihood(
+        self, x: torch.Tensor, samples: int, proposal: str = "posterior"
+    ) -> torch.Tensor:
+        """A lower bound on log P(x) in nats of the 8-bit images x (B, C, H, W): (B,)
+        float64. ``samples``: timesteps of the bound (at most T), or ODE steps."""
+        x0 = grey_levels(x)
+        if samples < 1:
+            raise GenzooError(f"the likelihood needs at least 1 sample, got {samples}")
+        if self.flow:
+            if samples > MAX_ODE_STEPS:
+                raise GenzooError(
+                    f"the flow-matching likelihood takes at most {MAX_ODE_STEPS} ODE steps, "
+                    f"not {samples}: pass --iw-samples {MAX_ODE_STEPS} or fewer (e.g. 100)"
+                )
+            return self.ode_bound(x0, samples)
+        if samples > self.cfg.timesteps:
+            raise GenzooError(
+                f"diffusion's bound samples at most T={self.cfg.timesteps} timesteps per "
+                f"image, not {samples}: pass --iw-samples {self.cfg.timesteps} or fewer"
+            )
+        return self.variational_bound(x0, samples, torch.randn_like(x0))
+
+    @torch.no_grad()
+    def variational_bound(
+        self, x0: torch.Tensor, samples: int, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """-(L_T + sum_t L_{t-1}), the sum estimated at ``samples`` stratified steps, one
+        noise (B, C, H, W) for all of them (each term stays unbiased): (B,) float64."""
+        ab_T = self.alpha_bar[-1].to(x0.dtype)
+        standard = Normal(torch.zeros_like(x0), torch.ones_like(x0))
+        prior = kl_divergence(Normal(ab_T.sqrt() * x0, (1 - ab_T).sqrt()), standard)
+        total = prior.flatten(1).sum(1).double()  # L_T
+        for t, size in stratified_timesteps(self.cfg.timesteps, samples, len(x0), x0.device):
+            total += size * self.bound_term(x0, t, noise)
+        return -total
+
+    @torch.no_grad()
+    def bound_term(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The bound's term of step t (B,) in 1..T, in nats (B,) float64: -log p(x_0|x_1)
+        at t = 1, KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) above."""
+        ab_t = self.alpha_bar[t][:, None, None, None]  # (B, 1, 1, 1) float64
+        ab_s = self.alpha_bar[t - 1][:, None, None, None]
+        x_t = (ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * noise).to(x0.dtype)
+        x0_hat, _ = self.denoise(x_t, t)
+        c0, ct, var, beta = (c.to(x0.dtype) for c in posterior(ab_t, ab_s))
+        p_var = var if self.cfg.variance == "posterior" else beta
+        first = (t == 1)[:, None, None, None]
+        # At t = 1 the posterior has variance 0: its KL is not used, so any scale will do.
+        q = Normal(c0 * x0 + ct * x_t, torch.where(first, 1.0, var).sqrt())
+        p = Normal(c0 * x0_hat + ct * x_t, torch.where(first, 1.0, p_var).sqrt())
+        kl = kl_divergence(q, p).flatten(1).sum(1)
+        # The decoder's variance is beta_1 with either choice (the posterior's is 0 there).
+        beta_1 = 1 - self.alpha_bar_list[1]
+        decoder = -log_discretized_gaussian(x0, x0_hat, beta_1**0.5).flatten(1).sum(1)
+        return torch.where(t == 1, decoder, kl).double()
+
+    @torch.no_grad()
+    def ode_bound(self, x0: torch.Tensor, steps: int) -> torch.Tensor:
+        """E_u log p(x0 + u) + D log(2/255) for u uniform on the grey level's bin of width
+        2/255 around x0, one draw of u: (B,) float64 (the bound of uniform dequantization)."""
+        z = x0 + BIN * (torch.rand_like(x0) - 0.5)
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        probes = torch.randint(2, (self.cfg.ode_probes, *z.shape), generator=generator)
+        probes = (2 * probes - 1).to(z)  # (P, B, C, H, W) of +-1
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            return self.predict(x, x.new_full((len(x),), t))
+
+        log_p = ode_log_likelihood(velocity, z, steps, probes)
+        return log_p + z[0].numel() * math.log(BIN)
+
+    # ------------------------------------------------------------------ figures
+
+    def figures(self, context: FigureContext) -> dict[str, Figure]:
+        from genzoo.models import diffusion_figures  # here: that module imports this one
+
+        return diffusion_figures.figures(self)
+
+
+def to_images(x0: torch.Tensor) -> torch.Tensor:
+    return ((x0 + 1) / 2).clamp(0, 1)
+
+
+def grey_levels(x: torch.Tensor) -> torch.Tensor:
+    """Grey levels x = x_int / 255 -> x_0 = 2 x - 1, refused unless 8-bit."""
+    if x.min() < 0 or x.max() > 1 or (255 * x - torch.round(255 * x)).abs().max() > 1e-3:
+        raise GenzooError(
+            "diffusion's likelihood is of 8-bit grey levels: pixels must be multiples of "
+            "1/255 in [0, 1] (train with --binarize none)"
+        )
+    return 2 * torch.round(255 * x) / 255 - 1
+
+
+def check_steps(steps: int, cfg: DiffusionConfig) -> None:
+    top = math.inf if cfg.objective == "flow-matching" else cfg.timesteps
+    if not 1 <= steps <= top:
+        bound = "" if top == math.inf else f" and at most --timesteps ({cfg.timesteps})"
+        raise GenzooError(f"--sample-steps must be at least 1{bound}, got {steps}")
+
+
+def check_config(cfg: DiffusionConfig, image_shape: tuple[int, ...]) -> None:
+    """What the field bounds cannot say: combinations, and the image's fit in the U-Net."""
+    if cfg.sampler != "auto" and cfg.sampler not in SAMPLERS[cfg.objective]:
+        raise GenzooError(
+            f"--sampler {cfg.sampler} does not fit --objective {cfg.objective}: choose "
+            f"{' or '.join(SAMPLERS[cfg.objective])} (or auto)"
+        )
+    check_steps(cfg.sample_steps, cfg)
+    if cfg.guidance and not cfg.conditional:
+        raise GenzooError("--guidance needs a class-conditional model: add --conditional")
+    if cfg.schedule == "linear" and cfg.timesteps <= 20:
+        raise GenzooError("the linear schedule's beta_T = 20/T needs --timesteps above 20")
+    if any(c % GROUPS for c in [cfg.base_channels * m for m in cfg.channel_mults]):
+        raise GenzooError(f"--base-channels times each multiplier must be a multiple of {GROUPS}")
+    factor = 2 ** (len(cfg.channel_mults) - 1)
+    if len(image_shape) != 3 or image_shape[1] % factor or image_shape[2] % factor:
+        raise GenzooError(
+            f"the U-Net halves the image {len(cfg.channel_mults) - 1} times, so H and W must be "
+            f"divisible by {factor}; got {image_shape}: use fewer --channel-mults"
+        )

@@ -1,0 +1,300 @@
+"""Diffusion and flow matching (models/diffusion.py) against references: the schedules'
+formulas, the posterior by Bayes' rule, the bound's stratified sum against the full sum,
+the decoder's normalisation, DDIM written out by hand, the ODE likelihood of a Gaussian
+in closed form, and guidance at w = 0. Tiny U-Nets on 8x8 images, T = 8."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from genzoo.errors import GenzooError
+from genzoo.models.diffusion import Diffusion, DiffusionConfig
+from genzoo.models.diffusion_process import (
+    BIN,
+    log_discretized_gaussian,
+    ode_log_likelihood,
+    posterior,
+    schedule_alpha_bars,
+    schedule_betas,
+    stratified_timesteps,
+)
+
+T = 8
+SHAPE = (1, 8, 8)
+TINY = {"base_channels": 8, "channel_mults": (1, 2), "timesteps": T, "sample_steps": 4}
+
+
+def model(**changes) -> Diffusion:
+    """A tiny model whose output layer is random, not zero as at initialisation, so that
+    its predictions depend on its inputs."""
+    torch.manual_seed(0)
+    m = Diffusion(DiffusionConfig(**{**TINY, **changes}), SHAPE).eval()
+    nn.init.normal_(m.net.conv_out[-1].weight, std=0.3)
+    return m
+
+
+def grey(n: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *SHAPE), generator=generator).float() / 255
+
+
+# ---------------------------------------------------------------------- schedules
+
+
+def test_cosine_schedule_is_nichol_and_dhariwals() -> None:
+    s, steps = 0.008, 1000
+    f = [math.cos((t / steps + s) / (1 + s) * math.pi / 2) ** 2 for t in range(steps + 1)]
+    betas = schedule_betas("cosine", steps)
+    expected = torch.tensor([min(1 - f[t] / f[t - 1], 0.999) for t in range(1, steps + 1)])
+    torch.testing.assert_close(betas, expected.double())
+    alpha_bar = schedule_alpha_bars("cosine", steps)
+    assert alpha_bar[0] == 1 and betas[-1] == 0.999  # the last step is clipped
+    # Before the clipping, abar_t telescopes to f(t) / f(0).
+    unclipped = torch.tensor(f[:-1]).double() / f[0]
+    torch.testing.assert_close(alpha_bar[:-1], unclipped)
+    torch.testing.assert_close(alpha_bar[1:], torch.cumprod(1 - betas, 0))
+
+
+@pytest.mark.parametrize("steps", [1000, 100])
+def test_linear_schedule_is_ho_et_als_scaled(steps: int) -> None:
+    scale = 1000 / steps
+    expected = torch.linspace(1e-4 * scale, 0.02 * scale, steps, dtype=torch.float64)
+    torch.testing.assert_close(schedule_betas("linear", steps), expected)
+    torch.testing.assert_close(
+        schedule_alpha_bars("linear", steps)[1:], torch.cumprod(1 - expected, 0)
+    )
+
+
+def test_posterior_is_bayes_rule() -> None:
+    """q(x_s | x_t, x_0) from q(x_s | x_0) = N(sqrt(abar_s) x_0, 1 - abar_s) and
+    q(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, 1 - abar_t / abar_s)."""
+    alpha_bar = schedule_alpha_bars("cosine", 50)
+    x0, xt = 0.3, -1.2
+    for t, s in [(2, 1), (30, 29), (50, 10), (7, 0)]:
+        ab_t, ab_s = alpha_bar[t].item(), alpha_bar[s].item()
+        a = ab_t / ab_s
+        precision = 1 / (1 - ab_s) + a / (1 - a) if s > 0 else math.inf
+        c0, ct, var, beta = posterior(ab_t, ab_s)
+        if s == 0:  # x_0 itself
+            assert (c0, ct, var) == pytest.approx((1, 0, 0), abs=1e-12)
+            continue
+        mean = (ab_s**0.5 * x0 / (1 - ab_s) + a**0.5 * xt / (1 - a)) / precision
+        assert c0 * x0 + ct * xt == pytest.approx(mean, rel=1e-9)
+        assert var == pytest.approx(1 / precision, rel=1e-9) and beta == pytest.approx(1 - a)
+
+
+# ---------------------------------------------------------------------- the bound
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_each_kl_of_the_bound_is_the_gaussian_kl(variance: str) -> None:
+    m = model(objective="eps", variance=variance)
+    x0, noise = 2 * grey(3) - 1, torch.randn(3, *SHAPE)
+    alpha_bar = m.alpha_bar_list
+    for step in range(2, T + 1):
+        t = torch.full((3,), step)
+        ab = alpha_bar[step]
+        x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
+        x0_hat, _ = m.denoise(x_t, t)
+        c0, ct, var, beta = posterior(ab, alpha_bar[step - 1])
+        p_var = var if variance == "posterior" else beta
+        mean_q, mean_p = c0 * x0 + ct * x_t, c0 * x0_hat + ct * x_t
+        # KL(N(m_q, v_q) || N(m_p, v_p)) per pixel, written out.
+        kl = 0.5 * (math.log(p_var / var) + var / p_var + (mean_q - mean_p) ** 2 / p_var - 1)
+        torch.testing.assert_close(
+            m.bound_term(x0, t, noise), kl.flatten(1).sum(1).double(), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_the_decoder_sums_to_one_over_the_256_levels() -> None:
+    levels = (2 * torch.arange(256).double() / 255 - 1)[:, None]  # (256, 1)
+    means = torch.tensor([-1.3, -1.0, -0.5, 0.0, 0.01, 0.9, 1.0, 1.6]).double()
+    for std in (1e-3, 0.01, 0.3, 2.0):
+        log_p = log_discretized_gaussian(levels, means[None], std)  # (256, 8)
+        assert torch.isfinite(log_p).all()
+        torch.testing.assert_close(log_p.exp().sum(0), torch.ones(8).double())
+    # The mass at a level is the Gaussian's on its bin.
+    x, mean, std = torch.tensor([0.2]), torch.tensor([0.1]), 0.05
+    normal = Normal(mean, std)
+    expected = normal.cdf(x + BIN / 2) - normal.cdf(x - BIN / 2)
+    torch.testing.assert_close(log_discretized_gaussian(x, mean, std).exp(), expected)
+
+
+def test_strata_cover_every_step_once() -> None:
+    for samples in (1, 3, 8):
+        strata = stratified_timesteps(T, samples, 1000, torch.device("cpu"))
+        assert sum(size for _, size in strata) == T
+        lo = 0
+        for t, size in strata:  # each draw within its stratum, every step of it drawn
+            assert sorted(set(t.tolist())) == list(range(lo + 1, lo + size + 1))
+            lo += size
+
+
+def full_bound(m: Diffusion, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """-(L_T + sum over every t of the bound's term), brute force."""
+    ab_T = m.alpha_bar_list[-1]
+    prior = 0.5 * (ab_T * x0**2 + (1 - ab_T) - 1 - math.log(1 - ab_T))  # KL to N(0, 1)
+    terms = sum(m.bound_term(x0, torch.full((len(x0),), t), noise) for t in range(1, T + 1))
+    return -(prior.flatten(1).sum(1).double() + terms)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v"])
+def test_the_stratified_bound_is_the_full_sum_in_expectation(objective: str) -> None:
+    m = model(objective=objective)
+    x0, noise = 2 * grey(2) - 1, torch.randn(2, *SHAPE)
+    exact = full_bound(m, x0, noise)
+    torch.testing.assert_close(m.variational_bound(x0, T, noise), exact)  # one t per stratum
+    draws = 500  # estimates of each image's bound: copies of it in one batch
+    for samples in (2, 3):  # 3 strata of sizes 2, 3, 3
+        estimates = m.variational_bound(
+            x0.repeat(draws, 1, 1, 1), samples, noise.repeat(draws, 1, 1, 1)
+        ).view(draws, 2)
+        se = estimates.std(0) / math.sqrt(draws)
+        assert ((estimates.mean(0) - exact).abs() < 4 * se).all()
+
+
+def test_the_likelihood_is_in_nats_per_8_bit_image() -> None:
+    """Flow matching with the untrained net (its zero last layer: v = 0) is the density
+    N(0, I) on the dequantized image in [-1, 1], plus D log(2/255) for the bins."""
+    m = Diffusion(DiffusionConfig(**TINY), SHAPE).eval()
+    x = grey(3)
+    torch.manual_seed(5)
+    log_p = m.log_likelihood(x, 2)
+    torch.manual_seed(5)
+    z = 2 * x - 1 + BIN * (torch.rand_like(x) - 0.5)
+    expected = Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1) + z[0].numel() * math.log(BIN)
+    assert log_p.dtype == torch.float64
+    torch.testing.assert_close(log_p, expected.double())
+
+
+def test_ode_likelihood_of_a_gaussian_is_its_closed_form() -> None:
+    """Data N(mu, s^2) on the straight path x_t = (1 - t) x_0 + t eps have marginals
+    N((1 - t) mu, (1 - t)^2 s^2 + t^2), moved by the velocity field below; the ODE's
+    log-likelihood must be the data's log density."""
+    mu, s = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.3, 1.5, 0.8])
+
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        var = (1 - t) ** 2 * s**2 + t**2
+        return -mu + (t - (1 - t) * s**2) / var * (x - (1 - t) * mu)
+
+    z = mu + s * torch.randn(4, 3, dtype=torch.float64)
+    probes = 2 * torch.randint(2, (2, 4, 3)).double() - 1
+    log_p = ode_log_likelihood(velocity, z, 200, probes)
+    torch.testing.assert_close(log_p, Normal(mu, s).log_prob(z).sum(1), rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def test_ddim_with_every_step_is_the_deterministic_chain() -> None:
+    m = model(objective="eps", sampler="ddim", sample_steps=T)
+    torch.manual_seed(3)
+    samples = m.sample(2)
+    torch.manual_seed(3)
+    x = torch.randn(2, *SHAPE)
+    ab = m.alpha_bar_list
+    with torch.no_grad():
+        for t in range(T, 0, -1):
+            eps = m.net(x, torch.full((2,), t / T))
+            x0 = ((x - (1 - ab[t]) ** 0.5 * eps) / ab[t] ** 0.5).clamp(-1, 1)
+            eps = (x - ab[t] ** 0.5 * x0) / (1 - ab[t]) ** 0.5
+            x = ab[t - 1] ** 0.5 * x0 + (1 - ab[t - 1]) ** 0.5 * eps
+    torch.testing.assert_close(samples, ((x + 1) / 2).clamp(0, 1))
+
+
+@pytest.mark.parametrize(
+    ("objective", "sampler", "variance"),
+    [
+        ("eps", "ddpm", "posterior"),
+        ("eps", "ddim", "posterior"),
+        ("v", "ddpm", "beta"),
+        ("flow-matching", "euler", "posterior"),
+        ("flow-matching", "heun", "posterior"),
+    ],
+)
+def test_samplers_give_images_and_chains(objective: str, sampler: str, variance: str) -> None:
+    m = model(objective=objective, sampler=sampler, variance=variance)
+    samples = m.sample(5)
+    assert samples.shape == (5, *SHAPE) and ((samples >= 0) & (samples <= 1)).all()
+    chain: list[torch.Tensor] = []
+    with torch.no_grad():
+        m.generate(torch.randn(3, *SHAPE), steps=3, chain=chain)
+    assert len(chain) == 3 and all(x.shape == (3, *SHAPE) for x in chain)
+
+
+def test_training_steps_run_for_every_objective() -> None:
+    for objective in ("eps", "v", "flow-matching"):
+        m = model(objective=objective).train()
+        stats = m.train_step(grey(4), m.configure_optimizers(1e-3))
+        assert math.isfinite(stats["loss"])
+
+
+def test_validation_terms_are_the_same_every_time() -> None:
+    m, x = model(objective="v"), grey(3)
+    first = m.evaluate_batch(x)["loss"]
+    torch.manual_seed(123)
+    assert first.shape == (3,) and torch.equal(first, m.evaluate_batch(x)["loss"])
+
+
+# ---------------------------------------------------------------------- guidance
+
+
+def test_no_guidance_is_the_conditional_model() -> None:
+    m = model(conditional=True, guidance=0.0)
+    x, t, labels = torch.randn(4, *SHAPE), torch.rand(4), torch.tensor([0, 3, 9, 9])
+    with torch.no_grad():
+        cond, uncond = m.net(x, t, labels), m.net(x, t, torch.full((4,), 10))
+        assert torch.equal(m.predict(x, t, labels, 0.0), cond)
+        assert torch.equal(m.predict(x, t, None), uncond)  # no labels: the null label
+        torch.testing.assert_close(m.predict(x, t, labels, 2.0), 3 * cond - 2 * uncond)
+    assert m.sample_classes(labels).shape == (4, *SHAPE)
+
+
+def test_conditional_training_drops_labels() -> None:
+    m = model(conditional=True, label_dropout=0.5).train()
+    seen = []
+    m.net.register_forward_pre_hook(lambda _, args: seen.append(args[2].clone()))
+    m.loss(grey(64), torch.zeros(64, dtype=torch.long))
+    assert set(seen[0].tolist()) == {0, 10}
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sample_steps": 0}, "--sample-steps must be at least 1"),
+        ({"objective": "eps", "sample_steps": T + 1}, "at most --timesteps (8)"),
+        ({"objective": "eps", "sampler": "euler"}, "choose ddpm or ddim"),
+        ({"sampler": "ddim"}, "choose euler or heun"),
+        ({"guidance": 1.0}, "add --conditional"),
+        ({"base_channels": 12}, "multiple of 8"),
+        ({"channel_mults": (1, 1, 1, 1, 1)}, "use fewer --channel-mults"),
+        ({"schedule": "linear"}, "--timesteps above 20"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(changes: dict, message: str) -> None:
+    with pytest.raises(GenzooError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Diffusion(DiffusionConfig(**{**TINY, **changes}), SHAPE)
+
+
+def test_bad_calls_are_one_clear_line() -> None:
+    m = model(objective="eps")
+    with pytest.raises(GenzooError, match="--iw-samples 8 or fewer"):
+        m.log_likelihood(grey(2), T + 1)
+    with pytest.raises(GenzooError, match="--iw-samples 1000 or fewer"):
+        model().log_likelihood(grey(2), 5000)
+    with pytest.raises(GenzooError, match="--binarize none"):
+        m.log_likelihood(torch.full((2, *SHAPE), 0.5), 2)
+    with pytest.raises(GenzooError, match="at most --timesteps"):
+        m.generate(torch.randn(1, *SHAPE), steps=T + 1)
+    with pytest.raises(GenzooError, match="train without --conditional"):
+        model(conditional=True).loss(grey(2))
+    with pytest.raises(GenzooError, match="--conditional"):
+        m.sample_classes(torch.tensor([1]))
