@@ -23,6 +23,7 @@ FAMILIES = {
     "ae": ["--hidden", "16", "--latent-dim", "2", "--gmm-components", "2"],
     "realnvp": ["--width", "4", "--depth", "1", "--n-couplings", "1", "--n-scales", "2"],
     "gan": ["--noise-dim", "4", "--gen-hidden", "8,8", "--disc-hidden", "8", "--d-steps", "2"],
+    "diffusion": ["--base-channels", "8", "--channel-mults", "1,2", "--sample-steps", "3"],
 }
 
 
@@ -59,6 +60,7 @@ def test_every_family_trains_evaluates_samples_and_plots(
         "ae": ({"loss", "recon", "l1"}, {"mixture.png", "latents.png"}),
         "realnvp": ({"bpd", "nll"}, {"temperatures.png", "interpolation.png"}),
         "gan": ({"d_real", "d_fake", "value"}, set()),
+        "diffusion": ({"loss", "nll", "bpd"}, {"denoising_chain.png", "sample_steps.png"}),
     }[model]
     assert expected[0] <= result.keys() and expected[1] <= figures
 

@@ -5,6 +5,7 @@ in closed form, and guidance at w = 0. Tiny U-Nets on 8x8 images, T = 8."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
+from genzoo import quality
+from genzoo.cli import main
 from genzoo.errors import GenzooError
 from genzoo.models.diffusion import Diffusion, DiffusionConfig
 from genzoo.models.diffusion_process import (
@@ -298,3 +301,67 @@ def test_bad_calls_are_one_clear_line() -> None:
         model(conditional=True).loss(grey(2))
     with pytest.raises(GenzooError, match="--conditional"):
         m.sample_classes(torch.tensor([1]))
+
+
+# ---------------------------------------------------------------------- through the CLI
+
+CLI_TINY = [
+    "--base-channels", "8", "--channel-mults", "1,2", "--epochs", "1", "--batch-size", "16",
+    "--val-size", "20", "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture
+def eps_run(data_dir, tmp_path):
+    run = tmp_path / "eps"
+    argv = ["train", "diffusion", "--objective", "eps", "--timesteps", "30", "--sample-steps"]
+    assert main([*argv, "5", *CLI_TINY, "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_sampling_settings_apply_to_a_trained_run(eps_run, tmp_path, capsys) -> None:
+    out = tmp_path / "s.npy"
+    for sampler, steps in (("ddpm", "30"), ("ddim", "2")):
+        argv = ["sample", str(eps_run), "-n", "3", "--sampler", sampler, "--sample-steps", steps]
+        assert main([*argv, "-o", str(out)]) == 0
+    capsys.readouterr()
+    quality.load_or_train_feature_net(epochs=1, val_size=20)  # briefly, on the tiny data
+    argv = ["eval", str(eps_run), "--limit", "4", "--quality", "--n-samples", "6"]
+    assert main([*argv, "--sample-steps", "2", "--iw-samples", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "variational bound" in printed and "timesteps=30" in printed and "bits/dim" in printed
+    result = json.loads((eps_run / "eval.json").read_text())
+    assert result["sampling"] == {"sample_steps": 2}
+    assert "(ddim, 2 steps)" in result["quality_protocol"]
+    assert result["likelihood"]["kind"] == "lower bound" and result["iw_samples"] == 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sample-steps", "0"], "must be positive"),
+        (["--sample-steps", "31"], "at most --timesteps (30)"),
+        (["--sampler", "euler"], "does not fit --objective eps"),
+        (["--guidance", "2"], "add --conditional"),
+        (["--class", "3"], "--conditional"),
+    ],
+)
+def test_bad_sampling_input_is_one_line_and_exit_2(eps_run, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(["sample", str(eps_run), *argv, "-o", str(tmp_path / "s.png")]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_class_out_of_range_and_settings_of_another_family(data_dir, tmp_path, capsys) -> None:
+    model = Diffusion(DiffusionConfig(**TINY, conditional=True), (1, 28, 28))
+    with pytest.raises(GenzooError, match="0 to 9"):
+        model.sample_classes(torch.tensor([11]))
+    vae = tmp_path / "vae"
+    flags = ["--epochs", "1", "--val-size", "20", "--hidden", "8", "--run-dir", str(vae)]
+    assert main(["train", "vae", *flags]) == 0
+    argv = ["sample", str(vae), "--sample-steps", "5", "-o", str(tmp_path / "s.png")]
+    assert main(argv) == 2
+    assert "--sample-steps applies to diffusion only" in capsys.readouterr().err
+    assert main(["sample", str(vae), "--class", "3", "-o", str(tmp_path / "s.png")]) == 2
+    assert "--class applies to class-conditional models (diffusion)" in capsys.readouterr().err

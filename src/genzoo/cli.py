@@ -13,6 +13,7 @@ import dataclasses
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,19 +28,26 @@ from genzoo.compare import (
     quality_table,
     units_note,
 )
-from genzoo.config import TrainConfig, add_config_arguments, bounded, given_values
+from genzoo.config import (
+    TrainConfig,
+    add_config_arguments,
+    add_field_argument,
+    bounded,
+    given_values,
+)
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.figures import draw_run_figures
 from genzoo.models import MODELS
-from genzoo.models.base import MixtureSampler, Tempered
+from genzoo.models.base import Conditional, MixtureSampler, Tempered
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.report import write_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
     RunConfig,
     check_run_dir,
+    load_run_config,
     load_trained,
     new_run_dir,
     read_json,
@@ -181,9 +189,10 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     eval_p.add_argument(
         "--iw-samples",
         type=bounded(int, min=0),
-        default=5000,
         metavar="K",
-        help="importance samples per image; 0 skips the likelihood (default: 5000)",
+        help="samples per image of the likelihood estimator: importance samples (VAEs, "
+        "DRAW; default 5000), timesteps of the diffusion bound (default T, the exact sum) "
+        "or ODE steps of flow matching (default 100); 0 skips the likelihood",
     )
     eval_p.add_argument(
         "--limit", type=positive_int, metavar="N", help="evaluate only the first N images"
@@ -222,7 +231,38 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
         default=10000,
         help="with --reference: training images held out for validation (default: 10000)",
     )
+    add_sampling_flags(eval_p)
     _add_runtime_flags(eval_p)
+
+
+def sampling_fields() -> dict[str, tuple[dataclasses.Field, Any, str]]:
+    """The settings of ``sample`` that a trained model may be sampled with, from every
+    family's config (fields marked "sampling"): name -> (field, type, family)."""
+    found: dict[str, tuple[dataclasses.Field, Any, str]] = {}
+    for name, family in MODELS.items():
+        hints = typing.get_type_hints(family.config)
+        for f in dataclasses.fields(family.config):
+            if f.metadata.get("sampling"):
+                found.setdefault(f.name, (f, hints[f.name], name))
+    return found
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    for f, hint, family in sampling_fields().values():
+        add_field_argument(parser, f, hint, f"the run's; {family} only")
+
+
+def sampling_settings(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """The sampling flags given, refused where the run's family has no such setting."""
+    given = {
+        name: getattr(args, name) for name in sampling_fields() if getattr(args, name) is not None
+    }
+    model = load_run_config(run_dir).model
+    own = {f.name for f in dataclasses.fields(MODELS[model].config)}
+    for name in given.keys() - own:
+        flag = "--" + name.replace("_", "-")
+        raise GenzooError(f"{flag} applies to {sampling_fields()[name][2]} only, not {model}")
+    return given
 
 
 def add_quality_net(commands: argparse._SubParsersAction) -> None:
@@ -256,6 +296,14 @@ def add_sample(commands: argparse._SubParsersAction) -> None:
         type=bounded(float, min=0.0),
         help="flows: scale of the base-density noise (default: 1.0)",
     )
+    sample_p.add_argument(
+        "--class",
+        dest="label",
+        type=bounded(int, min=0),
+        metavar="C",
+        help="conditional models: draw every sample of this class",
+    )
+    add_sampling_flags(sample_p)
     sample_p.add_argument(
         "--standard-normal",
         action="store_true",
@@ -487,8 +535,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print_quality(r)
         print(f"  written to {output}")
         return
+    run_dir = check_run_dir(args.run)
     r = evaluate_run(
-        check_run_dir(args.run),
+        run_dir,
         args.iw_samples,
         args.limit,
         args.split,
@@ -498,6 +547,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.output,
         args.quality,
         args.n_samples,
+        sampling_settings(args, run_dir),
     )
     print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
     for name, label in r["terms"].items():
@@ -533,7 +583,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     suffix = args.output.suffix.lower()
     if suffix not in (".png", ".npy"):
         raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
-    _, model, _, epoch = load_trained(check_run_dir(args.run), args.device, args.data_dir)
+    run_dir = check_run_dir(args.run)
+    sampling = sampling_settings(args, run_dir)
+    _, model, _, epoch = load_trained(run_dir, args.device, args.data_dir, sampling=sampling)
+    if args.label is not None and not isinstance(model, Conditional):
+        raise GenzooError(
+            f"--class applies to class-conditional models ({families_with(Conditional)}) only"
+        )
     if args.standard_normal and not isinstance(model, MixtureSampler):
         raise GenzooError(
             "--standard-normal applies to autoencoders with a mixture on their codes "
@@ -547,6 +603,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     with isolated_rng(args.seed, next(model.parameters()).device):
         if args.standard_normal:
             samples = model.sample_standard_normal(args.n)
+        elif args.label is not None:
+            device = next(model.parameters()).device
+            samples = model.sample_classes(torch.full((args.n,), args.label, device=device))
         else:
             temperature = 1.0 if args.temperature is None else args.temperature
             samples = model.sample(args.n, temperature=temperature)

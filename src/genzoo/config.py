@@ -266,32 +266,38 @@ def add_config_arguments(
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind = field_kind(hints[f.name])
-        shown = (defaults or {}).get(f.name, f.default)
-        if kind is bool:
-            parser.add_argument(
-                _flag(f.name),
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{f.metadata.get('help', '')} (default: {shown})",
-            )
-            continue
-        if kind is int or kind is float:
-            parse = bounded(kind, **f.metadata)
-        elif kind == tuple[int, ...]:
-            parse = int_tuple(f.metadata.get("min", 1))
-        else:
-            parse = kind
-        shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
-        shown = "unset" if shown is None else shown
+        add_field_argument(parser, f, hints[f.name], (defaults or {}).get(f.name, f.default))
+
+
+def add_field_argument(
+    parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any, shown: Any
+) -> None:
+    """The flag of one dataclass field (type ``hint``), its default ``shown`` in the help."""
+    kind = field_kind(hint)
+    if kind is bool:
         parser.add_argument(
             _flag(f.name),
-            type=parse,
+            action=argparse.BooleanOptionalAction,
             default=None,
-            choices=f.metadata.get("choices"),
-            metavar=None if "choices" in f.metadata else f.name.upper(),
             help=f"{f.metadata.get('help', '')} (default: {shown})",
         )
+        return
+    if kind is int or kind is float:
+        parse = bounded(kind, **f.metadata)
+    elif kind == tuple[int, ...]:
+        parse = int_tuple(f.metadata.get("min", 1))
+    else:
+        parse = kind
+    shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
+    shown = "unset" if shown is None else shown
+    parser.add_argument(
+        _flag(f.name),
+        type=parse,
+        default=None,
+        choices=f.metadata.get("choices"),
+        metavar=None if "choices" in f.metadata else f.name.upper(),
+        help=f"{f.metadata.get('help', '')} (default: {shown})",
+    )
 
 
 def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -149,7 +149,8 @@ def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> to
 def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
     """The sample-quality protocol in words, for eval.json and the pages."""
     what = "pixel means of p(x|z), z ~ p(z)" if isinstance(model, PixelMeans) else "samples"
-    return f"{n} {what} against the grey-level {split} images"
+    how = f" ({model.sampling_note()})" if model.sampling_note() else ""
+    return f"{n} {what}{how} against the grey-level {split} images"
 
 
 def grey_data(cfg: RunConfig, device: torch.device, data_dir: str | Path | None) -> Data:
@@ -195,7 +196,7 @@ def reference_quality(
 
 def evaluate_run(
     run_dir: Path,
-    iw_samples: int = 5000,
+    iw_samples: int | None = None,
     limit: int | None = None,
     split: str = "test",
     estimator: str = "posterior",
@@ -204,20 +205,23 @@ def evaluate_run(
     output: Path | None = None,
     quality: bool = False,
     n_samples: int = 10000,
+    sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure the run's best checkpoint; write the results to ``output`` (default
     RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them.
 
     Every per-example term of ``evaluate_batch`` gets its mean and standard error (for a
     VAE: neg_elbo, recon, kl); models with a ``Likelihood`` add its nll and nll_se by
-    their own estimator with ``iw_samples`` samples, and what the estimator is
+    their own estimator with ``iw_samples`` samples (None: the estimator's default), and
+    what the estimator is
     (``iw_samples=0`` skips it, keeping an earlier figure for the same images in
     ``output``); ``quality`` adds the sample-quality scores of ``n_samples`` samples
-    (quality.py) against the evaluated images.
+    (quality.py) against the evaluated images, drawn with the ``sampling`` settings
+    where given (e.g. diffusion's sampler and steps).
     """
     if estimator not in ESTIMATORS:
         raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-    cfg, model, data, epoch = load_trained(run_dir, device, data_dir)
+    cfg, model, data, epoch = load_trained(run_dir, device, data_dir, sampling=sampling)
     images = {"test": data.test, "val": data.val}[split]
     if limit is not None:
         images = Split(
@@ -228,14 +232,19 @@ def evaluate_run(
     with isolated_rng(EVAL_SEED, images.images.device):
         for name, values in per_example_terms(model, images).items():
             result[name], result[f"{name}_se"] = mean_and_se(values)
-        if isinstance(model, Likelihood) and iw_samples > 0:
-            result.update(likelihood_result(model, images, iw_samples, estimator))
+        if isinstance(model, Likelihood):
+            if iw_samples is None:
+                iw_samples = model.likelihood_estimator.default_samples
+            if iw_samples > 0:
+                result.update(likelihood_result(model, images, iw_samples, estimator))
         if quality:
             grey = grey_data(cfg, images.images.device, data_dir)
             real = {"test": grey.test, "val": grey.val}[split]
             real = Split(real.images[:limit], None) if limit is not None else real
             result.update(sample_quality(model, grey, real, n_samples, data_dir))
             result["quality_protocol"] = quality_protocol(model, n_samples, split)
+            if sampling:
+                result["sampling"] = sampling
             plots.draw_class_histogram(
                 result["class_histogram"], run_dir / "figures" / "class_histogram.png"
             )

@@ -258,10 +258,16 @@ def load_trained(
     device: str = "auto",
     data_dir: str | Path | None = None,
     checkpoint: str = "best",
+    sampling: dict[str, Any] | None = None,
 ) -> tuple[RunConfig, GenerativeModel, Data, int]:
     """The run's config, its model with ``checkpoint`` weights (in eval mode), its data and
-    the epoch of those weights."""
+    the epoch of those weights; ``sampling`` replaces settings of ``sample`` in the model's
+    config (fields marked "sampling", which the weights do not depend on)."""
     cfg = load_run_config(run_dir)
+    if sampling:
+        cfg = dataclasses.replace(
+            cfg, model_config=dataclasses.replace(cfg.model_config, **sampling)
+        )
     dev = resolve_device(device)
     data = load_data_of(cfg, dev, data_dir)
     model = build_model(cfg, data.image_shape)

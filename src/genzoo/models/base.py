@@ -45,8 +45,15 @@ defining its methods (it fails when instantiated):
   family's ``likelihood_estimator``, which says what it is (an importance-sampled
   estimate, a bound, an exact value), what ``samples`` counts and its units;
 - ``MixtureSampler``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);
+- ``Conditional``: ``sample_classes(labels)``, samples of chosen classes (diffusion
+  trained with ``--conditional``);
 - ``Tempered``: ``sample`` honours its ``temperature``, and ``figure_temperatures()``
   are the ones the figures show (the flow).
+
+Settings of ``sample`` that a user may change on a trained model (a sampler, its steps,
+guidance) are fields of the family's config marked ``"sampling": True`` in their
+metadata: ``genzoo sample`` and ``genzoo eval`` take them as flags and rebuild the model
+with them (``sampling_note()`` says what was used).
 """
 
 from __future__ import annotations
@@ -136,6 +143,11 @@ class GenerativeModel(nn.Module, ABC):
 
     # ------------------------------------------------------------------ hooks
 
+    def sampling_note(self) -> str:
+        """How ``sample`` draws, where it has settings (a sampler and its steps), for the
+        protocol lines of eval.json and the pages; empty where it has none."""
+        return ""
+
     def ready_to_sample(self) -> bool:
         """Whether ``sample`` works in the model's present state: the grids drawn while
         training skip the epochs where it does not (the autoencoder's mixture is fitted
@@ -199,20 +211,27 @@ class LikelihoodEstimator:
     ``samples``: what the ``samples`` argument counts, None where it is unused.
     ``eight_bit``: the likelihood is of 8-bit images (grey levels 0..255), so bits per
     dimension, NLL / (D ln 2), are reported beside it.
+    ``default_samples``: what ``genzoo eval`` uses unless told (the protocol of the
+    figures this family reports: K = 5000 for importance sampling).
     """
 
     name: str
     kind: str
     samples: str | None = None
     eight_bit: bool = False
+    default_samples: int = 5000
 
 
 class Likelihood(ABC):
     """log p(x) per example, by the family's own estimator."""
 
-    likelihood_estimator: ClassVar[LikelihoodEstimator]
     # Where the estimator may draw its samples from (the first is the default).
     proposals: ClassVar[tuple[str, ...]] = ("posterior",)
+
+    @property
+    @abstractmethod
+    def likelihood_estimator(self) -> LikelihoodEstimator:
+        """What ``log_likelihood`` is (a class attribute will do where it is fixed)."""
 
     @abstractmethod
     def log_likelihood(
@@ -231,6 +250,14 @@ class MixtureSampler(ABC):
     @abstractmethod
     def sample_standard_normal(self, n: int) -> torch.Tensor:
         """Decoded images (n, C, H, W) of z ~ N(0, I), for comparison with the mixture."""
+
+
+class Conditional(ABC):
+    """Samples of chosen classes (where the run was trained with its labels)."""
+
+    @abstractmethod
+    def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """One image (n, C, H, W) in [0, 1] of each label of ``labels`` (n,)."""
 
 
 class Tempered(ABC):

@@ -55,12 +55,14 @@ from torch.distributions import Normal, kl_divergence
 
 from genzoo.errors import GenzooError
 from genzoo.models.base import (
+    Conditional,
     Figure,
     FigureContext,
     GenerativeModel,
     Likelihood,
     LikelihoodEstimator,
 )
+from genzoo.models.diffusion_figures import draw_chain, draw_chain_gif, draw_step_counts
 from genzoo.models.diffusion_process import (
     BIN,
     ddim,
@@ -79,6 +81,12 @@ SAMPLERS = {"eps": ("ddpm", "ddim"), "v": ("ddpm", "ddim"), "flow-matching": ("e
 # What --sampler auto picks: one network evaluation per step for every objective.
 AUTO_SAMPLER = {"eps": "ddim", "v": "ddim", "flow-matching": "euler"}
 EVAL_SEED = 0  # the timesteps and noise of evaluate_batch, and Hutchinson's probes
+FIGURE_SEED = 0  # the noise of the figures
+CHAIN_SAMPLES = 8  # samples in denoising_chain.png and sampling.gif
+# Samples per panel of sample_steps.png, from the chain's first noise: few, as its
+# 250-step panel costs five times the rest of the figures.
+STEP_SAMPLES = 4
+FIGURE_STEPS = (10, 50, 250)
 # More ODE steps than this change the flow-matching likelihood by less than its noise; the
 # limit turns eval's default of 5000 importance samples into a clear error.
 MAX_ODE_STEPS = 1000
@@ -121,10 +129,12 @@ class DiffusionConfig:
             "help": "ddpm or ddim for eps and v, euler or heun for flow matching; auto: "
             + ", ".join(f"{o} {s}" for o, s in AUTO_SAMPLER.items()),
             "choices": ("auto", "ddpm", "ddim", "euler", "heun"),
+            "sampling": True,
         },
     )
     sample_steps: int = field(
-        default=50, metadata={"help": "sampler steps (at most --timesteps for eps and v)"}
+        default=50,
+        metadata={"help": "sampler steps (at most --timesteps for eps and v)", "sampling": True},
     )
     guidance: float = field(
         default=0.0,
@@ -132,6 +142,7 @@ class DiffusionConfig:
             "help": "classifier-free guidance w: (1 + w) cond - w uncond; 0: none",
             "min": 0,
             "max": 100,
+            "sampling": True,
         },
     )
     conditional: bool = field(
@@ -164,7 +175,7 @@ class DiffusionConfig:
 # ---------------------------------------------------------------------- the model
 
 
-class Diffusion(GenerativeModel, Likelihood):
+class Diffusion(GenerativeModel, Likelihood, Conditional):
     # nll and bpd come from the likelihood in evaluation (base.Likelihood).
     eval_terms: ClassVar[dict[str, str]] = {
         "loss": "denoising MSE",
@@ -201,7 +212,7 @@ class Diffusion(GenerativeModel, Likelihood):
         self.alpha_bar_list = alpha_bar.tolist()
 
     @property
-    def likelihood_estimator(self) -> LikelihoodEstimator:  # type: ignore[override]
+    def likelihood_estimator(self) -> LikelihoodEstimator:
         if self.flow:
             return LikelihoodEstimator(
                 f"probability-flow ODE (Heun), Hutchinson divergence ({self.cfg.ode_probes} "
@@ -209,12 +220,14 @@ class Diffusion(GenerativeModel, Likelihood):
                 "lower bound",
                 samples="ODE steps",
                 eight_bit=True,
+                default_samples=100,
             )
         return LikelihoodEstimator(
             f"variational bound ({self.cfg.variance} variance), stratified timesteps",
             "lower bound",
             samples="timesteps",
             eight_bit=True,
+            default_samples=self.cfg.timesteps,
         )
 
     # ------------------------------------------------------------------ network outputs
@@ -362,6 +375,10 @@ class Diffusion(GenerativeModel, Likelihood):
         """One image of each label (n,) with guidance ``guidance``: (n, C, H, W) in [0, 1]."""
         if not self.cfg.conditional:
             raise GenzooError("sampling given classes needs a model trained with --conditional")
+        if labels.min() < 0 or labels.max() >= self.cfg.num_classes:
+            raise GenzooError(
+                f"--class must be a class of the run, 0 to {self.cfg.num_classes - 1}"
+            )
         noise = torch.randn(len(labels), *self.image_shape, device=labels.device)
         return to_images(self.generate(noise, steps, labels))
 
@@ -375,6 +392,10 @@ class Diffusion(GenerativeModel, Likelihood):
         if self.cfg.conditional:
             return self.sample_classes(torch.randint(self.cfg.num_classes, (n,), device=device))
         return to_images(self.generate(torch.randn(n, *self.image_shape, device=device)))
+
+    def sampling_note(self) -> str:
+        guided = f", guidance {self.cfg.guidance:g}" if self.cfg.guidance else ""
+        return f"{self.sampler}, {self.cfg.sample_steps} steps{guided}"
 
     # ------------------------------------------------------------------ likelihood
 
@@ -451,10 +472,33 @@ class Diffusion(GenerativeModel, Likelihood):
 
     # ------------------------------------------------------------------ figures
 
+    @torch.no_grad()
     def figures(self, context: FigureContext) -> dict[str, Figure]:
-        from genzoo.models import diffusion_figures  # here: that module imports this one
-
-        return diffusion_figures.figures(self)
+        """The denoising chain of a few samples (a PNG and a GIF from the same chain) and
+        samples from the same noise at 10, 50 and 250 steps; noise of a fixed seed, so that
+        runs and epochs show the same draws."""
+        device = self.alpha_bar.device
+        generator = torch.Generator().manual_seed(FIGURE_SEED)
+        noise = torch.randn(CHAIN_SAMPLES, *self.image_shape, generator=generator).to(device)
+        labels = None
+        if self.cfg.conditional:
+            labels = torch.arange(CHAIN_SAMPLES, device=device) % self.cfg.num_classes
+        chain = [noise]
+        self.generate(noise, labels=labels, chain=chain)
+        frames = torch.stack([to_images(x) for x in chain]).cpu()  # (S + 1, n, C, H, W)
+        title = f"{self.sampler}, {len(chain) - 1} steps"
+        by_steps = {
+            steps: frames[-1, :STEP_SAMPLES]
+            if steps == self.cfg.sample_steps
+            else to_images(self.generate(noise[:STEP_SAMPLES], steps, labels)[:STEP_SAMPLES])
+            for steps in FIGURE_STEPS
+            if self.flow or steps <= self.cfg.timesteps
+        }
+        return {
+            "denoising_chain.png": lambda path: draw_chain(frames, title, path),
+            "sampling.gif": lambda path: draw_chain_gif(frames, title, path),
+            "sample_steps.png": lambda path: draw_step_counts(by_steps, self.sampler, path),
+        }
 
 
 def to_images(x0: torch.Tensor) -> torch.Tensor:

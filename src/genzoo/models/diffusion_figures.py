@@ -1,12 +1,11 @@
 """Diffusion's own figures: a few samples denoised step by step, from noise x_T (or x_1)
 to x_0 (denoising_chain.png, and the same as sampling.gif), and samples from one noise at
 10, 50 and 250 sampler steps side by side (sample_steps.png); ``Diffusion.figures``
-hands them to the run's figures."""
+computes what they show and hands them to the run's figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -15,40 +14,9 @@ import torch
 from matplotlib.animation import FuncAnimation, PillowWriter
 
 from genzoo import plots
-from genzoo.models.base import Figure
-from genzoo.models.diffusion import to_images
 from genzoo.models.draw_figures import strip_steps
 
-if TYPE_CHECKING:
-    from genzoo.models.diffusion import Diffusion
-
-CHAIN_SAMPLES = 8  # samples in denoising_chain.png and sampling.gif
-# Samples per panel of sample_steps.png, from the chain's first noise: few, as its
-# 250-step panel costs five times the rest of the figures.
-STEP_SAMPLES = 4
 MAX_GIF_FRAMES = 26
-FIGURE_STEPS = (10, 50, 250)
-SEED = 0  # the figures' noise, so that runs and epochs show the same draws
-
-
-@torch.no_grad()
-def figures(model: Diffusion) -> dict[str, Figure]:
-    """The figures of ``model``; the chain is sampled once, for the PNG and the GIF."""
-    device = model.alpha_bar.device
-    generator = torch.Generator().manual_seed(SEED)
-    noise = torch.randn(CHAIN_SAMPLES, *model.image_shape, generator=generator).to(device)
-    labels = None
-    if model.cfg.conditional:
-        labels = torch.arange(CHAIN_SAMPLES, device=device) % model.cfg.num_classes
-    chain = [noise]
-    model.generate(noise, labels=labels, chain=chain)
-    frames = torch.stack([to_images(x) for x in chain]).cpu()  # (S + 1, n, C, H, W)
-    title = f"{model.sampler}, {len(chain) - 1} steps"
-    return {
-        "denoising_chain.png": lambda path: draw_chain(frames, title, path),
-        "sampling.gif": lambda path: draw_chain_gif(frames, title, path),
-        "sample_steps.png": lambda path: draw_step_counts(model, noise, labels, frames[-1], path),
-    }
 
 
 def draw_chain(frames: torch.Tensor, title: str, path: Path) -> None:
@@ -83,25 +51,10 @@ def draw_chain_gif(frames: torch.Tensor, title: str, path: Path, fps: int = 10) 
     plt.close(fig)
 
 
-def draw_step_counts(
-    model: Diffusion,
-    noise: torch.Tensor,
-    labels: torch.Tensor | None,
-    default_samples: torch.Tensor,
-    path: Path,
-) -> None:
-    """Samples from the same noise at each of FIGURE_STEPS steps (those the schedule has),
-    side by side: what fewer steps cost in quality. The chain's samples stand in for the
-    run's own step count."""
-    counts = [s for s in FIGURE_STEPS if model.flow or s <= model.cfg.timesteps]
-    noise = noise[:STEP_SAMPLES]
-    labels = None if labels is None else labels[:STEP_SAMPLES]
-    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 1.2))
-    for ax, steps in zip(np.atleast_1d(axes), counts, strict=True):
-        if steps == model.cfg.sample_steps:
-            samples = default_samples[:STEP_SAMPLES]
-        else:
-            with torch.no_grad():
-                samples = to_images(model.generate(noise, steps, labels))
-        plots.show(ax, plots.image_grid(samples, 4), f"{steps} {model.sampler} steps")
+def draw_step_counts(samples: dict[int, torch.Tensor], sampler: str, path: Path) -> None:
+    """Samples from the same noise at each number of sampler steps (steps -> (n, C, H, W)),
+    side by side: what fewer steps cost in quality."""
+    fig, axes = plt.subplots(1, len(samples), figsize=(2.6 * len(samples), 1.2))
+    for ax, (steps, images) in zip(np.atleast_1d(axes), samples.items(), strict=True):
+        plots.show(ax, plots.image_grid(images, len(images)), f"{steps} {sampler} steps")
     plots.save_figure(fig, path)
