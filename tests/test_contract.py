@@ -28,6 +28,7 @@ from genzoo.data import Data, Split
 from genzoo.models import MODELS, GenerativeModel, ModelFamily
 from genzoo.models import base as contract
 from genzoo.models.base import (
+    Conditional,
     Encodes,
     FigureContext,
     HasPrior,
@@ -39,7 +40,16 @@ from genzoo.models.base import (
 )
 from genzoo.runs import load_checkpoint, save_checkpoint
 
-INTERFACES = (Encodes, Reconstructs, HasPrior, PixelMeans, Likelihood, MixtureSampler, Tempered)
+INTERFACES = (
+    Encodes,
+    Reconstructs,
+    HasPrior,
+    PixelMeans,
+    Likelihood,
+    MixtureSampler,
+    Conditional,
+    Tempered,
+)
 
 
 @dataclass
@@ -204,6 +214,8 @@ def exercise_interfaces(model: GenerativeModel, x: torch.Tensor) -> None:
     if isinstance(model, MixtureSampler):
         assert model.mixture().sample((2,)).shape[0] == 2
         assert model.sample_standard_normal(2).shape == (2, *SHAPE)
+    if isinstance(model, Conditional) and model.cfg.conditional:
+        assert model.sample_classes(torch.tensor([0, 1])).shape == (2, *SHAPE)
     if isinstance(model, Tempered):
         for t in model.figure_temperatures():
             assert in_unit_range(model.sample(2, temperature=t))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from genzoo import plots
 from genzoo import train as gtrain
 from genzoo.config import TrainConfig
 from genzoo.errors import GenzooError, TrainingDiverged
@@ -270,11 +271,14 @@ def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
         return {"quality_fid": next(fids), "quality_class_entropy": 2.0}
 
     monkeypatch.setattr(gtrain, "watch_quality", lambda cfg, dev, data_dir: scripted_probe)
-    train = TrainConfig(epochs=6, batch_size=16, val_size=20, quality_every=2, patience=0)
+    train = TrainConfig(
+        epochs=6, batch_size=16, val_size=20, quality_every=2, quality_samples=30, patience=0
+    )
     cfg = RunConfig("gan", train, GANConfig(noise_dim=4, gen_hidden=(8,), disc_hidden=(8,)))
     summary = gtrain.train(tmp_path / "gan", cfg, device="cpu")
-    assert probed == [(gtrain.QUALITY_SAMPLES, 1, 28, 28)] * 4
+    assert probed == [(30, 1, 28, 28)] * 4
     records = read_metrics(tmp_path / "gan")
+    assert plots.quality_panels(records)["FID (30 samples vs validation)"] == ["quality_fid"]
     assert [r["epoch"] for r in records if "quality_fid" in r] == [1, 2, 4, 6]
     assert summary["best_epoch"] == 2
     gan = GAN(cfg.model_config, (1, 28, 28))

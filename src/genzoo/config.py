@@ -106,11 +106,20 @@ class TrainConfig:
     quality_every: int = field(
         default=0,
         metadata={
-            "help": "every N epochs (and after the first) score 2,000 samples of fixed noise "
-            "with the MNIST feature net: FID against the validation images, Inception score, "
-            "entropy of the predicted classes (log 10: no collapse); a GAN keeps as best the "
-            "epoch of the lowest FID (0: off)",
+            "help": "every N epochs (and after the first) score --quality-samples samples of "
+            "fixed noise with the MNIST feature net: FID against the validation images, "
+            "Inception score, entropy of the predicted classes (log 10: no collapse); a "
+            "family without a validation metric (gan, diffusion) keeps as best the epoch of "
+            "the lowest FID (0: off)",
             "min": 0,
+        },
+    )
+    quality_samples: int = field(
+        default=2000,
+        metadata={
+            "help": "samples scored by each --quality-every probe (fewer: a cheaper probe, "
+            "an FID biased upwards)",
+            "min": 10,
         },
     )
     tensorboard: bool = field(

@@ -77,13 +77,8 @@ def draw_samples(samples: torch.Tensor, means: torch.Tensor | None, title: str, 
     save_figure(fig, path)
 
 
-BOOKKEEPING = ("epoch", "seconds", "lr", "device")
-# The panels of --quality-every, and the class entropy of samples free of collapse.
-QUALITY_PANELS = {
-    "FID (2,000 samples vs validation)": ["quality_fid"],
-    "Inception score": ["quality_inception_score"],
-    "class entropy of the samples": ["quality_class_entropy"],
-}
+BOOKKEEPING = ("epoch", "seconds", "lr", "device", "quality_samples")
+# The class entropy of samples free of collapse.
 QUALITY_REFERENCES = {"class entropy of the samples": (math.log(10), "no collapse: log 10")}
 
 
@@ -92,10 +87,9 @@ def curve_panels(
 ) -> dict[str, list[str]]:
     """Panel title -> metric names: the panels a family ``declared`` if it did, else its
     objective ``val_metric``, its other validation terms, and one panel per logged
-    diagnostic;
-    the learning rate too where it changed (a schedule, or ``genzoo resume RUN --lr LR``),
-    and the sample quality where it was watched (``--quality-every``)."""
-    watched = QUALITY_PANELS if any("quality_fid" in m for m in metrics) else {}
+    diagnostic; the learning rate too where it changed (a schedule, or ``genzoo resume RUN
+    --lr LR``), and the sample quality where it was watched (``--quality-every``)."""
+    watched = quality_panels(metrics)
     if declared is not None:
         return {**declared, **watched, **_rate_panel(metrics)}
     keys, metric = metrics[0].keys(), val_metric
@@ -107,6 +101,20 @@ def curve_panels(
         if k not in BOOKKEEPING and not k.startswith(("train_", "val_", "quality_")):
             panels[k.replace("_", " ")] = [k]
     return {**panels, **watched, **_rate_panel(metrics)}
+
+
+def quality_panels(metrics: list[dict]) -> dict[str, list[str]]:
+    """The panels of --quality-every where it ran: FID (titled with the probe's samples,
+    2,000 where the metrics predate --quality-samples), Inception score, class entropy."""
+    probed = [m for m in metrics if "quality_fid" in m]
+    if not probed:
+        return {}
+    n = probed[-1].get("quality_samples", 2000)
+    return {
+        f"FID ({n:,} samples vs validation)": ["quality_fid"],
+        "Inception score": ["quality_inception_score"],
+        "class entropy of the samples": ["quality_class_entropy"],
+    }
 
 
 def _rate_panel(metrics: list[dict]) -> dict[str, list[str]]:

@@ -80,9 +80,6 @@ def validate(
     return dict(zip(names, (sums / len(split)).tolist(), strict=True))
 
 
-QUALITY_SAMPLES = 2000  # samples per --quality-every probe
-
-
 @dataclass
 class LoopState:
     epoch: int = 0  # last finished epoch
@@ -326,8 +323,8 @@ class Trainer:
             # The same noise every time (seeded): the scores follow the model, not the draw.
             # Every rank scores the same samples, so that all take the same best epoch.
             with self.evaluated(), isolated_rng(tc.seed, self.dev):
-                samples = check_values("a sample", quality_images(model, QUALITY_SAMPLES))
-                record.update(self.quality_probe(samples))
+                samples = check_values("a sample", quality_images(model, tc.quality_samples))
+                record.update(self.quality_probe(samples), quality_samples=tc.quality_samples)
         main = self.world.is_main
         if main:
             with isolated_rng(EVAL_SEED, self.dev):
@@ -357,6 +354,8 @@ class Trainer:
             if main and draws_samples_after(epoch, tc.sample_every, tc.sample_epochs):
                 draw_progress(model, self.run_dir, epoch, tc.seed, self.dev, self.board)
         shown = f"val {metric} {val[metric]:8.2f}  " if metric else ""
+        if "quality_fid" in record:  # what picks the best epoch where there is no metric
+            shown += f"FID {record['quality_fid']:7.2f}  "
         print(
             f"epoch {epoch:3d}  train {model.loss_label} {train_stats['loss']:8.2f}  {shown}"
             f"lr {record['lr']:.2e}  ({record['seconds']:.1f} s)" + ("  *" if improved else "")

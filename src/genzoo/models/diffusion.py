@@ -176,6 +176,10 @@ class DiffusionConfig:
 
 
 class Diffusion(GenerativeModel, Likelihood, Conditional):
+    # The denoising loss says little about samples: the best checkpoint is the one of the
+    # lowest FID of --quality-every (on by default), else the last one.
+    val_metric = None
+    curve_panels: ClassVar[dict[str, list[str]]] = {"denoising MSE": ["train_loss", "val_loss"]}
     # nll and bpd come from the likelihood in evaluation (base.Likelihood).
     eval_terms: ClassVar[dict[str, str]] = {
         "loss": "denoising MSE",

@@ -13,6 +13,7 @@ from genzoo.studies import (
     gan_losses,
     latent_size,
     likelihood_estimators,
+    sampling_steps,
 )
 from genzoo.studies.recipe import Arm, Study, run_study
 
@@ -25,6 +26,7 @@ STUDIES: dict[str, Study] = {
         gan_losses.STUDY,
         autoencoder_generative.STUDY,
         families.STUDY,
+        sampling_steps.STUDY,
     )
 }
 
