@@ -31,6 +31,7 @@ from genzoo.config import TrainConfig, add_config_arguments, bounded, given_valu
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
+from genzoo.files import read_json, write_json
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.report import write_report
@@ -40,9 +41,7 @@ from genzoo.runs import (
     check_run_dir,
     load_trained,
     new_run_dir,
-    read_json,
     resume_config,
-    write_json,
 )
 from genzoo.studies import STUDIES, run_study
 from genzoo.train import train

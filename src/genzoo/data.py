@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from genzoo.errors import GenzooError
+from genzoo.files import cache_root, file_digest
 
 BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
 # The fixed draws that binarize the evaluation sets once (dynamic binarization), and the
@@ -122,14 +123,6 @@ IMAGE_SHAPE = (1, 28, 28)
 # ----------------------------------------------------------------------------- files
 
 
-def cache_root() -> Path:
-    """Where genzoo keeps what it downloads or builds once: ``$GENZOO_CACHE`` if set, else
-    ``$XDG_CACHE_HOME/genzoo`` (``~/.cache/genzoo``)."""
-    if os.environ.get("GENZOO_CACHE"):
-        return Path(os.environ["GENZOO_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "genzoo"
-
-
 def default_data_dir() -> Path:
     """``$GENZOO_DATA`` if set, else the ``data`` folder of the cache."""
     if os.environ.get("GENZOO_DATA"):
@@ -139,15 +132,6 @@ def default_data_dir() -> Path:
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir).expanduser() if data_dir else default_data_dir()
-
-
-def file_digest(path: Path, algorithm: str = "md5") -> str:
-    """Hex digest of a file, read in blocks (the files run to tens of megabytes)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, spec: RemoteFile) -> None:

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 import genzoo
-from genzoo.errors import GenzooError
+from genzoo.files import atomic_write, read_json_object
 from genzoo.models import MODELS
-from genzoo.runs import atomic_write, check_run_dir, read_json, read_metrics
+from genzoo.runs import check_run_dir, read_metrics
 
 # ----------------------------------------------------------------------------- HTML pieces
 
@@ -440,19 +440,11 @@ class RunFiles:
         return self.run_dir.resolve().name
 
 
-def _read_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object; anything else is a damaged file."""
-    value = read_json(path)
-    if not isinstance(value, dict):
-        raise GenzooError(f"{path} is not a genzoo file (no JSON object); regenerate it")
-    return value
-
-
 def read_run_files(run_dir: Path) -> RunFiles:
     """The run's config, metrics, eval.json and summary.json (the last two if written)."""
-    config = _read_object(check_run_dir(run_dir) / "config.json")
+    config = read_json_object(check_run_dir(run_dir) / "config.json")
     optional = [run_dir / "eval.json", run_dir / "summary.json"]
-    result, summary = (_read_object(p) if p.is_file() else None for p in optional)
+    result, summary = (read_json_object(p) if p.is_file() else None for p in optional)
     return RunFiles(run_dir, config, read_metrics(run_dir), result, summary or {})
 
 
@@ -653,7 +645,7 @@ def write_study_report(study_dir: Path, output: Path | None = None) -> Path:
     """The page of a study (``genzoo study`` writes study.json): the question and its
     answer, the table, the arms' figures side by side, the analysis, links to every
     arm's page; to ``output`` (default STUDY/report.html)."""
-    study = _read_object(study_dir / "study.json")
+    study = read_json_object(study_dir / "study.json")
     quick = " (--quick: a smoke run, not the protocol)" if study.get("quick") else ""
     lead = Html(
         f'<p class="lead">{escape(study["question"])}</p>'

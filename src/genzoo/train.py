@@ -42,6 +42,7 @@ from genzoo.data import Data, Split, batches, is_folder_dataset
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import grey_data, per_example_terms, quality_images
+from genzoo.files import WriteFailed, write_json
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.models.base import check_values
 from genzoo.quality import QualityProbe
@@ -49,7 +50,6 @@ from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
-    WriteFailed,
     append_metrics,
     build_model,
     has_checkpoint,
@@ -60,7 +60,6 @@ from genzoo.runs import (
     save_run_config,
     trim_metrics,
     unlock_run,
-    write_json,
 )
 from genzoo.schedule import LRSchedule
 

@@ -26,8 +26,9 @@ import torch
 
 from genzoo import plots
 from genzoo.errors import GenzooError
+from genzoo.files import read_json, write_json
 from genzoo.report import training_seconds, write_study_report
-from genzoo.runs import load_trained, read_json, read_metrics, write_json
+from genzoo.runs import load_trained, read_metrics
 
 # --quick: one epoch on 1,000 images, evaluation on 200: the whole study in minutes.
 QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500")
