@@ -21,8 +21,8 @@ from conftest import register, write_fake_idx_dataset
 from genzoo import quality
 from genzoo.cli import main
 from genzoo.files import read_json
-from genzoo.report import write_study_report
 from genzoo.studies import STUDIES, recipe
+from genzoo.studies.page import write_study_report
 from test_report import PageParser, _chromium
 
 

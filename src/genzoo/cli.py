@@ -34,7 +34,6 @@ from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.files import read_json, write_json
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
-from genzoo.report import write_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
     RunConfig,
@@ -44,6 +43,7 @@ from genzoo.runs import (
     resume_config,
 )
 from genzoo.studies import STUDIES, run_study
+from genzoo.studies.page import write_report
 from genzoo.train import train
 
 positive_int = bounded(int)

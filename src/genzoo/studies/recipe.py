@@ -9,7 +9,7 @@ curves) and an ``answer`` (the headline, in words, from the table and the analys
 ``run_study`` trains and evaluates every arm (``--seeds N`` times), each in its own run
 folder under the study's folder, through the same CLI commands a user would type, then
 writes study.json (the table, the analysis, the answer, the commands) and the page
-(report.py). A killed study continues where it stopped: a finished arm is kept, a
+(page.py). A killed study continues where it stopped: a finished arm is kept, a
 checkpointed one is resumed (``genzoo resume``), an evaluated one is not evaluated again.
 """
 
@@ -27,8 +27,9 @@ import torch
 from genzoo import plots
 from genzoo.errors import GenzooError
 from genzoo.files import read_json, write_json
-from genzoo.report import training_seconds, write_study_report
+from genzoo.report import training_seconds
 from genzoo.runs import load_trained, read_metrics
+from genzoo.studies.page import write_study_report
 
 # --quick: one epoch on 1,000 images, evaluation on 200: the whole study in minutes.
 QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500")
