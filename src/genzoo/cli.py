@@ -588,10 +588,46 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    """``genzoo data download|verify|info [DATASET ...]``: one line per dataset or file.
+
+    ``download`` fetches what is missing (with checksums); ``verify`` checks sizes and
+    MD5s and, without named datasets, only the datasets that are there at all; ``info``
+    lists the files. Raises GenzooError, after the lines, if ``verify`` found a problem.
+    """
     root = gdata.resolve_data_dir(args.data_dir)
     print(f"data folder: {root}")
-    for line in gdata.data_command(args.action, args.datasets, root):
-        print(line)
+    action, names, datasets = args.action, args.datasets, gdata.DATASETS
+    unknown = set(names) - set(datasets)
+    if unknown:
+        raise GenzooError(
+            f"unknown dataset(s) {', '.join(sorted(unknown))}; choose from {', '.join(datasets)}"
+        )
+    if action == "download":
+        for name in names or datasets:
+            gdata.dataset_paths(name, root)
+            print(f"{name}: ok")
+        return
+    problems = 0
+    for name in names or datasets:
+        for spec in datasets[name].files:
+            path = root / name / spec.name
+            if not path.exists():
+                status = "missing"
+                problems += action == "verify" and (bool(names) or (root / name).is_dir())
+            elif action == "info":
+                status = f"{path.stat().st_size} bytes"
+            else:
+                try:
+                    gdata.verify_file(path, spec)
+                    status = "ok (size and MD5)"
+                except GenzooError as err:
+                    status, problems = f"BAD: {err}", problems + 1
+            print(f"  {name}/{spec.name}: {status}")
+    if problems:
+        raise GenzooError(
+            f"{problems} dataset file(s) missing or corrupt; "
+            "run `genzoo data download` or fix --data-dir"
+        )
 
 
 def out_of_memory(err: Exception) -> bool:

@@ -38,11 +38,12 @@ from tqdm import tqdm
 from genzoo import distributed, plots, quality
 from genzoo.averaging import WeightAverage
 from genzoo.board import Board
-from genzoo.data import Data, Split, batches, is_folder_dataset
+from genzoo.data import Data, Split, batches
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import grey_data, per_example_terms, quality_images
 from genzoo.files import WriteFailed, write_json
+from genzoo.folders import is_folder_dataset
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.models.base import check_values
 from genzoo.quality import QualityProbe
