@@ -581,7 +581,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     out = args.out or Path("studies") / (args.name + ("-quick" if args.quick else ""))
     study = STUDIES[args.name]
-    page = run_study(study, out, args.quick, args.seeds, args.device or "auto", args.data_dir)
+    device = args.device or "auto"
+    page = run_study(study, out, args.quick, args.seeds, device, args.data_dir, run_command=main)
     rows = read_json(out / "study.json")
     print(f"{study.name}: {rows['answer']}")
     print(f"page: {page}")
