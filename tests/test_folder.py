@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from genzoo import data as gdata
+from genzoo import folders
 from genzoo.cli import main
 from genzoo.errors import GenzooError
 
@@ -41,7 +42,7 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_grey_images_are_read_exactly_and_unlabelled(tmp_path: Path) -> None:
     written = write_images(tmp_path / "faces", 5)
-    images, labels, classes = gdata.read_folder(tmp_path / "faces")
+    images, labels, classes = folders.read_folder(tmp_path / "faces")
     assert images.shape == (5, 1, 28, 28) and labels is None and classes == []
     expected = torch.from_numpy(np.stack(written)).float()[:, None] / 255
     torch.testing.assert_close(images, expected)
@@ -50,17 +51,17 @@ def test_grey_images_are_read_exactly_and_unlabelled(tmp_path: Path) -> None:
 def test_class_subfolders_give_labels_in_sorted_order(tmp_path: Path) -> None:
     write_images(tmp_path / "pets" / "dog", 2, seed=1)
     write_images(tmp_path / "pets" / "cat", 3, seed=2)
-    _, labels, classes = gdata.read_folder(tmp_path / "pets")
+    _, labels, classes = folders.read_folder(tmp_path / "pets")
     assert classes == ["cat", "dog"]
     assert labels.tolist() == [0, 0, 0, 1, 1]
 
 
 def test_rgb_is_kept_and_resized_on_request(tmp_path: Path) -> None:
     written = write_images(tmp_path / "rgb", 2, size=32, mode="RGB")
-    images, _, _ = gdata.read_folder(tmp_path / "rgb", channels=3)
+    images, _, _ = folders.read_folder(tmp_path / "rgb", channels=3)
     assert images.shape == (2, 3, 32, 32)
     torch.testing.assert_close(images[0, :, 5, 7] * 255, torch.tensor(written[0][5, 7]).float())
-    grey, _, _ = gdata.read_folder(tmp_path / "rgb", channels=1, image_size=16)
+    grey, _, _ = folders.read_folder(tmp_path / "rgb", channels=1, image_size=16)
     assert grey.shape == (2, 1, 16, 16)
 
 
@@ -68,16 +69,16 @@ def test_the_conversion_is_cached_by_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_images(tmp_path / "f", 3)
-    first, _, _ = gdata.read_folder(tmp_path / "f")
+    first, _, _ = folders.read_folder(tmp_path / "f")
 
     def no_decoding(*args):
         raise AssertionError("decoded again although the folder did not change")
 
-    monkeypatch.setattr(gdata, "read_image", no_decoding)
-    torch.testing.assert_close(gdata.read_folder(tmp_path / "f")[0], first)
+    monkeypatch.setattr(folders, "read_image", no_decoding)
+    torch.testing.assert_close(folders.read_folder(tmp_path / "f")[0], first)
     write_images(tmp_path / "f", 1, seed=9)  # img000.png now holds other pixels
     with pytest.raises(AssertionError, match="decoded again"):
-        gdata.read_folder(tmp_path / "f")
+        folders.read_folder(tmp_path / "f")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_bad_folders_name_the_problem(tmp_path: Path, make, message: str) -> Non
     folder = tmp_path / "images"
     make(folder)
     with pytest.raises(GenzooError, match=message):
-        gdata.read_folder(folder)
+        folders.read_folder(folder)
 
 
 def test_splits_are_a_tenth_each_and_the_same_every_time(tmp_path: Path) -> None:

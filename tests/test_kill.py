@@ -3,7 +3,7 @@ with an uninterrupted run: on CPU the weights must be equal, bit for bit.
 
 Kills come from outside after a random delay (before the first checkpoint, within an
 epoch, between epochs) and from inside a checkpoint write (the GENZOO_KILL_AT_WRITE hook
-of runs.py: after a temporary file is written, before it is renamed). GENZOO_KILLS sets
+of files.py: after a temporary file is written, before it is renamed). GENZOO_KILLS sets
 how many (default 3 here; benchmarks/README.md reports a run with 50).
 """
 

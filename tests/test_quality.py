@@ -19,8 +19,9 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from conftest import fake_digits
 from genzoo import quality
-from genzoo.data import Data, file_digest, load_data
+from genzoo.data import Data, load_data
 from genzoo.errors import GenzooError
+from genzoo.files import file_digest
 from genzoo.quality import (
     FeatureNet,
     QualityProbe,

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from genzoo.cli import main
-from genzoo.report import nice_ticks, study_table, write_run_report
+from genzoo.pagekit import nice_ticks
+from genzoo.report import write_run_report
+from genzoo.studies.page import study_table
 
 SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF8"}
 

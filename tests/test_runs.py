@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from genzoo import runs
+from genzoo import files, runs
 from genzoo.errors import GenzooError
+from genzoo.files import WriteFailed
 from genzoo.runs import (
-    WriteFailed,
     checkpoint_files,
     load_checkpoint,
     lock_run,
@@ -95,7 +95,7 @@ def test_a_malicious_pickle_is_refused_not_run(tmp_path: Path) -> None:
     _, state = checkpoint_files(tmp_path, "last")
     state.write_bytes(pickle.dumps(Exploit()))
     manifest = json.loads((tmp_path / "checkpoints" / "last.json").read_text())
-    manifest["entries"][0]["sha256"][state.name] = runs.file_digest(state, "sha256")
+    manifest["entries"][0]["sha256"][state.name] = files.file_digest(state, "sha256")
     (tmp_path / "checkpoints" / "last.json").write_text(json.dumps(manifest))
     with pytest.raises(GenzooError, match="corrupt") as info:
         loaded_epoch(tmp_path)
@@ -145,10 +145,10 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
 
 def test_write_problems_name_the_cause() -> None:
     path = Path("/x/y.json")
-    assert "choose a writable folder" in runs._write_problem(
+    assert "choose a writable folder" in files.write_problem(
         path, PermissionError(errno.EACCES, "Permission denied")
     )
-    assert runs._write_problem(path, OSError(errno.ENOSPC, "No space left on device")).startswith(
+    assert files.write_problem(path, OSError(errno.ENOSPC, "No space left on device")).startswith(
         "no space left on /"
     )
 

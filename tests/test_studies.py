@@ -20,9 +20,9 @@ import pytest
 from conftest import register, write_fake_idx_dataset
 from genzoo import quality
 from genzoo.cli import main
-from genzoo.report import write_study_report
-from genzoo.runs import read_json
+from genzoo.files import read_json
 from genzoo.studies import STUDIES, recipe
+from genzoo.studies.page import write_study_report
 from test_report import PageParser, _chromium
 
 

@@ -39,10 +39,10 @@ from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
 from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
 from genzoo.figures import draw_run_figures
+from genzoo.files import read_json, write_json
 from genzoo.models import MODELS
 from genzoo.models.base import Conditional, MixtureSampler, Tempered
 from genzoo.quality import cache_paths, load_or_train_feature_net
-from genzoo.report import write_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
     RunConfig,
@@ -50,12 +50,11 @@ from genzoo.runs import (
     load_run_config,
     load_trained,
     new_run_dir,
-    read_json,
     read_metrics,
     resume_config,
-    write_json,
 )
 from genzoo.studies import STUDIES, run_study
+from genzoo.studies.page import write_report
 from genzoo.train import train
 
 positive_int = bounded(int)
@@ -661,17 +660,54 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     out = args.out or Path("studies") / (args.name + ("-quick" if args.quick else ""))
     study = STUDIES[args.name]
-    page = run_study(study, out, args.quick, args.seeds, args.device or "auto", args.data_dir)
+    device = args.device or "auto"
+    page = run_study(study, out, args.quick, args.seeds, device, args.data_dir, run_command=main)
     rows = read_json(out / "study.json")
     print(f"{study.name}: {rows['answer']}")
     print(f"page: {page}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    """``genzoo data download|verify|info [DATASET ...]``: one line per dataset or file.
+
+    ``download`` fetches what is missing (with checksums); ``verify`` checks sizes and
+    MD5s and, without named datasets, only the datasets that are there at all; ``info``
+    lists the files. Raises GenzooError, after the lines, if ``verify`` found a problem.
+    """
     root = gdata.resolve_data_dir(args.data_dir)
     print(f"data folder: {root}")
-    for line in gdata.data_command(args.action, args.datasets, root):
-        print(line)
+    action, names, datasets = args.action, args.datasets, gdata.DATASETS
+    unknown = set(names) - set(datasets)
+    if unknown:
+        raise GenzooError(
+            f"unknown dataset(s) {', '.join(sorted(unknown))}; choose from {', '.join(datasets)}"
+        )
+    if action == "download":
+        for name in names or datasets:
+            gdata.dataset_paths(name, root)
+            print(f"{name}: ok")
+        return
+    problems = 0
+    for name in names or datasets:
+        for spec in datasets[name].files:
+            path = root / name / spec.name
+            if not path.exists():
+                status = "missing"
+                problems += action == "verify" and (bool(names) or (root / name).is_dir())
+            elif action == "info":
+                status = f"{path.stat().st_size} bytes"
+            else:
+                try:
+                    gdata.verify_file(path, spec)
+                    status = "ok (size and MD5)"
+                except GenzooError as err:
+                    status, problems = f"BAD: {err}", problems + 1
+            print(f"  {name}/{spec.name}: {status}")
+    if problems:
+        raise GenzooError(
+            f"{problems} dataset file(s) missing or corrupt; "
+            "run `genzoo data download` or fix --data-dir"
+        )
 
 
 def out_of_memory(err: Exception) -> bool:

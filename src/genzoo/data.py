@@ -1,5 +1,5 @@
 """Datasets: MNIST and Fashion-MNIST (idx, gzip), static binarized MNIST (amat), and a
-folder of the user's own images (``folder:PATH``).
+folder of the user's own images (``folder:PATH``, read by folders.py).
 
 Files live in a data folder with one subfolder per dataset and the original file
 names (``mnist/train-images-idx3-ubyte.gz``, ``binarized-mnist/binarized_mnist_test.amat``,
@@ -21,8 +21,6 @@ All images are kept in memory as one float tensor per split, shape (N, C, H, W)
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import urllib.error
 import urllib.request
@@ -32,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from genzoo.errors import GenzooError
+from genzoo.files import cache_root, file_digest
+from genzoo.folders import FOLDER_PREFIX, folder_splits, is_folder_dataset
 
 BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
 # The fixed draws that binarize the evaluation sets once (dynamic binarization), and the
@@ -122,14 +119,6 @@ IMAGE_SHAPE = (1, 28, 28)
 # ----------------------------------------------------------------------------- files
 
 
-def cache_root() -> Path:
-    """Where genzoo keeps what it downloads or builds once: ``$GENZOO_CACHE`` if set, else
-    ``$XDG_CACHE_HOME/genzoo`` (``~/.cache/genzoo``)."""
-    if os.environ.get("GENZOO_CACHE"):
-        return Path(os.environ["GENZOO_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "genzoo"
-
-
 def default_data_dir() -> Path:
     """``$GENZOO_DATA`` if set, else the ``data`` folder of the cache."""
     if os.environ.get("GENZOO_DATA"):
@@ -139,15 +128,6 @@ def default_data_dir() -> Path:
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir).expanduser() if data_dir else default_data_dir()
-
-
-def file_digest(path: Path, algorithm: str = "md5") -> str:
-    """Hex digest of a file, read in blocks (the files run to tens of megabytes)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, spec: RemoteFile) -> None:
@@ -258,46 +238,6 @@ def read_amat(path: Path) -> np.ndarray:
     return digits.astype(np.uint8)
 
 
-def data_command(action: str, names: list[str], root: Path) -> Iterator[str]:
-    """``genzoo data download|verify|info [DATASET ...]``: one line per dataset or file.
-
-    ``download`` fetches what is missing (with checksums); ``verify`` checks sizes and
-    MD5s and, without named datasets, only the datasets that are there at all; ``info``
-    lists the files. Raises GenzooError, after the lines, if ``verify`` found a problem.
-    """
-    unknown = set(names) - set(DATASETS)
-    if unknown:
-        raise GenzooError(
-            f"unknown dataset(s) {', '.join(sorted(unknown))}; choose from {', '.join(DATASETS)}"
-        )
-    if action == "download":
-        for name in names or DATASETS:
-            dataset_paths(name, root)
-            yield f"{name}: ok"
-        return
-    problems = 0
-    for name in names or DATASETS:
-        for spec in DATASETS[name].files:
-            path = root / name / spec.name
-            if not path.exists():
-                status = "missing"
-                problems += action == "verify" and (bool(names) or (root / name).is_dir())
-            elif action == "info":
-                status = f"{path.stat().st_size} bytes"
-            else:
-                try:
-                    verify_file(path, spec)
-                    status = "ok (size and MD5)"
-                except GenzooError as err:
-                    status, problems = f"BAD: {err}", problems + 1
-            yield f"  {name}/{spec.name}: {status}"
-    if problems:
-        raise GenzooError(
-            f"{problems} dataset file(s) missing or corrupt; "
-            "run `genzoo data download` or fix --data-dir"
-        )
-
-
 # ----------------------------------------------------------------------------- splits
 
 
@@ -370,17 +310,6 @@ def _binarize_once(split: Split, mode: str, seed: int) -> Split:
     return split
 
 
-# ----------------------------------------------------------------------------- folders
-
-FOLDER_PREFIX = "folder:"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-FOLDER_SEED = 0  # the one shuffle that splits a folder into train / validation / test
-
-
-def is_folder_dataset(dataset: str) -> bool:
-    return dataset.startswith(FOLDER_PREFIX)
-
-
 def check_dataset_name(dataset: str) -> None:
     """Raise GenzooError unless ``dataset`` is a known dataset or ``folder:PATH``."""
     known = [d for d in DATASETS if d != "binarized-mnist"]
@@ -389,107 +318,6 @@ def check_dataset_name(dataset: str) -> None:
             f"unknown dataset {dataset!r}; choose {', '.join(known)} or folder:PATH "
             "(a folder of PNG/JPEG images)"
         )
-
-
-def image_files(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
-    """The images of a folder: directly in it (no labels), or in one subfolder per class
-    (labels 0, 1, ... in the order of the subfolders' sorted names, which are returned)."""
-    if not root.is_dir():
-        raise GenzooError(f"{root} is not a folder; --dataset folder:PATH needs a folder of images")
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and images_in(p))
-    top = images_in(root)
-    if classes and top:
-        raise GenzooError(
-            f"{top[0]} lies beside class subfolders in {root}: put every image in the "
-            "subfolder of its class, or none in subfolders"
-        )
-    if classes:
-        files = [(f, label) for label, c in enumerate(classes) for f in images_in(c)]
-        return [f for f, _ in files], [label for _, label in files], [c.name for c in classes]
-    if not top:
-        raise GenzooError(f"{root} holds no PNG or JPEG images (nor subfolders with any)")
-    return top, None, []
-
-
-def read_image(path: Path, channels: int, image_size: int | None) -> np.ndarray:
-    """One image as uint8 (C, H, W), grey (C = 1) or RGB (C = 3), resized to
-    image_size x image_size if given."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if image_size is not None and img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
-        raise GenzooError(f"cannot read the image {path} ({err}); fix or remove it") from None
-    return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def folder_key(files: list[Path], root: Path, channels: int, image_size: int | None) -> str:
-    """SHA-256 of the folder's content (every file's name and bytes) and the conversion."""
-    digest = hashlib.sha256(f"channels={channels} size={image_size}".encode())
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def read_folder(
-    root: Path, channels: int = 1, image_size: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """A folder's images (N, C, H, W) float in [0, 1], labels (N,) or None, class names.
-
-    Converted once and cached as a tensor file in the cache folder, keyed by the
-    folder's content: a changed, added or removed image makes a new conversion.
-    """
-    files, labels, classes = image_files(root)
-    key = folder_key(files, root, channels, image_size)
-    cache = cache_root() / "folders" / f"{key}.safetensors"
-    try:
-        tensors = load_file(cache)
-        return tensors["images"].float() / 255, tensors.get("labels"), classes
-    except (FileNotFoundError, SafetensorError):  # not converted yet, or a damaged file
-        pass
-    pixels = []
-    for path in tqdm(files, desc=f"reading {root.name}", leave=False, disable=None):
-        image = read_image(path, channels, image_size)
-        if pixels and image.shape != pixels[0].shape:
-            raise GenzooError(
-                f"{path} is {image.shape[2]}x{image.shape[1]} but {files[0]} is "
-                f"{pixels[0].shape[2]}x{pixels[0].shape[1]}: give --image-size N to resize "
-                "every image to N x N"
-            )
-        pixels.append(image)
-    tensors = {"images": torch.from_numpy(np.stack(pixels))}  # (N, C, H, W) uint8
-    if labels is not None:
-        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".part")
-    save_file(tensors, partial, metadata={"folder": str(root), "classes": json.dumps(classes)})
-    os.replace(partial, cache)
-    return tensors["images"].float() / 255, tensors.get("labels"), classes
-
-
-def _folder_splits(root: Path, channels: int, image_size: int | None, val_size: int) -> Data:
-    """A folder split at random (seed FOLDER_SEED) into validation and test, a tenth each
-    (at least one image; fewer validation images if ``val_size`` is smaller), and train."""
-    images, labels, _ = read_folder(root, channels, image_size)
-    n = len(images)
-    tenth = max(1, n // 10)
-    n_val = min(val_size, tenth)
-    if n - n_val - tenth < 1:
-        raise GenzooError(f"{root} holds {n} images: too few to split (at least 3 needed)")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(FOLDER_SEED))
-
-    def split(index: torch.Tensor) -> Split:
-        return Split(images[index], None if labels is None else labels[index])
-
-    test, val, train = order[:tenth], order[tenth : tenth + n_val], order[tenth + n_val :]
-    return Data(split(train), split(val), split(test), "none")
 
 
 def load_data(
@@ -507,7 +335,7 @@ def load_data(
     validation split. ``binarize="static"`` reads the Larochelle & Murray files instead
     (their own 50k/10k/10k split, no labels). ``folder:PATH``: the images of PATH as
     ``channels`` (1 grey, 3 RGB), resized to ``image_size`` if given, split by
-    ``_folder_splits``. ``train_size`` keeps only the first that many training images
+    ``folders.folder_splits``. ``train_size`` keeps only the first that many training images
     (validation and test stay whole).
     """
     check_dataset_name(dataset)
@@ -515,7 +343,8 @@ def load_data(
         if binarize == "static":
             raise GenzooError("--binarize static exists only for --dataset mnist")
         root = Path(dataset[len(FOLDER_PREFIX) :]).expanduser()
-        data = _binarized(_folder_splits(root, channels, image_size, val_size), binarize)
+        splits = (Split(x, y) for x, y in folder_splits(root, channels, image_size, val_size))
+        data = _binarized(Data(*splits, "none"), binarize)
     elif channels != 1 or image_size is not None:
         raise GenzooError("--channels and --image-size apply to --dataset folder:PATH only")
     else:

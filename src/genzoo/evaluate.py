@@ -29,11 +29,12 @@ from tqdm import tqdm
 from genzoo import plots, quality
 from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
+from genzoo.files import read_json, write_json
 from genzoo.models import GenerativeModel
 from genzoo.models.base import Likelihood, PixelMeans
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
-from genzoo.runs import RunConfig, load_data_of, load_trained, read_json, write_json
+from genzoo.runs import RunConfig, load_data_of, load_trained
 from genzoo.stats import mean_and_se
 
 PROPOSALS = {"posterior": "q(z|x)", "prior": "p(z)"}  # estimator -> where z is drawn from

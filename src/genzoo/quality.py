@@ -44,12 +44,10 @@ from genzoo.data import (
     Data,
     Split,
     batches,
-    cache_root,
-    file_digest,
     load_data,
 )
 from genzoo.errors import GenzooError
-from genzoo.runs import read_json, save_weights, write_json
+from genzoo.files import cache_root, file_digest, read_json, save_weights, write_json
 from genzoo.stats import mean_and_se
 
 N_CLASSES = 10

@@ -21,28 +21,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
 import pickle
-import signal
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from torch import nn
 
 from genzoo.config import TrainConfig, check_fields, config_from_dict
-from genzoo.data import Data, file_digest, load_data
+from genzoo.data import Data, load_data
 from genzoo.errors import GenzooError
+from genzoo.files import (
+    WriteFailed,
+    atomic_write,
+    file_digest,
+    read_json,
+    save_weights,
+    write_bytes,
+    write_json,
+    write_problem,
+)
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.rng import resolve_device
 
@@ -54,56 +60,6 @@ def new_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
         n += 1
         path = root / f"{model_name}-{stamp}-{n}"
     return path
-
-
-class WriteFailed(GenzooError):
-    """A file could not be written (full disk, no permission); nothing half-written stays."""
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename tmp to ``path`` (atomic on POSIX and Windows). If
-    either fails, the temporary file is removed and the old ``path`` stays as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        _kill_hook()
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):  # e.g. its folder could not be made
-            tmp.unlink(missing_ok=True)
-        raise WriteFailed(_write_problem(path, err)) from None
-
-
-_writes = 0
-
-
-def _kill_hook() -> None:
-    """Test hook: with GENZOO_KILL_AT_WRITE=N in the environment the process kills itself
-    (SIGKILL) after writing its N-th temporary file and before renaming it, the worst
-    instant for a kill (tests/test_kill.py)."""
-    global _writes
-    at = os.environ.get("GENZOO_KILL_AT_WRITE")
-    if at:
-        _writes += 1
-        if _writes == int(at):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _write_problem(path: Path, err: Exception) -> str:
-    if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left" in str(err):
-        return f"no space left on {_mount_point(path)} while writing {path}"
-    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path}: {err.strerror}; choose a writable folder"
-    return f"cannot write {path}: {err}"
-
-
-def _mount_point(path: Path) -> str:
-    """The file system a path lies on, as the user knows it: its mount point."""
-    path = path.absolute()
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return str(path)
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -143,34 +99,6 @@ def unlock_run(run_dir: Path) -> None:
     handle = _held_locks.pop(run_dir.resolve(), None)
     if handle is not None:
         handle.close()
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically; return its SHA-256, taken from the bytes in
-    memory rather than by reading the file back."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    return hashlib.sha256(data).hexdigest()
-
-
-def save_weights(path: Path, module: nn.Module, metadata: dict[str, str]) -> str:
-    """A module's state dict as a safetensors file (atomically), with string ``metadata``:
-    the one weights writer, for checkpoints and the quality-net cache alike. Returns the
-    file's SHA-256."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    # Serialized in memory, then written by Python, so a full disk is an OSError (ENOSPC)
-    # here rather than an opaque error from inside the serializer.
-    return write_bytes(path, save(tensors, metadata=metadata))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise GenzooError(f"cannot read {path}: {err}") from None
 
 
 @dataclasses.dataclass
@@ -303,7 +231,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.truncate(path, size)
-        raise WriteFailed(_write_problem(path, err)) from None
+        raise WriteFailed(write_problem(path, err)) from None
 
 
 def trim_metrics(run_dir: Path, last_epoch: int) -> None:

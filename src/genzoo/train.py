@@ -38,10 +38,12 @@ from tqdm import tqdm
 from genzoo import distributed, figures, plots, quality
 from genzoo.averaging import WeightAverage
 from genzoo.board import Board
-from genzoo.data import Data, Split, batches, is_folder_dataset
+from genzoo.data import Data, Split, batches
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import grey_data, per_example_terms, quality_images
+from genzoo.files import WriteFailed, write_json
+from genzoo.folders import is_folder_dataset
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.models.base import check_values
 from genzoo.quality import QualityProbe
@@ -49,7 +51,6 @@ from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
-    WriteFailed,
     append_metrics,
     build_model,
     has_checkpoint,
@@ -61,7 +62,6 @@ from genzoo.runs import (
     save_run_config,
     trim_metrics,
     unlock_run,
-    write_json,
 )
 from genzoo.schedule import LRSchedule
 

@@ -7,10 +7,11 @@ of its table (keys of eval.json), the figures it shows side by side, and optiona
 curves) and an ``answer`` (the headline, in words, from the table and the analysis).
 
 ``run_study`` trains and evaluates every arm (``--seeds N`` times), each in its own run
-folder under the study's folder, through the same CLI commands a user would type, then
-writes study.json (the table, the analysis, the answer, the commands) and the page
-(report.py). A killed study continues where it stopped: a finished arm is kept, a
-checkpointed one is resumed (``genzoo resume``), an evaluated one is not evaluated again.
+folder under the study's folder, through the same CLI commands a user would type (run by
+the ``run_command`` the CLI hands it), then writes study.json (the table, the analysis,
+the answer, the commands) and the page (page.py). A killed study continues where it
+stopped: a finished arm is kept, a checkpointed one is resumed (``genzoo resume``), an
+evaluated one is not evaluated again.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import torch
 
 from genzoo import plots
 from genzoo.errors import GenzooError
-from genzoo.report import training_seconds, write_study_report
-from genzoo.runs import load_trained, read_json, read_metrics, write_json
+from genzoo.files import read_json, write_json
+from genzoo.report import training_seconds
+from genzoo.runs import load_trained, read_metrics
+from genzoo.studies.page import write_study_report
 
 # --quick: one epoch on 1,000 images, evaluation on 200: the whole study in minutes.
 QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500")
@@ -46,6 +49,9 @@ class Arm:
 
 
 Analysis = Callable[["StudyRun"], dict[str, Any]]
+# Runs one genzoo command (its arguments, without "genzoo") and returns its exit status:
+# the CLI's own ``main``, which it hands to ``run_study`` (the studies never import the CLI).
+Command = Callable[[list[str]], int]
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class StudyRun:
     seeds: int
     device: str
     data_dir: Path | None
+    run_command: Command
     runs: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
@@ -105,12 +112,11 @@ def eval_command(study: Study, run: Path, quick: bool) -> list[str]:
     return command
 
 
-def _genzoo(argv: list[str], device: str, data_dir: Path | None) -> None:
+def _genzoo(state: StudyRun, argv: list[str]) -> None:
     """One genzoo command, as a user would type it; a failure stops the study."""
-    from genzoo.cli import main  # the CLI imports the studies: import it when used
-
-    runtime = ["--device", device] + (["--data-dir", str(data_dir)] if data_dir else [])
-    code = main([*argv, *runtime])
+    data_dir = state.data_dir
+    runtime = ["--device", state.device] + (["--data-dir", str(data_dir)] if data_dir else [])
+    code = state.run_command([*argv, *runtime])
     if code:
         raise GenzooError(f"`genzoo {shlex.join(argv)}` failed (exit status {code})")
 
@@ -122,10 +128,10 @@ def run_arm(state: StudyRun, arm: Arm, seed: int) -> Path:
     if not (run / "summary.json").exists():
         resumable = (run / "config.json").exists()
         command = ["resume", str(run)] if resumable else train_command(study, arm, run, seed, quick)
-        _genzoo(command, state.device, state.data_dir)
+        _genzoo(state, command)
     evaluated = run / "eval.json"
     if not evaluated.exists() or read_json(evaluated).get("epoch") is None:
-        _genzoo(eval_command(study, run, quick), state.device, state.data_dir)
+        _genzoo(state, eval_command(study, run, quick))
     return run
 
 
@@ -176,10 +182,13 @@ def run_study(
     seeds: int = 1,
     device: str = "auto",
     data_dir: Path | None = None,
+    *,
+    run_command: Command,
 ) -> Path:
     """Run every arm of ``study`` into ``out`` (resuming what a killed run left), then its
-    analysis, study.json and the page; returns the page's path."""
-    state = StudyRun(study, out, quick, seeds, device, data_dir)
+    analysis, study.json and the page; returns the page's path. ``run_command`` runs each
+    ``genzoo train|resume|eval`` command of the arms (the CLI passes its ``main``)."""
+    state = StudyRun(study, out, quick, seeds, device, data_dir, run_command)
     check_plan(out, {"study": study.name, "quick": quick, "seeds": seeds})
     plan = [(arm, seed) for seed in range(seeds) for arm in study.arms]
     for i, (arm, seed) in enumerate(plan, start=1):
