@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,11 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from genzoo import data as gdata
 from genzoo.config import TrainConfig
 from genzoo.models.vae import VAEConfig
 from genzoo.runs import RunConfig
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker: the workers share the machine's cores (pyproject: -n 2), and
+    # two threads each would only contend.
+    torch.set_num_threads(1)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
