@@ -149,3 +149,17 @@ def test_study_page_in_headless_chromium(data: Path, tmp_path: Path) -> None:
     done, total = map(int, loaded.split("/"))
     assert done == total > 0
     assert escape(json.loads((out / "study.json").read_text())["answer"]) in dom.stdout
+
+
+def test_an_arms_own_evaluation_flags_follow_the_studys_in_the_full_protocol() -> None:
+    study = STUDIES["families"]
+    (arm,) = [a for a in study.arms if a.name == "diffusion"]
+
+    def last(command: list[str], flag: str) -> str:  # argparse keeps the last value
+        return command[len(command) - command[::-1].index(flag)]
+
+    full = recipe.eval_command(study, Path("run"), quick=False, arm=arm)
+    assert last(full, "--iw-samples") == "100" and last(full, "--limit") == "500"
+    assert "1000" in full  # the study's own, overridden
+    quick = recipe.eval_command(study, Path("run"), quick=True, arm=arm)
+    assert quick == recipe.eval_command(study, Path("run"), quick=True)

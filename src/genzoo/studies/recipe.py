@@ -46,6 +46,8 @@ class Arm:
     model: str
     flags: tuple[str, ...] = ()
     quick: tuple[str, ...] = ()  # with --quick also these (smaller networks, fewer steps)
+    # The full protocol's evaluation with also these (a family's cheaper likelihood).
+    evaluate: tuple[str, ...] = ()
 
 
 Analysis = Callable[["StudyRun"], dict[str, Any]]
@@ -105,8 +107,10 @@ def train_command(study: Study, arm: Arm, run: Path, seed: int, quick: bool) -> 
     ]  # fmt: skip
 
 
-def eval_command(study: Study, run: Path, quick: bool) -> list[str]:
-    command = ["eval", str(run), *(QUICK_EVAL if quick else study.evaluate)]
+def eval_command(study: Study, run: Path, quick: bool, arm: Arm | None = None) -> list[str]:
+    """``genzoo eval`` of a run; the arm's own flags follow the study's, so they win."""
+    own = () if quick or arm is None else arm.evaluate
+    command = ["eval", str(run), *(QUICK_EVAL if quick else study.evaluate), *own]
     if study.quality:
         command += ["--quality", "--n-samples", str(QUICK_SAMPLES if quick else 10000)]
     return command
@@ -131,7 +135,7 @@ def run_arm(state: StudyRun, arm: Arm, seed: int) -> Path:
         _genzoo(state, command)
     evaluated = run / "eval.json"
     if not evaluated.exists() or read_json(evaluated).get("epoch") is None:
-        _genzoo(state, eval_command(study, run, quick))
+        _genzoo(state, eval_command(study, run, quick, arm))
     return run
 
 
@@ -198,10 +202,18 @@ def run_study(
     with torch.no_grad():
         analysis = study.analyse(state) if study.analyse else {}
     answer = study.answer(rows, analysis) if study.answer else ""
-    commands = [
-        "genzoo " + shlex.join(train_command(study, arm, run_dir(out, arm, 0, seeds), 0, quick))
-        for arm in study.arms
-    ] + ["genzoo " + shlex.join(eval_command(study, Path("RUN"), quick))]
+    commands = (
+        [
+            "genzoo " + shlex.join(train_command(study, arm, run_dir(out, arm, 0, seeds), 0, quick))
+            for arm in study.arms
+        ]
+        + [
+            "genzoo " + shlex.join(eval_command(study, Path(arm.name), quick, arm))
+            for arm in study.arms
+            if arm.evaluate and not quick
+        ]
+        + ["genzoo " + shlex.join(eval_command(study, Path("RUN"), quick))]
+    )
     write_json(
         out / "study.json",
         {
