@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.distributions import Normal
 
@@ -365,3 +367,41 @@ def test_class_out_of_range_and_settings_of_another_family(data_dir, tmp_path, c
     assert "--sample-steps applies to diffusion only" in capsys.readouterr().err
     assert main(["sample", str(vae), "--class", "3", "-o", str(tmp_path / "s.png")]) == 2
     assert "--class applies to class-conditional models (diffusion)" in capsys.readouterr().err
+
+
+def test_conditional_training_gets_the_labels_and_the_class_reaches_the_net(
+    data_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    seen = []
+    real_loss = Diffusion.loss
+
+    def recording_loss(self, x, labels=None):
+        seen.append(labels)
+        return real_loss(self, x, labels)
+
+    monkeypatch.setattr(Diffusion, "loss", recording_loss)
+    run = tmp_path / "cond"
+    argv = ["train", "diffusion", "--conditional", "--sample-steps", "3", *CLI_TINY]
+    assert main([*argv, "--run-dir", str(run)]) == 0
+    # The loop passed each batch's labels (of the fake digits: class = index mod 10).
+    assert seen and all(y is not None and y.shape == (16,) for y in seen[:-1])
+    assert {"denoising_chain.png", "sample_steps.png"} <= {
+        p.name for p in (run / "figures").iterdir()
+    }
+    draws = {}
+    for label in (3, 5):
+        out = tmp_path / f"c{label}.npy"
+        argv = ["sample", str(run), "-n", "2", "--class", str(label), "--guidance", "1"]
+        assert main([*argv, "-o", str(out)]) == 0
+        draws[label] = np.load(out)
+    assert not np.array_equal(draws[3], draws[5])  # same noise (seed), another class
+
+
+def test_conditional_training_on_an_unlabelled_folder_is_refused(tmp_path, capsys) -> None:
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((28, 28), 20 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    argv = ["train", "diffusion", "--conditional", "--dataset", f"folder:{folder}", *CLI_TINY]
+    assert main([*argv, "--val-size", "2", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "has none (a folder needs a subfolder per class)" in capsys.readouterr().err

@@ -404,8 +404,10 @@ def batches(
     shuffle: bool = False,
     skip: int = 0,
     generator: torch.Generator | None = None,
-) -> Iterator[torch.Tensor]:
-    """Image batches (B, C, H, W) as index slices of the in-memory tensor.
+    labels: bool = False,
+) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Image batches (B, C, H, W) as index slices of the in-memory tensor; with
+    ``labels``, (images, their labels (B,)) pairs.
 
     ``binarize="dynamic"`` draws the whole split once per call (one pass, one epoch), so
     every image is a fresh Bernoulli draw each time it is seen. Shuffling and that draw
@@ -419,12 +421,15 @@ def batches(
     n = images.shape[0]
     order = torch.randperm(n, generator=generator, device=images.device) if shuffle else None
 
-    def batch(start: int) -> torch.Tensor:
-        x = (
-            images[order[start : start + batch_size]]
-            if shuffle
-            else images[start : start + batch_size]
-        )
-        return x.float() if dynamic else x  # the draw is bool
+    if labels and split.labels is None:
+        raise GenzooError("this dataset has no labels: train without --conditional")
+
+    def rows(start: int) -> torch.Tensor | slice:
+        return order[start : start + batch_size] if shuffle else slice(start, start + batch_size)
+
+    def batch(start: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = images[rows(start)]
+        x = x.float() if dynamic else x  # the draw is bool
+        return (x, split.labels[rows(start)]) if labels else x
 
     return (batch(start) for start in range(skip * batch_size, n, batch_size))

@@ -179,8 +179,10 @@ class DataParallel:
         self.weight = local.shape[0] / x.shape[0]
         return local
 
-    def __call__(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, stats = self.ddp(x, name)
+    def __call__(
+        self, x: torch.Tensor, name: str, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, stats = self.ddp(x, name, labels)
         return loss * (self.world.size * self.weight), self.mean_stats(stats)
 
     def mean_stats(self, stats: dict[str, float]) -> dict[str, float]:

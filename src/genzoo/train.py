@@ -45,7 +45,7 @@ from genzoo.evaluate import grey_data, per_example_terms, quality_images
 from genzoo.files import WriteFailed, write_json
 from genzoo.folders import is_folder_dataset
 from genzoo.models import MODELS, GenerativeModel
-from genzoo.models.base import check_values
+from genzoo.models.base import Conditional, check_values
 from genzoo.quality import QualityProbe
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
@@ -115,9 +115,14 @@ def training_point(epoch: int, step: int) -> str:
 
 
 def epoch_batches(
-    data: Data, batch_size: int, progress: EpochProgress, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """The epoch's batches from ``progress.step`` on, drawn from the data ``generator``.
+    data: Data,
+    batch_size: int,
+    progress: EpochProgress,
+    generator: torch.Generator,
+    labels: bool = False,
+) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's batches from ``progress.step`` on, drawn from the data ``generator``
+    (with their labels where the model takes them).
     A new epoch records its state before the shuffle and binarization; a resumed one
     redraws them from that state, which leaves it where the uninterrupted epoch did."""
     if progress.step == 0:
@@ -125,7 +130,13 @@ def epoch_batches(
     else:
         generator.set_state(progress.start_rng)
     return batches(
-        data.train, batch_size, data.binarize, shuffle=True, skip=progress.step, generator=generator
+        data.train,
+        batch_size,
+        data.binarize,
+        shuffle=True,
+        skip=progress.step,
+        generator=generator,
+        labels=labels,
     )
 
 
@@ -147,6 +158,13 @@ class Trainer:
         self.board = Board(run_dir) if tc.tensorboard and world.is_main else None
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
+        takes_labels = isinstance(self.model, Conditional) and self.model.takes_labels()
+        if takes_labels and data.train.labels is None:
+            raise GenzooError(
+                f"{cfg.model} --conditional is trained on the class labels, and "
+                f"{tc.dataset} has none (a folder needs a subfolder per class): train "
+                "without --conditional"
+            )
         self.data_rng = torch.Generator(dev).manual_seed(tc.seed)
         if tc.compile:
             self.model.compile()  # its forward: every objective that train_step computes
@@ -261,7 +279,8 @@ class Trainer:
         mean of each ``train_step`` statistic over the whole epoch."""
         tc, progress = self.cfg.train, self.progress
         self.model.train()
-        loader = epoch_batches(self.data, tc.batch_size, progress, self.data_rng)
+        takes_labels = isinstance(self.model, Conditional) and self.model.takes_labels()
+        loader = epoch_batches(self.data, tc.batch_size, progress, self.data_rng, takes_labels)
         parallel = self.model.parallel
         bar = tqdm(
             loader,
@@ -272,14 +291,16 @@ class Trainer:
             disable=None if self.world.is_main else True,
         )
         last_save = start = time.perf_counter()
-        for x in bar:
+        for batch in bar:
+            x, labels = batch if takes_labels else (batch, None)
             if parallel is not None:
                 if x.shape[0] < self.world.size:  # too few images to give every rank one
                     continue
                 x = parallel.share(x)
+                labels = None if labels is None else parallel.share(labels)
             self.schedule.apply(self.optimizers, (epoch - 1) * self.steps_per_epoch + progress.step)
             with self.arithmetic():
-                stats = self.model.train_step(x, self.optimizers)
+                stats = self.model.train_step(x, self.optimizers, labels)
             if not math.isfinite(stats["loss"]):
                 raise self.diverged(f"the loss became {stats['loss']}", epoch)
             if self.average is not None:

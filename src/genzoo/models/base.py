@@ -45,8 +45,9 @@ defining its methods (it fails when instantiated):
   family's ``likelihood_estimator``, which says what it is (an importance-sampled
   estimate, a bound, an exact value), what ``samples`` counts and its units;
 - ``MixtureSampler``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);
-- ``Conditional``: ``sample_classes(labels)``, samples of chosen classes (diffusion
-  trained with ``--conditional``);
+- ``Conditional``: ``takes_labels()`` (as configured: then the loop passes each batch's
+  labels to ``train_step`` and its objectives) and ``sample_classes(labels)``, samples of
+  chosen classes (diffusion with ``--conditional``);
 - ``Tempered``: ``sample`` honours its ``temperature``, and ``figure_temperatures()``
   are the ones the figures show (the flow).
 
@@ -101,20 +102,24 @@ class GenerativeModel(nn.Module, ABC):
 
     # ------------------------------------------------------------------ objective
 
-    def forward(self, x: torch.Tensor, objective: str = "loss") -> Any:
-        """The objective method ``objective`` on batch x: what DistributedDataParallel
-        calls (through ``self.objective``)."""
-        return getattr(self, objective)(x)
+    def forward(
+        self, x: torch.Tensor, objective: str = "loss", labels: torch.Tensor | None = None
+    ) -> Any:
+        """The objective method ``objective`` on batch x (and its labels, for a model that
+        takes them): what DistributedDataParallel calls (through ``self.objective``)."""
+        method = getattr(self, objective)
+        return method(x) if labels is None else method(x, labels)
 
     def objective(
-        self, x: torch.Tensor, name: str = "loss"
+        self, x: torch.Tensor, name: str = "loss", labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The objective method ``name`` on batch ``x``: (loss, stats). In a data-parallel
-        run through DDP, so that the next backward pass averages the gradients over the
-        processes, with the stats averaged over the global batch."""
+        """The objective method ``name`` on batch ``x`` (with ``labels`` (B,) where the
+        model takes them): (loss, stats). In a data-parallel run through DDP, so that the
+        next backward pass averages the gradients over the processes, with the stats
+        averaged over the global batch."""
         if self.parallel is None:
-            return self(x, name)
-        return self.parallel(x, name)
+            return self(x, name, labels)
+        return self.parallel(x, name, labels)
 
     @abstractmethod
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -126,9 +131,12 @@ class GenerativeModel(nn.Module, ABC):
         # update costs as much as the forward and backward products of a small MLP.
         return [Adam(self.parameters(), lr=lr, fused=fused_adam_available(self))]
 
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
-        """One optimisation step on batch ``x``; returns its statistics."""
-        loss, stats = self.objective(x)
+    def train_step(
+        self, x: torch.Tensor, optimizers: list[Optimizer], labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One optimisation step on batch ``x`` (with its ``labels`` (B,) for a model that
+        takes them: ``Conditional``); returns its statistics."""
+        loss, stats = self.objective(x, labels=labels)
         check_stats(stats)
         step_single_loss(loss, optimizers, self.max_grad_norm)
         return stats
@@ -253,7 +261,12 @@ class MixtureSampler(ABC):
 
 
 class Conditional(ABC):
-    """Samples of chosen classes (where the run was trained with its labels)."""
+    """Trained on the class labels (where ``takes_labels()``: the loop then passes them
+    to ``train_step`` and its objectives), and so samples of chosen classes."""
+
+    @abstractmethod
+    def takes_labels(self) -> bool:
+        """Whether this model, as configured, is trained on labels."""
 
     @abstractmethod
     def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:

@@ -318,14 +318,11 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
     def loss(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The objective on images x (B, C, H, W) in [0, 1] (with their labels (B,) when
-        conditional; the training loop does not pass them yet)."""
+        """The objective on images x (B, C, H, W) in [0, 1], with their labels (B,) where
+        conditional (the loop passes them: ``takes_labels``)."""
         if self.cfg.conditional:
             if labels is None:
-                raise GenzooError(
-                    "diffusion --conditional needs the labels in training, which the "
-                    "training loop does not pass yet: train without --conditional"
-                )
+                raise GenzooError("diffusion --conditional is trained on labelled batches")
             dropped = torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout
             labels = labels.masked_fill(dropped, self.cfg.num_classes)
         x0 = 2 * x - 1
@@ -373,6 +370,9 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         if self.sampler == "ddpm":
             return ddpm(denoise, noise, grid, self.alpha_bar_list, self.cfg.variance, chain)
         return ddim(denoise, noise, grid, self.alpha_bar_list, chain)
+
+    def takes_labels(self) -> bool:
+        return self.cfg.conditional
 
     @torch.no_grad()
     def sample_classes(self, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
@@ -484,9 +484,10 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         device = self.alpha_bar.device
         generator = torch.Generator().manual_seed(FIGURE_SEED)
         noise = torch.randn(CHAIN_SAMPLES, *self.image_shape, generator=generator).to(device)
-        labels = None
+        labels = few_labels = None
         if self.cfg.conditional:
             labels = torch.arange(CHAIN_SAMPLES, device=device) % self.cfg.num_classes
+            few_labels = labels[:STEP_SAMPLES]
         chain = [noise]
         self.generate(noise, labels=labels, chain=chain)
         frames = torch.stack([to_images(x) for x in chain]).cpu()  # (S + 1, n, C, H, W)
@@ -494,7 +495,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         by_steps = {
             steps: frames[-1, :STEP_SAMPLES]
             if steps == self.cfg.sample_steps
-            else to_images(self.generate(noise[:STEP_SAMPLES], steps, labels)[:STEP_SAMPLES])
+            else to_images(self.generate(noise[:STEP_SAMPLES], steps, few_labels))
             for steps in FIGURE_STEPS
             if self.flow or steps <= self.cfg.timesteps
         }

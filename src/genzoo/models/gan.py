@@ -334,7 +334,9 @@ class GAN(GenerativeModel, HasPrior):
         g_loss = generator_loss(fake_logits, self.cfg.gen_loss).mean()
         return g_loss, {"g_loss": g_loss.item()}
 
-    def train_step(self, x: torch.Tensor, optimizers: list[Optimizer]) -> dict[str, float]:
+    def train_step(
+        self, x: torch.Tensor, optimizers: list[Optimizer], labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
         opt_g, opt_d = optimizers
         d_loss, stats = self.objective(x)
         check_stats(stats)
