@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 from torch.distributions import Normal
 
-from genzoo import quality
+from genzoo import compare, quality
 from genzoo.cli import main
 from genzoo.errors import GenzooError
 from genzoo.models.diffusion import Diffusion, DiffusionConfig
@@ -28,6 +28,7 @@ from genzoo.models.diffusion_process import (
     schedule_betas,
     stratified_timesteps,
 )
+from genzoo.runs import load_trained
 
 T = 8
 SHAPE = (1, 8, 8)
@@ -405,3 +406,27 @@ def test_conditional_training_on_an_unlabelled_folder_is_refused(tmp_path, capsy
     argv = ["train", "diffusion", "--conditional", "--dataset", f"folder:{folder}", *CLI_TINY]
     assert main([*argv, "--val-size", "2", "--run-dir", str(tmp_path / "r")]) == 2
     assert "has none (a folder needs a subfolder per class)" in capsys.readouterr().err
+
+
+def test_eval_states_the_bound_and_keeps_no_stale_sampling(eps_run, tmp_path, capsys) -> None:
+    quality.load_or_train_feature_net(epochs=1, val_size=20)
+    base = ["eval", str(eps_run), "--limit", "4", "--iw-samples", "30"]
+    assert main([*base, "--quality", "--n-samples", "6", "--sample-steps", "2"]) == 0
+    assert main([*base, "--quality", "--n-samples", "6"]) == 0
+    result = json.loads((eps_run / "eval.json").read_text())
+    assert result["sampling"] == {} and "(ddim, 5 steps)" in result["quality_protocol"]
+    assert "estimator" not in result  # no proposal to choose for a bound
+    # The sampling flags set how --quality draws; alone they would be silently unused.
+    assert main([*base, "--sample-steps", "2"]) == 2
+    assert "add --quality" in capsys.readouterr().err
+    assert main([*base, "--estimator", "prior"]) == 2
+    assert "--estimator prior does not apply to diffusion" in capsys.readouterr().err
+    # compare marks the bound beside the samples it took.
+    assert compare.nll_samples(result) == "30 bound"
+
+
+def test_only_sampling_settings_can_change_on_a_trained_run(eps_run) -> None:
+    _, model, _, _ = load_trained(eps_run, "cpu", sampling={"sample_steps": 7})
+    assert model.sampling_note() == "ddim, 7 steps"
+    with pytest.raises(GenzooError, match="timesteps: not a sampling setting of diffusion"):
+        load_trained(eps_run, "cpu", sampling={"timesteps": 10})

@@ -263,7 +263,8 @@ def test_compiled_objectives_take_the_same_steps(
 def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fids = iter([50.0, 30.0, 40.0, 45.0])  # epochs 1, 2, 4, 6 (every 2nd, and the first)
+    # epochs 1, 2, 4, 6, 7 (every 2nd, and the first and the last)
+    fids = iter([50.0, 30.0, 40.0, 45.0, 35.0])
     probed = []
 
     def scripted_probe(samples):
@@ -272,14 +273,14 @@ def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
 
     monkeypatch.setattr(gtrain, "watch_quality", lambda cfg, dev, data_dir: scripted_probe)
     train = TrainConfig(
-        epochs=6, batch_size=16, val_size=20, quality_every=2, quality_samples=30, patience=0
+        epochs=7, batch_size=16, val_size=20, quality_every=2, quality_samples=30, patience=0
     )
     cfg = RunConfig("gan", train, GANConfig(noise_dim=4, gen_hidden=(8,), disc_hidden=(8,)))
     summary = gtrain.train(tmp_path / "gan", cfg, device="cpu")
-    assert probed == [(30, 1, 28, 28)] * 4
+    assert probed == [(30, 1, 28, 28)] * 5
     records = read_metrics(tmp_path / "gan")
     assert plots.quality_panels(records)["FID (30 samples vs validation)"] == ["quality_fid"]
-    assert [r["epoch"] for r in records if "quality_fid" in r] == [1, 2, 4, 6]
+    assert [r["epoch"] for r in records if "quality_fid" in r] == [1, 2, 4, 6, 7]
     assert summary["best_epoch"] == 2
     gan = GAN(cfg.model_config, (1, 28, 28))
     assert load_checkpoint(tmp_path / "gan", "best", gan)["epoch"] == 2

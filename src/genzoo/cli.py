@@ -34,6 +34,7 @@ from genzoo.config import (
     add_field_argument,
     bounded,
     given_values,
+    sampling_field_names,
 )
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
@@ -188,7 +189,7 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     eval_p.add_argument(
         "--iw-samples",
         type=bounded(int, min=0),
-        metavar="K",
+        metavar="SAMPLES",
         help="samples per image of the likelihood estimator: importance samples (VAEs, "
         "DRAW; default 5000), timesteps of the diffusion bound (default T, the exact sum) "
         "or ODE steps of flow matching (default 100); 0 skips the likelihood",
@@ -257,7 +258,7 @@ def sampling_settings(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]
         name: getattr(args, name) for name in sampling_fields() if getattr(args, name) is not None
     }
     model = load_run_config(run_dir).model
-    own = {f.name for f in dataclasses.fields(MODELS[model].config)}
+    own = sampling_field_names(MODELS[model].config)
     for name in given.keys() - own:
         flag = "--" + name.replace("_", "-")
         raise GenzooError(f"{flag} applies to {sampling_fields()[name][2]} only, not {model}")
@@ -535,6 +536,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"  written to {output}")
         return
     run_dir = check_run_dir(args.run)
+    sampling = sampling_settings(args, run_dir)
+    if sampling and not args.quality:
+        raise GenzooError("the sampling flags set how --quality draws its samples: add --quality")
     r = evaluate_run(
         run_dir,
         args.iw_samples,
@@ -546,7 +550,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.output,
         args.quality,
         args.n_samples,
-        sampling_settings(args, run_dir),
+        sampling,
     )
     print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
     for name, label in r["terms"].items():

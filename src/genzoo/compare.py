@@ -57,11 +57,14 @@ def shows_figures(row: dict[str, Any]) -> bool:
 
 
 def nll_samples(row: dict[str, Any]) -> str:
-    """The K behind the row's NLL: importance samples, 'exact' for a model that computes
-    its likelihood itself (the flow), '-' without an NLL."""
+    """The samples behind the row's NLL (importance samples K, or timesteps or ODE steps
+    of a bound, marked 'bound'), 'exact' for a model that computes its likelihood itself
+    (the flow), '-' without an NLL."""
     if "nll" not in row:
         return "-"
-    return str(row.get("iw_samples", "exact"))
+    samples = str(row.get("iw_samples", "exact"))
+    bound = row.get("likelihood", {}).get("kind") == "lower bound"
+    return f"{samples} bound" if bound else samples
 
 
 def n_images(row: dict[str, Any]) -> str:

@@ -309,6 +309,12 @@ def add_field_argument(
     )
 
 
+def sampling_field_names(config: Any) -> set[str]:
+    """The fields of a family's config (class or instance) that set how ``sample`` draws
+    (metadata "sampling"): a trained model may be sampled with other values of them."""
+    return {f.name for f in dataclasses.fields(config) if f.metadata.get("sampling")}
+
+
 def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` that were given on the command line."""
     return {

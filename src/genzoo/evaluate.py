@@ -61,7 +61,7 @@ def likelihood_protocol(model: Likelihood, samples: int, proposal: str) -> str:
     words = [est.name]
     if est.samples:
         words.append(f"{est.samples}={samples}")
-    if len(model.proposals) > 1:
+    if model.proposals:
         words.append(f"proposal {PROPOSALS[proposal]}")
     return ", ".join(words)
 
@@ -101,16 +101,20 @@ def likelihood_result(
     model: Likelihood, images: Split, samples: int, proposal: str
 ) -> dict[str, Any]:
     """The NLL's mean and standard error (and bits/dim for 8-bit likelihoods) with what
-    the estimator is, as eval.json keeps them."""
-    if proposal not in model.proposals:
-        raise GenzooError(
-            f"--estimator {proposal} does not apply to {type(model).__name__.lower()}: "
-            f"choose one of {', '.join(model.proposals)}"
-        )
+    the estimator is, as eval.json keeps them: its samples (``iw_samples``) where it takes
+    any, its proposal (``estimator``) where it has a choice."""
+    if proposal not in (model.proposals or ("posterior",)):
+        name = type(model).__name__.lower()
+        choices = ", ".join(model.proposals) if model.proposals else "none: leave it out"
+        raise GenzooError(f"--estimator {proposal} does not apply to {name}: {choices}")
     est = model.likelihood_estimator
     nll = negative_log_likelihood(model, images, samples, proposal)
-    result: dict[str, Any] = {"iw_samples": samples, "estimator": proposal}
+    result: dict[str, Any] = {}
     result["nll"], result["nll_se"] = mean_and_se(nll)
+    if est.samples:
+        result["iw_samples"] = samples
+    if model.proposals:
+        result["estimator"] = proposal
     if est.eight_bit:
         dims = images.images[0].numel()
         result["bpd"], result["bpd_se"] = mean_and_se(nll / (dims * math.log(2)))
@@ -244,8 +248,7 @@ def evaluate_run(
             real = Split(real.images[:limit], None) if limit is not None else real
             result.update(sample_quality(model, grey, real, n_samples, data_dir))
             result["quality_protocol"] = quality_protocol(model, n_samples, split)
-            if sampling:
-                result["sampling"] = sampling
+            result["sampling"] = sampling or {}  # replaces an earlier evaluation's
             plots.draw_class_histogram(
                 result["class_histogram"], run_dir / "figures" / "class_histogram.png"
             )

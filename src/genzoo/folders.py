@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from genzoo.errors import GenzooError
-from genzoo.files import cache_root
+from genzoo.files import atomic_write, cache_root
 
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -110,10 +109,8 @@ def read_folder(
     tensors = {"images": torch.from_numpy(np.stack(pixels))}  # (N, C, H, W) uint8
     if labels is not None:
         tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".part")
-    save_file(tensors, partial, metadata={"folder": str(root), "classes": json.dumps(classes)})
-    os.replace(partial, cache)
+    metadata = {"folder": str(root), "classes": json.dumps(classes)}
+    atomic_write(cache, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return tensors["images"].float() / 255, tensors.get("labels"), classes
 
 

@@ -29,6 +29,7 @@ from genzoo.data import Split
 Mapping = Callable[[torch.Tensor], torch.Tensor]
 
 N_GRID = 64  # samples per grid (8 x 8)
+MAX_STRIP_STEPS = 16  # columns of a step-by-step strip (DRAW's canvas, diffusion's chain)
 
 
 def image_grid(images: torch.Tensor, ncol: int) -> np.ndarray:
@@ -54,6 +55,12 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def strip_steps(n_steps: int) -> list[int]:
+    """At most MAX_STRIP_STEPS steps spread evenly over 0..n_steps-1, the last among them."""
+    picks = np.linspace(0, n_steps - 1, min(n_steps, MAX_STRIP_STEPS)).round().astype(int)
+    return sorted(set(picks.tolist()))
 
 
 def save_image_grid(images: torch.Tensor, path: Path, title: str = "") -> None:

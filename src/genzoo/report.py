@@ -129,8 +129,10 @@ def eval_rows(result: dict[str, Any]) -> list[list[Cell]]:
 
 def eval_protocol(result: dict[str, Any]) -> list[list[Cell]]:
     """How the figures were measured, as far as eval.json says: the images, their
-    binarization, the weights, and the importance samples K of the likelihood."""
+    binarization, the weights, and the likelihood's estimator (its samples, and whether
+    it is an estimate, a bound or exact)."""
     rows: list[list[Cell]] = []
+    likelihood = result.get("likelihood")
     for key, label in (
         ("dataset", "dataset"),
         ("split", "split"),
@@ -143,8 +145,10 @@ def eval_protocol(result: dict[str, Any]) -> list[list[Cell]]:
         ("n_samples", "samples scored (quality)"),
         ("seconds", "evaluation seconds"),
     ):
-        if key in result:
+        if key in result and not (likelihood and key in ("iw_samples", "estimator")):
             rows.append([label, _plain(result[key])])
+    if likelihood:
+        rows.append(["likelihood", f"{likelihood['protocol']} ({likelihood['kind']})"])
     return rows
 
 

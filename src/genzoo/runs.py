@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from genzoo.config import TrainConfig, check_fields, config_from_dict
+from genzoo.config import TrainConfig, check_fields, config_from_dict, sampling_field_names
 from genzoo.data import Data, load_data
 from genzoo.errors import GenzooError
 from genzoo.files import (
@@ -193,6 +193,13 @@ def load_trained(
     config (fields marked "sampling", which the weights do not depend on)."""
     cfg = load_run_config(run_dir)
     if sampling:
+        settings = sampling_field_names(cfg.model_config)
+        if not sampling.keys() <= settings:
+            unknown = ", ".join(sorted(sampling.keys() - settings))
+            raise GenzooError(
+                f"{unknown}: not a sampling setting of {cfg.model} (those are: "
+                f"{', '.join(sorted(settings)) or 'none'})"
+            )
         cfg = dataclasses.replace(
             cfg, model_config=dataclasses.replace(cfg.model_config, **sampling)
         )

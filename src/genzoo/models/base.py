@@ -233,8 +233,9 @@ class LikelihoodEstimator:
 class Likelihood(ABC):
     """log p(x) per example, by the family's own estimator."""
 
-    # Where the estimator may draw its samples from (the first is the default).
-    proposals: ClassVar[tuple[str, ...]] = ("posterior",)
+    # Where the estimator may draw its samples from, where it has a choice (evaluate.py's
+    # PROPOSALS: "posterior" q(z|x), "prior" p(z)); empty where it has none.
+    proposals: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abstractmethod

@@ -14,14 +14,13 @@ import torch
 from matplotlib.animation import FuncAnimation, PillowWriter
 
 from genzoo import plots
-from genzoo.models.draw_figures import strip_steps
 
 MAX_GIF_FRAMES = 26
 
 
 def draw_chain(frames: torch.Tensor, title: str, path: Path) -> None:
     """A row per sample, a column per shown step: from noise (left) to x_0 (right)."""
-    steps = strip_steps(len(frames))
+    steps = plots.strip_steps(len(frames))
     n = frames.shape[1]
     tiles = frames[steps].transpose(0, 1).flatten(0, 1)  # (n * S, C, H, W), sample-major
     fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, n * 0.7 + 0.7))

@@ -16,13 +16,6 @@ from matplotlib.patches import Rectangle
 from genzoo import plots
 
 DRAWING_SAMPLES = 8  # samples in drawing.png and drawing.gif
-MAX_STRIP_STEPS = 16  # columns of a step-by-step strip
-
-
-def strip_steps(n_steps: int) -> list[int]:
-    """At most MAX_STRIP_STEPS steps spread evenly over 0..n_steps-1, the last among them."""
-    picks = np.linspace(0, n_steps - 1, min(n_steps, MAX_STRIP_STEPS)).round().astype(int)
-    return sorted(set(picks.tolist()))
 
 
 def _window_box(
@@ -45,7 +38,7 @@ def _add_window(ax: plt.Axes, window: torch.Tensor, row: int, col: int, h: int, 
 def draw_drawing(canvases: torch.Tensor, windows: torch.Tensor | None, path: Path) -> None:
     """A row per sample, a column per step: the canvas sigmoid(c_t) (T, n, 1, H, W) with
     the window written at step t (T, n, 4) in red, every few steps where T is large."""
-    steps = strip_steps(len(canvases))
+    steps = plots.strip_steps(len(canvases))
     n, h, w = canvases.shape[1], *canvases.shape[-2:]
     tiles = canvases[steps].transpose(0, 1).flatten(0, 1)  # (n * S, 1, H, W), sample-major
     fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, n * 0.7 + 0.7))
@@ -92,7 +85,7 @@ def draw_reading(
     """For each test image in x (B, 1, H, W), two rows: the image with the window read at
     step t (windows (T, B, 4)), and the canvas after step t (canvases (T, B, 1, H, W),
     z_t at the posterior means)."""
-    steps = strip_steps(len(canvases))
+    steps = plots.strip_steps(len(canvases))
     b, h, w = x.shape[0], *x.shape[-2:]
     targets = x[None].expand(len(steps), *x.shape)  # (S, B, 1, H, W)
     tiles = torch.stack([targets, canvases[steps]], 2)  # (S, B, 2, 1, H, W)
@@ -117,7 +110,7 @@ def draw_kl_per_step(kl: torch.Tensor, path: Path) -> None:
     ax.bar(range(1, steps + 1), mean.numpy(), yerr=se.numpy(), color="tab:blue")
     ax.set(
         xlabel="step t",
-        xticks=[t + 1 for t in strip_steps(steps)],
+        xticks=[t + 1 for t in plots.strip_steps(steps)],
         ylabel="KL (nats per image)",
         title=f"KL per step, mean over {kl.shape[1]} test images",
     )

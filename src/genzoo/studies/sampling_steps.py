@@ -6,7 +6,7 @@ the same noise with each of their samplers (ancestral DDPM and deterministic DDI
 first, Euler and Heun on the ODE for the second) at S = 5 ... 250 steps (and all 1000 for
 DDPM), and each set of samples is scored by FID against the grey test images with the
 project's feature net; the minutes of each set are timed. Heun takes two network
-evaluations a step (one on the last), the others one.
+evaluations a step, the others one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from genzoo.studies.recipe import Arm, Study, StudyRun
 
 FULL_STEPS = (5, 10, 25, 50, 100, 250)
 QUICK_STEPS = (2, 5)
-FULL_SAMPLES = 1000  # per point: 48 sets of samples, at up to 1000 steps each
+FULL_SAMPLES = 1000  # per point: 25 sets of samples, at up to 1000 steps each
 QUICK_SAMPLES = 20
 TINY_NET = ("--base-channels", "8", "--channel-mults", "1,2")
 
