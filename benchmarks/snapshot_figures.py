@@ -1,0 +1,103 @@
+"""Every family's figures and page from a fixed-seed run, to compare two versions of the
+code: what a refactor that promises "every figure the same" is checked with.
+
+    python benchmarks/snapshot_figures.py take OUT          # train tiny runs, draw, report
+    python benchmarks/snapshot_figures.py compare OLD NEW   # which files differ
+
+Run ``take`` once on each version (e.g. with PYTHONPATH pointing at each checkout's src/),
+with one thread (OMP_NUM_THREADS=1) so the arithmetic is the same. ``compare`` compares
+PNG and GIF files pixel by pixel (every frame), and JSON and HTML files as text with the
+clock readings (dates, seconds, the folder's own path) left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from genzoo.cli import main
+
+COMMON = ["--epochs", "2", "--batch-size", "32", "--train-size", "256", "--val-size", "100"]
+COMMON += ["--device", "cpu", "--seed", "3"]
+RUNS = {  # run name -> (family, its flags): small networks, every family
+    "vae": ("vae", ["--hidden", "32", "--latent-dim", "2"]),
+    "vae20": ("vae", ["--hidden", "32", "--latent-dim", "20"]),
+    "bvae": ("bvae", ["--hidden", "32", "--latent-dim", "8"]),
+    "ae": ("ae", ["--hidden", "32", "--latent-dim", "2", "--gmm-components", "2"]),
+    "realnvp": ("realnvp", ["--width", "4", "--depth", "1", "--n-couplings", "1"]),
+    "gan": ("gan", ["--noise-dim", "4", "--gen-hidden", "16,16", "--disc-hidden", "16"]),
+    "draw": ("draw", ["--steps", "4"]),
+}
+CLOCK = re.compile(
+    r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d)?(\.\d+)?(\+00:00)?"  # dates
+    r'|"seconds": [\d.e-]+|data-value="[\d.e-]+"|<td>[\d.]+</td>|[\d.]+ s\b'  # timings
+)
+
+
+def take(out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    for name, (family, flags) in RUNS.items():
+        run = out / name
+        assert main(["train", family, "--run-dir", str(run), *COMMON, *flags]) == 0
+        assert main(["eval", str(run), "--iw-samples", "10", "--limit", "50"]) == 0
+        assert main(["plot", str(run)]) == 0
+        assert main(["report", str(run)]) == 0
+    runs = [str(out / "vae"), str(out / "bvae")]
+    assert main(["compare", *runs, "-o", str(out / "compare.png")]) == 0
+
+
+def same_image(a: Path, b: Path) -> bool:
+    first, second = Image.open(a), Image.open(b)
+    frames = getattr(first, "n_frames", 1)
+    if first.size != second.size or frames != getattr(second, "n_frames", 1):
+        return False
+    for frame in range(frames):
+        first.seek(frame)
+        second.seek(frame)
+        if not np.array_equal(
+            np.asarray(first.convert("RGBA")), np.asarray(second.convert("RGBA"))
+        ):
+            return False
+    return True
+
+
+def compare(old: Path, new: Path) -> list[str]:
+    """The files that differ (or exist on one side only), as 'what: path'."""
+    kinds = {".png", ".gif", ".json", ".html"}
+    files = {
+        side: {p.relative_to(side) for p in side.rglob("*") if p.suffix in kinds}
+        for side in (old, new)
+    }
+    differ = [f"only in {old}: {p}" for p in sorted(files[old] - files[new])]
+    differ += [f"only in {new}: {p}" for p in sorted(files[new] - files[old])]
+    for rel in sorted(files[old] & files[new]):
+        if rel.parts[-2:-1] == ("checkpoints",):
+            continue  # digests of files that hold timings
+        if rel.suffix in (".png", ".gif"):
+            same = same_image(old / rel, new / rel)
+        else:
+            texts = [
+                CLOCK.sub("", (side / rel).read_text().replace(str(side), ""))
+                for side in (old, new)
+            ]
+            same = texts[0] == texts[1]
+        if not same:
+            differ.append(f"differs: {rel}")
+    return differ
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("take", "compare"))
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args()
+    if args.action == "take":
+        take(args.folders[0])
+    else:
+        lines = compare(*args.folders[:2])
+        print("\n".join(lines) or "every figure and page the same")
