@@ -300,7 +300,7 @@ def test_bad_calls_are_one_clear_line() -> None:
         m.log_likelihood(torch.full((2, *SHAPE), 0.5), 2)
     with pytest.raises(GenzooError, match="at most --timesteps"):
         m.generate(torch.randn(1, *SHAPE), steps=T + 1)
-    with pytest.raises(GenzooError, match="train without --conditional"):
+    with pytest.raises(GenzooError, match="trained on labelled batches"):
         model(conditional=True).loss(grey(2))
     with pytest.raises(GenzooError, match="--conditional"):
         m.sample_classes(torch.tensor([1]))

@@ -340,8 +340,9 @@ class Trainer:
             "lr": self.optimizers[0].param_groups[0]["lr"],
             "device": str(self.dev),
         }
-        probed = draws_samples_after(epoch, tc.quality_every, ()) or epoch == tc.epochs
-        if self.quality_probe is not None and probed:
+        if self.quality_probe is not None and (
+            draws_samples_after(epoch, tc.quality_every, ()) or epoch == tc.epochs
+        ):
             # The same noise every time (seeded): the scores follow the model, not the draw.
             # Every rank scores the same samples, so that all take the same best epoch.
             with self.evaluated(), isolated_rng(tc.seed, self.dev):

@@ -168,7 +168,7 @@ class DiffusionConfig:
         default=1, metadata={"help": "Hutchinson probes of the flow-matching likelihood"}
     )
     max_grad_norm: float = field(
-        default=1.0, metadata={"help": "clip the gradient's global norm (Ho et al.)"}
+        default=1.0, metadata={"help": "clip the gradient's global norm (Ho et al.)", "max": 1e12}
     )
 
 
