@@ -103,7 +103,7 @@ def test_page_holds_the_runs_numbers(run: Path) -> None:
     assert figures["NLL"].startswith(f"{result['nll']:.3f} ± ")
     protocol = dict(parsed.table_with("protocol")[1:])
     assert protocol["split"] == "test" and protocol["images"] == str(result["n_examples"])
-    assert protocol["K (importance samples per image)"] == "5"
+    assert protocol["likelihood"] == "importance sampling, K=5, proposal q(z|x) (estimate)"
     assert protocol["binarization"] == result["binarize"]
 
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -83,7 +83,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
 
     original, calls = VAE.train_step, []
 
-    def killed_in_epoch_3(self, x, optimizers):
+    def killed_in_epoch_3(self, x, optimizers, labels=None):
         calls.append(1)
         if len(calls) == 2 * 5 + 3:  # 5 batches an epoch: dies at the 3rd batch of epoch 3
             raise KeyboardInterrupt
@@ -118,7 +118,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(
     tiny_config.train.epochs = 2
     gtrain.train(tmp_path / "whole", tiny_config, device="cpu")
 
-    def killed_at_once(self, x, optimizers):
+    def killed_at_once(self, x, optimizers, labels=None):
         raise KeyboardInterrupt
 
     original = VAE.train_step
@@ -182,7 +182,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 ) -> None:
     original, calls = VAE.train_step, []
 
-    def diverges_in_epoch_2(self, x, optimizers):
+    def diverges_in_epoch_2(self, x, optimizers, labels=None):
         calls.append(1)
         stats = original(self, x, optimizers)
         return {**stats, "loss": math.nan} if len(calls) == 7 else stats
