@@ -310,7 +310,7 @@ def test_bad_calls_are_one_clear_line() -> None:
 
 CLI_TINY = [
     "--base-channels", "8", "--channel-mults", "1,2", "--epochs", "1", "--batch-size", "16",
-    "--val-size", "20", "--device", "cpu",
+    "--val-size", "20", "--device", "cpu", "--quality-every", "0",
 ]  # fmt: skip
 
 

@@ -20,7 +20,16 @@ ARMS = (
         "diffusion",
         "diffusion",
         (),
-        ("--base-channels", "8", "--channel-mults", "1,2", "--sample-steps", "5"),
+        (
+            "--base-channels",
+            "8",
+            "--channel-mults",
+            "1,2",
+            "--sample-steps",
+            "5",
+            "--quality-samples",
+            "50",
+        ),
         ("--iw-samples", "20"),
     ),
 )
