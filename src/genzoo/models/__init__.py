@@ -67,9 +67,10 @@ MODELS: dict[str, ModelFamily] = {
     # Grey levels in [-1, 1]; averaged weights as in Ho et al. (decay 0.9999 over their
     # 800k steps; 0.999 for the few thousand a CPU affords). Batches of 64: on a CPU a
     # step costs in proportion to the batch, and early on more steps learn more. A cosine
-    # decay over 7 epochs (about 80 minutes of one CPU thread here). Sample quality is
-    # watched every 2 epochs on 500 samples (about a tenth of the training time), and the
-    # best checkpoint is the epoch of the lowest probe FID (benchmarks/README.md).
+    # decay over 7 epochs (an epoch took 9 minutes on one idle CPU thread here, 12-15
+    # beside other work). Sample quality is watched every 2 epochs on 500 samples (about
+    # a tenth of the training time), and the best checkpoint is the epoch of the lowest
+    # probe FID (benchmarks/README.md).
     "diffusion": ModelFamily(
         DiffusionConfig,
         Diffusion,
