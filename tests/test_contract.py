@@ -208,7 +208,7 @@ def exercise_interfaces(model: GenerativeModel, x: torch.Tensor) -> None:
     if isinstance(model, Likelihood):
         estimator = model.likelihood_estimator
         assert estimator.kind in ("estimate", "lower bound", "exact")
-        for proposal in model.proposals:
+        for proposal in model.proposals or ("posterior",):
             log_p = model.log_likelihood(x, 2, proposal)
             assert log_p.shape == (len(x),) and log_p.dtype == torch.float64
             assert torch.isfinite(log_p).all()

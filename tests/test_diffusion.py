@@ -430,3 +430,24 @@ def test_only_sampling_settings_can_change_on_a_trained_run(eps_run) -> None:
     assert model.sampling_note() == "ddim, 7 steps"
     with pytest.raises(GenzooError, match="timesteps: not a sampling setting of diffusion"):
         load_trained(eps_run, "cpu", sampling={"timesteps": 10})
+
+
+def test_flow_matching_trains_on_dequantized_levels_or_gives_no_likelihood(monkeypatch) -> None:
+    seen = []
+    real = Diffusion.per_example_loss
+
+    def recording(self, x0, t, noise, labels=None):
+        seen.append(x0)
+        return real(self, x0, t, noise, labels)
+
+    monkeypatch.setattr(Diffusion, "per_example_loss", recording)
+    x = torch.randint(0, 256, (4, 1, 28, 28)).float() / 255
+    model = Diffusion(DiffusionConfig(**TINY), (1, 28, 28))
+    model.loss(x)
+    offset = (seen[0] - (2 * x - 1)).abs()  # within half a bin (1/255 in [-1, 1]), not 0
+    assert 0 < offset.max() <= 1 / 255 and offset.min() < offset.max()
+    plain = Diffusion(DiffusionConfig(**TINY, dequantize=False), (1, 28, 28))
+    plain.loss(x)
+    assert torch.equal(seen[1], 2 * x - 1)
+    with pytest.raises(GenzooError, match="--dequantize"):
+        plain.log_likelihood(x, 2)

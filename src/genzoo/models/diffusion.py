@@ -167,6 +167,17 @@ class DiffusionConfig:
     ode_probes: int = field(
         default=1, metadata={"help": "Hutchinson probes of the flow-matching likelihood"}
     )
+    # Trained on the 256 grey levels alone, a flow puts near-point masses on them, and its
+    # ODE log-density at x + u (u in the level's bin) is no bound the integrator can
+    # reach: measured, it gave an impossible NLL below 0 (benchmarks/README.md). Lipman
+    # et al. dequantize too; the noise is a 255th of the data's range.
+    dequantize: bool = field(
+        default=True,
+        metadata={
+            "help": "train on grey levels plus uniform noise within their bin: what makes "
+            "the flow-matching ODE likelihood a bound on the 8-bit likelihood"
+        },
+    )
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "clip the gradient's global norm (Ho et al.)", "max": 1e12}
     )
@@ -326,6 +337,8 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             dropped = torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout
             labels = labels.masked_fill(dropped, self.cfg.num_classes)
         x0 = 2 * x - 1
+        if self.cfg.dequantize:  # uniform within the level's bin, as the likelihood takes it
+            x0 = x0 + BIN * (torch.rand_like(x0) - 0.5)
         loss = self.per_example_loss(
             x0, self.draw_times(len(x), x.device), torch.randn_like(x0), labels
         ).mean()
@@ -412,6 +425,12 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         if samples < 1:
             raise GenzooError(f"the likelihood needs at least 1 sample, got {samples}")
         if self.flow:
+            if not self.cfg.dequantize:
+                raise GenzooError(
+                    "the flow-matching ODE likelihood bounds the 8-bit likelihood only for a "
+                    "model trained on dequantized images: train with --dequantize (or "
+                    "measure the bound of --objective eps or v)"
+                )
             if samples > MAX_ODE_STEPS:
                 raise GenzooError(
                     f"the flow-matching likelihood takes at most {MAX_ODE_STEPS} ODE steps, "
