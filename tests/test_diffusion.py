@@ -386,7 +386,7 @@ def test_conditional_training_gets_the_labels_and_the_class_reaches_the_net(
     assert main([*argv, "--run-dir", str(run)]) == 0
     # The loop passed each batch's labels (of the fake digits: class = index mod 10).
     assert seen and all(y is not None and y.shape == (16,) for y in seen[:-1])
-    assert {"denoising_chain.png", "sample_steps.png"} <= {
+    assert {"denoising_chain.png", "sample_steps.png", "classes.png"} <= {
         p.name for p in (run / "figures").iterdir()
     }
     draws = {}
@@ -396,6 +396,18 @@ def test_conditional_training_gets_the_labels_and_the_class_reaches_the_net(
         assert main([*argv, "-o", str(out)]) == 0
         draws[label] = np.load(out)
     assert not np.array_equal(draws[3], draws[5])  # same noise (seed), another class
+    capsys.readouterr()
+    quality.load_or_train_feature_net(epochs=1, val_size=20)  # briefly, on the tiny data
+    argv = ["eval", str(run), "--iw-samples", "0", "--quality", "--n-samples", "20"]
+    assert main([*argv, "--guidance", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "samples of the class asked for, classified as it" in printed
+    result = json.loads((run / "eval.json").read_text())
+    # 20 samples, two of each class: each class's accuracy is 0, 1/2 or 1.
+    assert len(result["class_accuracies"]) == 10 == len(result["class_fids"])
+    assert set(result["class_accuracies"]) <= {0.0, 0.5, 1.0}
+    assert result["class_accuracy"] == pytest.approx(np.mean(result["class_accuracies"]))
+    assert "2 or more of each class" in result["quality_protocol"]
 
 
 def test_conditional_training_on_an_unlabelled_folder_is_refused(tmp_path, capsys) -> None:

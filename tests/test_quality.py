@@ -396,6 +396,34 @@ def test_quality_scores_rank_real_images_above_noise() -> None:
     assert good["parzen_ll_se"] == pytest.approx(lls.std().item() / math.sqrt(40))
 
 
+def test_class_fidelity_counts_the_samples_of_their_class() -> None:
+    """Real images with their own labels: the net's accuracy on them, and each class's FID
+    against itself 0; with every label moved to the next class, the share the net calls
+    the moved label; with one class's samples noise, that class's FID alone above 0."""
+    torch.manual_seed(0)
+    net = FeatureNet(feature_dim=8).eval()
+    images = digits(60, 1)
+    labels = torch.arange(60) % 3
+    _, probs = quality.features_and_probs(net, images)
+    predicted = probs.argmax(1)
+
+    own = quality.class_fidelity(net, images, labels, images, labels)
+    assert own["class_accuracy"] == pytest.approx((predicted == labels).double().mean().item())
+    for c in range(3):
+        expected = (predicted[labels == c] == c).double().mean().item()
+        assert own["class_accuracies"][c] == pytest.approx(expected)
+    assert own["class_fids"] == pytest.approx([0.0] * 3, abs=1e-6)
+
+    moved = (labels + 1) % 3
+    other = quality.class_fidelity(net, images, moved, images, labels)
+    assert other["class_accuracy"] == pytest.approx((predicted == moved).double().mean().item())
+    noisy = torch.where((labels == 0)[:, None, None, None], torch.rand_like(images), images)
+    fids = quality.class_fidelity(net, noisy, labels, images, labels)["class_fids"]
+    assert fids[0] > 1e-3 and fids[1:] == pytest.approx([0.0] * 2, abs=1e-6)
+    with pytest.raises(GenzooError, match="one label per sample"):
+        quality.class_fidelity(net, images, labels[:10], images, labels)
+
+
 def test_quality_scores_reject_images_outside_the_unit_interval() -> None:
     net, test = FeatureNet(feature_dim=16), digits(10, 1)
     with pytest.raises(GenzooError, match=r"samples must hold values in \[0, 1\]"):

@@ -520,6 +520,14 @@ def print_quality(r: dict) -> None:
         f"(sigma {r['parzen_sigma']:.3f})\n"
         f"  classes {r['class_histogram']}"
     )
+    if "class_accuracy" in r:
+        per_class = " ".join(f"{a:.3f}" for a in r["class_accuracies"])
+        fids = " ".join(f"{f:.1f}" for f in r["class_fids"])
+        print(
+            f"  samples of the class asked for, classified as it: {r['class_accuracy']:.4f}\n"
+            f"    per class 0..{len(r['class_accuracies']) - 1}: {per_class}\n"
+            f"  FID per class: {fids}"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -256,6 +256,12 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def head(self, n: int | None) -> Split:
+        """The first ``n`` images and their labels (all of them for None)."""
+        if n is None:
+            return self
+        return Split(self.images[:n], None if self.labels is None else self.labels[:n])
+
     def bernoulli_draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A fresh binary copy of the images, each pixel ~ Bernoulli(x): bool (N, C, H, W),
         drawn from ``generator`` (torch's global one if None).
@@ -354,9 +360,7 @@ def load_data(
             raise GenzooError(
                 f"--train-size must be between 1 and {len(data.train)}, got {train_size}"
             )
-        train = data.train
-        labels = None if train.labels is None else train.labels[:train_size]
-        data = Data(Split(train.images[:train_size], labels), data.val, data.test, binarize)
+        data = Data(data.train.head(train_size), data.val, data.test, binarize)
     return data
 
 

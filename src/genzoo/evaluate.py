@@ -31,7 +31,7 @@ from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
 from genzoo.files import read_json, write_json
 from genzoo.models import GenerativeModel
-from genzoo.models.base import Likelihood, PixelMeans
+from genzoo.models.base import Conditional, Likelihood, PixelMeans
 from genzoo.report import write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import RunConfig, load_data_of, load_trained
@@ -140,12 +140,28 @@ def draw_many(
     return torch.cat([draw(min(batch_size, n - i)) for i in range(0, n, batch_size)])
 
 
+def balanced_labels(n: int, classes: int, device: torch.device) -> torch.Tensor:
+    """(n,) labels 0, 1, .., classes - 1, 0, 1, ..: each class n / classes times."""
+    return torch.arange(n, device=device) % classes
+
+
+def draws_classes(model: GenerativeModel) -> bool:
+    return isinstance(model, Conditional) and model.takes_labels()
+
+
 @torch.no_grad()
 def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.Tensor:
     """What the sample-quality scores see of a model: (n, C, H, W) in [0, 1]. For models
     with Bernoulli pixels the pixel means of p(x|z), z ~ p(z): the feature net was
     trained on grey levels, and a 0/1 draw of every pixel is noise it punishes, which
-    the real images would not carry; for the others their samples."""
+    the real images would not carry; for a class-conditional model samples of every class
+    in turn (``balanced_labels``); for the others their samples."""
+    if draws_classes(model):
+        device = next(model.parameters()).device
+        labels = balanced_labels(n, model.class_count(), device)
+        return torch.cat(
+            [model.sample_classes(labels[i : i + batch_size]) for i in range(0, n, batch_size)]
+        )
     if not isinstance(model, PixelMeans):
         return draw_many(model, n, batch_size)
     return draw_many(model, n, batch_size, model.sample_means)
@@ -154,6 +170,8 @@ def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> to
 def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
     """The sample-quality protocol in words, for eval.json and the pages."""
     what = "pixel means of p(x|z), z ~ p(z)" if isinstance(model, PixelMeans) else "samples"
+    if draws_classes(model):
+        what = f"samples ({n // model.class_count()} or more of each class)"
     how = f" ({model.sampling_note()})" if model.sampling_note() else ""
     return f"{n} {what}{how} against the grey-level {split} images"
 
@@ -175,11 +193,16 @@ def sample_quality(
 ) -> dict[str, Any]:
     """FID, Inception score, precision/recall and Parzen log-likelihood of ``n_samples``
     ``quality_images`` against the grey ``real`` images, with the cached feature net; the
-    Parzen bandwidth is chosen on the grey validation images."""
+    Parzen bandwidth is chosen on the grey validation images. For a class-conditional
+    model also how well its samples are of their class (``quality.class_fidelity``)."""
     device = real.images.device
     net = quality.load_or_train_feature_net(data_dir, device)
     samples = quality_images(model, n_samples)
-    return quality.quality_scores(samples, real.images, grey.val.images, net)
+    scores = quality.quality_scores(samples, real.images, grey.val.images, net)
+    if draws_classes(model) and real.labels is not None:
+        labels = balanced_labels(n_samples, model.class_count(), device)
+        scores.update(quality.class_fidelity(net, samples, labels, real.images, real.labels))
+    return scores
 
 
 def reference_quality(
@@ -227,11 +250,7 @@ def evaluate_run(
     if estimator not in ESTIMATORS:
         raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     cfg, model, data, epoch = load_trained(run_dir, device, data_dir, sampling=sampling)
-    images = {"test": data.test, "val": data.val}[split]
-    if limit is not None:
-        images = Split(
-            images.images[:limit], None if images.labels is None else images.labels[:limit]
-        )
+    images = {"test": data.test, "val": data.val}[split].head(limit)
     start = time.perf_counter()
     result: dict[str, Any] = {}
     with isolated_rng(EVAL_SEED, images.images.device):
@@ -245,7 +264,7 @@ def evaluate_run(
         if quality:
             grey = grey_data(cfg, images.images.device, data_dir)
             real = {"test": grey.test, "val": grey.val}[split]
-            real = Split(real.images[:limit], None) if limit is not None else real
+            real = real.head(limit)
             result.update(sample_quality(model, grey, real, n_samples, data_dir))
             result["quality_protocol"] = quality_protocol(model, n_samples, split)
             result["sampling"] = sampling or {}  # replaces an earlier evaluation's

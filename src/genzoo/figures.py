@@ -17,6 +17,7 @@ from torch.distributions import Normal
 from genzoo import plots
 from genzoo.data import Split
 from genzoo.models.base import (
+    Conditional,
     Encodes,
     FigureContext,
     GenerativeModel,
@@ -24,6 +25,8 @@ from genzoo.models.base import (
     PixelMeans,
     Reconstructs,
 )
+
+CLASS_ROW = 10  # samples per class in classes.png
 
 
 def means_and_samples(
@@ -83,6 +86,11 @@ def draw_run_figures(
         if has_2d_gaussian_prior(model):
             device = next(model.parameters()).device
             draw("manifold.png", plots.draw_manifold, model.decode, device)
+    if isinstance(model, Conditional) and model.takes_labels():
+        classes = model.class_count()
+        device = next(model.parameters()).device
+        labels = torch.arange(classes, device=device).repeat_interleave(CLASS_ROW)
+        draw("classes.png", plots.draw_class_rows, model.sample_classes(labels), classes)
     for name, figure in model.figures(FigureContext(test, metrics)).items():
         draw(name, figure)
     return drawn

@@ -84,6 +84,20 @@ def draw_samples(samples: torch.Tensor, means: torch.Tensor | None, title: str, 
     save_figure(fig, path)
 
 
+def draw_class_rows(samples: torch.Tensor, classes: int, path: Path) -> None:
+    """Samples (classes * n, C, H, W) of class 0 first, n of each: a row per class."""
+    n = len(samples) // classes
+    fig, ax = plt.subplots(figsize=(n * 0.6 + 0.8, classes * 0.6 + 0.7))
+    show(ax, image_grid(samples, n), "samples of the class asked for, one row per class")
+    ax.axis("on")  # the class names as row labels
+    ax.set(xticks=[], yticks=[(c + 0.5) * (samples.shape[-2] + 1) for c in range(classes)])
+    ax.set_yticklabels(range(classes))
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    save_figure(fig, path)
+
+
 BOOKKEEPING = ("epoch", "seconds", "lr", "device", "quality_samples")
 # The class entropy of samples free of collapse.
 QUALITY_REFERENCES = {"class entropy of the samples": (math.log(10), "no collapse: log 10")}

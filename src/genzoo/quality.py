@@ -357,6 +357,35 @@ def class_entropy(probs: ArrayLike) -> float:
     return torch.special.entr(counts / counts.sum()).sum().item()
 
 
+def class_fidelity(
+    net: FeatureNet,
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    real: torch.Tensor,
+    real_labels: torch.Tensor,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """How well the samples (N, 1, 28, 28) of a conditional model drawn for ``labels``
+    (N,) are of their class: the share the feature net classifies as their label, overall
+    and per class, and the FID of each class's samples against the ``real`` images (M, 1,
+    28, 28) of that class (``real_labels`` (M,)). Classes run 0 .. max label."""
+    _check_images("samples", samples)
+    if labels.shape != samples.shape[:1] or real_labels.shape != real.shape[:1]:
+        raise GenzooError("one label per sample and one per real image are needed")
+    feats, probs = features_and_probs(net, samples, batch_size)
+    real_feats, _ = features_and_probs(net, real, batch_size)
+    labels, real_labels = labels.to(probs.device), real_labels.to(probs.device)
+    correct = (probs.argmax(1) == labels).double()  # (N,)
+    classes = range(int(labels.max()) + 1)
+    return {
+        "class_accuracy": correct.mean().item(),
+        "class_accuracies": [correct[labels == c].mean().item() for c in classes],
+        "class_fids": [
+            frechet_distance(real_feats[real_labels == c], feats[labels == c]) for c in classes
+        ],
+    }
+
+
 class QualityProbe:
     """Sample quality watched while training (``--quality-every``): samples scored against
     fixed real images (the validation split, grey levels) with the feature net. The real

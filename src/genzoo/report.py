@@ -112,6 +112,7 @@ QUALITY_LABELS = {
     "precision": "precision",
     "recall": "recall",
     "parzen_ll": "Parzen log-likelihood (nats)",
+    "class_accuracy": "samples classified as the class asked for",
 }
 
 

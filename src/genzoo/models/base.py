@@ -46,8 +46,9 @@ defining its methods (it fails when instantiated):
   estimate, a bound, an exact value), what ``samples`` counts and its units;
 - ``MixtureSampler``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);
 - ``Conditional``: ``takes_labels()`` (as configured: then the loop passes each batch's
-  labels to ``train_step`` and its objectives) and ``sample_classes(labels)``, samples of
-  chosen classes (diffusion with ``--conditional``);
+  labels to ``train_step`` and its objectives), ``sample_classes(labels)``, samples of
+  chosen classes, and ``class_count()`` (diffusion with ``--conditional``: then the
+  figures get a row per class and the quality scores the accuracy per class);
 - ``Tempered``: ``sample`` honours its ``temperature``, and ``figure_temperatures()``
   are the ones the figures show (the flow).
 
@@ -272,6 +273,10 @@ class Conditional(ABC):
     @abstractmethod
     def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:
         """One image (n, C, H, W) in [0, 1] of each label of ``labels`` (n,)."""
+
+    @abstractmethod
+    def class_count(self) -> int:
+        """The number of classes, labelled 0 .. class_count() - 1."""
 
 
 class Tempered(ABC):

@@ -387,6 +387,9 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
     def takes_labels(self) -> bool:
         return self.cfg.conditional
 
+    def class_count(self) -> int:
+        return self.cfg.num_classes
+
     @torch.no_grad()
     def sample_classes(self, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """One image of each label (n,) with guidance ``guidance``: (n, C, H, W) in [0, 1]."""
