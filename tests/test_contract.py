@@ -241,7 +241,7 @@ def test_every_registered_family_keeps_the_contract(name: str, tmp_path: Path) -
     samples = model.sample(3)
     assert samples.shape == (3, *SHAPE) and ((samples >= 0) & (samples <= 1)).all()
     exercise_interfaces(model, x)
-    for figure_name, draw in model.figures(FigureContext(data.test, [])).items():
+    for figure_name, draw in model.figures(FigureContext(data.test)).items():
         draw(tmp_path / figure_name)
         assert (tmp_path / figure_name).stat().st_size > 0
 

@@ -280,6 +280,7 @@ def test_conditional_training_drops_labels() -> None:
         ({"objective": "eps", "sampler": "euler"}, "choose ddpm or ddim"),
         ({"sampler": "ddim"}, "choose euler or heun"),
         ({"guidance": 1.0}, "add --conditional"),
+        ({"guidance": 1.0, "conditional": True, "label_dropout": 0.0}, "--label-dropout above 0"),
         ({"base_channels": 12}, "multiple of 8"),
         ({"channel_mults": (1, 1, 1, 1, 1)}, "use fewer --channel-mults"),
         ({"schedule": "linear"}, "--timesteps above 20"),
@@ -445,6 +446,8 @@ def test_only_sampling_settings_can_change_on_a_trained_run(eps_run) -> None:
 
 
 def test_flow_matching_trains_on_dequantized_levels_or_gives_no_likelihood(monkeypatch) -> None:
+    """Flow matching sees the levels plus noise within their bin, in training and in
+    validation; eps (Ho et al.) the levels themselves."""
     seen = []
     real = Diffusion.per_example_loss
 
@@ -456,10 +459,14 @@ def test_flow_matching_trains_on_dequantized_levels_or_gives_no_likelihood(monke
     x = torch.randint(0, 256, (4, 1, 28, 28)).float() / 255
     model = Diffusion(DiffusionConfig(**TINY), (1, 28, 28))
     model.loss(x)
-    offset = (seen[0] - (2 * x - 1)).abs()  # within half a bin (1/255 in [-1, 1]), not 0
-    assert 0 < offset.max() <= 1 / 255 and offset.min() < offset.max()
+    model.evaluate_batch(x)
+    for x0 in seen:
+        offset = (x0 - (2 * x - 1)).abs()  # within half a bin (1/255 in [-1, 1]), not 0
+        assert 0 < offset.max() <= 1 / 255 and offset.min() < offset.max()
+    seen.clear()
     plain = Diffusion(DiffusionConfig(**TINY, dequantize=False), (1, 28, 28))
     plain.loss(x)
-    assert torch.equal(seen[1], 2 * x - 1)
+    Diffusion(DiffusionConfig(**TINY, objective="eps"), (1, 28, 28)).loss(x)
+    assert all(torch.equal(x0, 2 * x - 1) for x0 in seen)
     with pytest.raises(GenzooError, match="--dequantize"):
         plain.log_likelihood(x, 2)

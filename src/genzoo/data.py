@@ -426,7 +426,7 @@ def batches(
     order = torch.randperm(n, generator=generator, device=images.device) if shuffle else None
 
     if labels and split.labels is None:
-        raise GenzooError("this dataset has no labels: train without --conditional")
+        raise GenzooError("this split has no labels to give with its images")
 
     def rows(start: int) -> torch.Tensor | slice:
         return order[start : start + batch_size] if shuffle else slice(start, start + batch_size)

@@ -44,7 +44,8 @@ def has_2d_gaussian_prior(model: GenerativeModel) -> bool:
     if not (isinstance(model, HasPrior) and isinstance(model, Encodes)):
         return False
     prior = model.prior()
-    return isinstance(prior.base_dist, Normal) and prior.event_shape == (2,)
+    base = getattr(prior, "base_dist", prior)  # Independent(Normal) or Normal
+    return isinstance(base, Normal) and prior.event_shape == (2,)
 
 
 def averaging_note(ema: float | None) -> str | None:
@@ -91,6 +92,6 @@ def draw_run_figures(
         device = next(model.parameters()).device
         labels = torch.arange(classes, device=device).repeat_interleave(CLASS_ROW)
         draw("classes.png", plots.draw_class_rows, model.sample_classes(labels), classes)
-    for name, figure in model.figures(FigureContext(test, metrics)).items():
+    for name, figure in model.figures(FigureContext(test)).items():
         draw(name, figure)
     return drawn

@@ -16,6 +16,7 @@ every page: the run's page (report.py) and a study's (studies/page.py).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -137,6 +138,7 @@ def figure_gallery(paths: Sequence[Path], captions: Sequence[str] | None = None)
 
 # ----------------------------------------------------------------------------- SVG curves
 
+# Series beyond these come round again in the same order.
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
@@ -228,7 +230,7 @@ def _legend(names: Sequence[str], note: str) -> str:
     keys = " ".join(
         f'<span class="key"><span class="swatch" style="background:{colour}"></span>'
         f"{escape(name)}</span>"
-        for name, colour in zip(names, COLOURS, strict=False)
+        for name, colour in zip(names, itertools.cycle(COLOURS))
     )
     return f"<figcaption>{keys} {escape(note)}</figcaption>"
 
@@ -251,7 +253,7 @@ def line_chart(
     frame = Frame(*_padded_range(xs), *_padded_range(ys))
     curves = "".join(
         _series(frame, name, points, colour)
-        for (name, points), colour in zip(kept.items(), COLOURS, strict=False)
+        for (name, points), colour in zip(kept.items(), itertools.cycle(COLOURS))
     )
     return Html(
         f'<figure class="chart"><svg viewBox="0 0 {frame.width} {frame.height}" role="img" '

@@ -2,9 +2,8 @@
 
 The page shows every figure of RUN/figures, the main curves, the test figures, the
 metrics of every epoch, the config and the environment, built from the pieces of
-pagekit.py (self-contained, escaped, sortable tables). The run's sections come from
-``run_sections``, so a study page (studies/page.py) can show several runs' tables and
-figures side by side with the same pieces and the same style.
+pagekit.py (self-contained, escaped, sortable tables), which the study pages
+(studies/page.py) are built from too.
 """
 
 from __future__ import annotations
@@ -91,19 +90,19 @@ def main_curves(model_name: Any, metrics: list[dict[str, Any]]) -> dict[str, lis
     if val_metric:
         keys[f"validation {terms.get(val_metric, val_metric)}"] = f"val_{val_metric}"
     return {
-        name: [(r["epoch"], r[key]) for r in metrics if _issignificant(r.get(key), r.get("epoch"))]
+        name: [(r["epoch"], r[key]) for r in metrics if _is_number(r.get(key), r.get("epoch"))]
         for name, key in keys.items()
     }
 
 
-def _issignificant(*values: Any) -> bool:
+def _is_number(*values: Any) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def _mean_se(result: dict[str, Any], key: str) -> str:
     """'mean ± se' with three decimals, as ``genzoo eval`` prints it."""
     se = result.get(f"{key}_se")
-    return f"{result[key]:.3f}" + (f" ± {se:.3f}" if _issignificant(se) else "")
+    return f"{result[key]:.3f}" + (f" ± {se:.3f}" if _is_number(se) else "")
 
 
 QUALITY_LABELS = {
@@ -124,7 +123,7 @@ def eval_rows(result: dict[str, Any]) -> list[list[Cell]]:
     return [
         [label, _mean_se(result, key)]
         for key, label in labels.items()
-        if _issignificant(result.get(key))
+        if _is_number(result.get(key))
     ]
 
 
@@ -169,7 +168,7 @@ def eval_section(result: dict[str, Any] | None, run_dir: Path) -> Section:
 
 def training_seconds(metrics: list[dict[str, Any]]) -> float:
     """The run's training time: each epoch's ``seconds`` is its training pass alone."""
-    return sum(r["seconds"] for r in metrics if _issignificant(r.get("seconds")))
+    return sum(r["seconds"] for r in metrics if _is_number(r.get("seconds")))
 
 
 def device_of(*records: dict[str, Any]) -> str | None:
@@ -198,7 +197,7 @@ def environment_rows(run: RunFiles, written: datetime) -> list[list[Cell]]:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """What a run's page shows, read once: a study page reads each of its runs this way."""
+    """What a run's page shows, read once."""
 
     run_dir: Path
     config: dict[str, Any]
@@ -242,7 +241,7 @@ def curves_section(run: RunFiles) -> Section:
 
 
 def run_sections(run: RunFiles, written: datetime | None = None) -> list[Section]:
-    """The run's sections in page order; a study page can reuse any of them."""
+    """The run's sections in page order."""
     figures = figure_files(run.run_dir / "figures")
     written = written or datetime.now().astimezone()
     metrics = metrics_table(run.metrics) if run.metrics else "None yet."

@@ -158,8 +158,8 @@ class Trainer:
         self.board = Board(run_dir) if tc.tensorboard and world.is_main else None
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
-        takes_labels = isinstance(self.model, Conditional) and self.model.takes_labels()
-        if takes_labels and data.train.labels is None:
+        self.takes_labels = isinstance(self.model, Conditional) and self.model.takes_labels()
+        if self.takes_labels and data.train.labels is None:
             raise GenzooError(
                 f"{cfg.model} --conditional is trained on the class labels, and "
                 f"{tc.dataset} has none (a folder needs a subfolder per class): train "
@@ -279,8 +279,7 @@ class Trainer:
         mean of each ``train_step`` statistic over the whole epoch."""
         tc, progress = self.cfg.train, self.progress
         self.model.train()
-        takes_labels = isinstance(self.model, Conditional) and self.model.takes_labels()
-        loader = epoch_batches(self.data, tc.batch_size, progress, self.data_rng, takes_labels)
+        loader = epoch_batches(self.data, tc.batch_size, progress, self.data_rng, self.takes_labels)
         parallel = self.model.parallel
         bar = tqdm(
             loader,
@@ -292,7 +291,7 @@ class Trainer:
         )
         last_save = start = time.perf_counter()
         for batch in bar:
-            x, labels = batch if takes_labels else (batch, None)
+            x, labels = batch if self.takes_labels else (batch, None)
             if parallel is not None:
                 if x.shape[0] < self.world.size:  # too few images to give every rank one
                     continue

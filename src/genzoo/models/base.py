@@ -80,10 +80,9 @@ Figure = Callable[[Path], None]
 @dataclass(frozen=True)
 class FigureContext:
     """What a family's ``figures`` may draw from: the run's test images (with their
-    labels where the dataset has them) and its metrics, one dict per epoch line."""
+    labels where the dataset has them)."""
 
     test: Split
-    metrics: list[dict[str, Any]]
 
 
 class GenerativeModel(nn.Module, ABC):

@@ -170,12 +170,14 @@ class DiffusionConfig:
     # Trained on the 256 grey levels alone, a flow puts near-point masses on them, and its
     # ODE log-density at x + u (u in the level's bin) is no bound the integrator can
     # reach: measured, it gave an impossible NLL below 0 (benchmarks/README.md). Lipman
-    # et al. dequantize too; the noise is a 255th of the data's range.
+    # et al. dequantize too; the noise is a 255th of the data's range. eps and v train on
+    # the levels themselves, as Ho et al. do: their bound's discretized decoder is what
+    # makes it a bound on the 8-bit likelihood.
     dequantize: bool = field(
         default=True,
         metadata={
-            "help": "train on grey levels plus uniform noise within their bin: what makes "
-            "the flow-matching ODE likelihood a bound on the 8-bit likelihood"
+            "help": "flow matching: train on grey levels plus uniform noise within their "
+            "bin, what makes the ODE likelihood a bound on the 8-bit likelihood"
         },
     )
     max_grad_norm: float = field(
@@ -209,6 +211,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         self.flow = cfg.objective == "flow-matching"
+        self.dequantizes = self.flow and cfg.dequantize
         self.sampler = AUTO_SAMPLER[cfg.objective] if cfg.sampler == "auto" else cfg.sampler
         self.max_grad_norm = cfg.max_grad_norm
         self.net = UNet(
@@ -336,22 +339,28 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
                 raise GenzooError("diffusion --conditional is trained on labelled batches")
             dropped = torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout
             labels = labels.masked_fill(dropped, self.cfg.num_classes)
-        x0 = 2 * x - 1
-        if self.cfg.dequantize:  # uniform within the level's bin, as the likelihood takes it
-            x0 = x0 + BIN * (torch.rand_like(x0) - 0.5)
+        x0 = self.data_points(x, torch.rand_like(x))
         loss = self.per_example_loss(
             x0, self.draw_times(len(x), x.device), torch.randn_like(x0), labels
         ).mean()
         return loss, {"loss": loss.item()}
 
+    def data_points(self, x: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """Images x in [0, 1] -> x_0 in [-1, 1], moved within their grey level's bin by
+        ``uniform`` noise in [0, 1) where dequantized, as the ODE likelihood takes them."""
+        x0 = 2 * x - 1
+        return x0 + BIN * (uniform - 0.5) if self.dequantizes else x0
+
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss per example at times and noise of a fixed seed, the same every epoch
-        (the null label where conditional: the unconditional model)."""
+        (the null label where conditional: the unconditional model, so a conditional
+        run's validation loss lies above its training loss, mostly labelled)."""
         generator = torch.Generator().manual_seed(EVAL_SEED)
         t = self.draw_times(len(x), x.device, generator)
         noise = torch.randn(x.shape, generator=generator).to(x.device)
-        return {"loss": self.per_example_loss(2 * x - 1, t, noise)}
+        uniform = torch.rand(x.shape, generator=generator).to(x.device)
+        return {"loss": self.per_example_loss(self.data_points(x, uniform), t, noise)}
 
     # ------------------------------------------------------------------ sampling
 
@@ -391,8 +400,9 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         return self.cfg.num_classes
 
     @torch.no_grad()
-    def sample_classes(self, labels: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """One image of each label (n,) with guidance ``guidance``: (n, C, H, W) in [0, 1]."""
+    def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """One image of each label (n,), guided by the config's ``guidance``: (n, C, H, W)
+        in [0, 1]."""
         if not self.cfg.conditional:
             raise GenzooError("sampling given classes needs a model trained with --conditional")
         if labels.min() < 0 or labels.max() >= self.cfg.num_classes:
@@ -400,7 +410,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
                 f"--class must be a class of the run, 0 to {self.cfg.num_classes - 1}"
             )
         noise = torch.randn(len(labels), *self.image_shape, device=labels.device)
-        return to_images(self.generate(noise, steps, labels))
+        return to_images(self.generate(noise, labels=labels))
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
@@ -428,7 +438,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         if samples < 1:
             raise GenzooError(f"the likelihood needs at least 1 sample, got {samples}")
         if self.flow:
-            if not self.cfg.dequantize:
+            if not self.dequantizes:
                 raise GenzooError(
                     "the flow-matching ODE likelihood bounds the 8-bit likelihood only for a "
                     "model trained on dequantized images: train with --dequantize (or "
@@ -559,6 +569,10 @@ def check_config(cfg: DiffusionConfig, image_shape: tuple[int, ...]) -> None:
     check_steps(cfg.sample_steps, cfg)
     if cfg.guidance and not cfg.conditional:
         raise GenzooError("--guidance needs a class-conditional model: add --conditional")
+    if cfg.guidance and cfg.label_dropout == 0:
+        raise GenzooError(
+            "--guidance needs the unconditional model that --label-dropout above 0 trains"
+        )
     if cfg.schedule == "linear" and cfg.timesteps <= 20:
         raise GenzooError("the linear schedule's beta_T = 20/T needs --timesteps above 20")
     if any(c % GROUPS for c in [cfg.base_channels * m for m in cfg.channel_mults]):

@@ -16,7 +16,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from genzoo import quality
+from genzoo import plots, quality
 from genzoo.evaluate import draw_many, grey_data
 from genzoo.models.diffusion import SAMPLERS
 from genzoo.rng import EVAL_SEED, isolated_rng
@@ -41,7 +41,7 @@ def step_counts(sampler: str, timesteps: int, quick: bool) -> list[int]:
     counts = list(QUICK_STEPS if quick else FULL_STEPS)
     if sampler == "ddpm" and not quick:
         counts.append(timesteps)
-    return [s for s in counts if s <= timesteps or sampler in ("euler", "heun")]
+    return [s for s in counts if s <= timesteps or sampler in SAMPLERS["flow-matching"]]
 
 
 def analyse(state: StudyRun) -> dict[str, Any]:
@@ -98,9 +98,7 @@ def draw(curves: dict[str, list[dict[str, float]]], n: int, path: Any) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
