@@ -4,6 +4,7 @@ while importance sampling, and eval's -o."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,10 +14,23 @@ import torch
 
 from genzoo import evaluate
 from genzoo.cli import main
-from genzoo.compare import comparability, n_images, nll_samples, units_note
+from genzoo.compare import (
+    comparability,
+    figures_table,
+    n_images,
+    nll_samples,
+    quality_table,
+    settings_column,
+    units_note,
+)
+from genzoo.config import TrainConfig
 from genzoo.data import Split
+from genzoo.models import MODELS
 from genzoo.models.base import Likelihood
+from genzoo.models.gan import GANConfig
 from genzoo.models.latent import IMPORTANCE_SAMPLING
+from genzoo.models.vae import VAEConfig
+from genzoo.runs import RunConfig
 
 TINY_VAE = [
     "--epochs", "2", "--hidden", "8", "--latent-dim", "2", "--batch-size", "16",
@@ -82,6 +96,64 @@ def test_units_are_read_from_the_rows() -> None:
     bits = row("b", units="bits per image")
     assert units_note([row("a"), bits]) == "a: nats per image; b: bits per image"
     assert "units bits per image vs nats per image" in comparability([row("a"), bits])[1]
+
+
+def vae(**train: Any) -> RunConfig:
+    """A VAE's config as `genzoo train vae` makes it with these training flags."""
+    defaults = MODELS["vae"].training_defaults()
+    return RunConfig("vae", TrainConfig(**{**defaults, **train}), VAEConfig())
+
+
+def test_settings_list_every_setting_that_differs_between_the_runs() -> None:
+    """Training size, epochs, schedule and seed are settings like any other: a run at its
+    defaults beside one that is not shows the differing values too, not "defaults"."""
+    runs = [
+        vae(),
+        vae(train_size=1000, epochs=5),
+        vae(lr_schedule="cosine", seed=3),
+        dataclasses.replace(vae(), model_config=VAEConfig(latent_dim=2)),
+    ]
+    assert settings_column(runs) == [
+        "train_size=null epochs=40 lr_schedule=constant seed=0 latent_dim=20",
+        "train_size=1000 epochs=5 lr_schedule=constant seed=0 latent_dim=20",
+        "train_size=null epochs=40 lr_schedule=cosine seed=3 latent_dim=20",
+        "train_size=null epochs=40 lr_schedule=constant seed=0 latent_dim=2",
+    ]
+    assert settings_column([vae(), vae()]) == ["defaults", "defaults"]  # the family's own
+    assert settings_column([vae(ema=0.0)]) == ["ema=0.0"]  # ... which a flag changed
+    # Runs of another family are compared with their own family's defaults, which differ
+    # (the model column tells them apart): only what was changed from them is listed.
+    gan = RunConfig("gan", TrainConfig(**MODELS["gan"].training_defaults()), GANConfig())
+    assert settings_column([vae(seed=1), gan, vae()]) == ["seed=1", "defaults", "seed=0"]
+
+
+def test_figures_show_their_epoch_and_mark_a_run_that_moved_on() -> None:
+    moved = row("b", epoch=2, epochs=15, figures_moved_on=15)
+    rows = [row("a", epoch=40, figures_moved_on=None, settings="defaults")]
+    rows.append({**moved, "settings": "epochs=15"})
+    lines = figures_table(rows, Path("c.png"))
+    assert lines[0].split()[-3:] == ["at", "epoch", "settings"]
+    assert lines[1].split()[-2:] == ["40", "defaults"]
+    assert lines[2].split()[-2:] == ["2†", "epochs=15"]
+    assert lines[3] == (
+        "† b: test figures of epoch 2; the run has trained to epoch 15 since (genzoo eval it again)"
+    )
+
+
+def test_quality_table_shows_the_splits_density_coverage_and_epoch() -> None:
+    scores = {"fid": 3.0, "inception_score": 9.1, "precision": 0.9, "recall": 0.8}
+    scores |= {"parzen_ll": 200.0, "parzen_ll_se": 1.0, "quality_protocol": "p"}
+    new = {**scores, "inception_score_std": 0.05, "density": 1.02, "coverage": 0.95}
+    new |= {"quality_epoch": 3, "quality_run_epochs": 3, "quality_moved_on": 7}
+    old = {**scores, "epoch": 5, "quality_moved_on": None}  # an eval.json of before
+    lines = quality_table([{"run": "new", **new}, {"run": "old", **old}])
+    assert lines[1].split() == [
+        "new", "3.00", "9.10", "±", "0.05", "0.900", "0.800", "1.020", "0.950", "200.0", "±",
+        "1.0", "3†", "p",
+    ]  # fmt: skip
+    assert lines[2].split()[2:4] == ["9.10", "(1"] and lines[2].split()[7:9] == ["-", "-"]
+    assert lines[2].split()[-2:] == ["5", "p"]
+    assert lines[3].startswith("† new: sample quality of epoch 3; the run has trained to epoch 7")
 
 
 def train_vae(run: Path) -> Path:
@@ -175,8 +247,10 @@ def test_gan_comparison_shows_d_of_g_fid_and_the_equilibrium_line(
     monkeypatch.setattr(
         plots, "draw_comparison", lambda *a: drawn.update(metrics=a[3], lines=a[5]) or real(*a)
     )
-    scores = {"fid": 12.5, "inception_score": 8.5, "precision": 0.75, "recall": 0.5}
+    scores = {"fid": 12.5, "inception_score": 8.5, "inception_score_std": 0.25}
+    scores |= {"precision": 0.75, "recall": 0.5, "density": 0.9, "coverage": 0.8}
     scores |= {"parzen_ll": 210.0, "parzen_ll_se": 2.0, "quality_protocol": "toy protocol"}
+    scores |= {"quality_epoch": 2, "quality_run_epochs": 2}
     (runs[0] / "eval.json").write_text(json.dumps(scores))
     figure = tmp_path / "gans.png"
     capsys.readouterr()
@@ -184,9 +258,15 @@ def test_gan_comparison_shows_d_of_g_fid_and_the_equilibrium_line(
     out = capsys.readouterr().out.splitlines()
     # the run with sample-quality scores gets a line of them; the other has none yet
     assert "sample quality below" in out[3]
-    assert out[4].split() == ["run", "FID", "IS", "precision", "recall", "Parzen", "(nats)"]
+    assert "gen_loss=minimax" in out[1].split()  # what tells the two runs apart
+    assert "gen_loss=nonsaturating" in out[2].split()
+    assert out[4].split() == [
+        "run", "FID", "IS", "precision", "recall", "density", "coverage", "Parzen", "(nats)",
+        "at", "epoch",
+    ]  # fmt: skip
     assert out[5].split() == [
-        "minimax", "12.50", "8.50", "0.750", "0.500", "210.0", "±", "2.0", "toy", "protocol"
+        "minimax", "12.50", "8.50", "±", "0.25", "0.750", "0.500", "0.900", "0.800", "210.0",
+        "±", "2.0", "2", "toy", "protocol",
     ]  # fmt: skip
     assert len(out) == 6
     assert figure.stat().st_size > 0

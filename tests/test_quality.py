@@ -27,8 +27,10 @@ from genzoo.quality import (
     QualityProbe,
     class_entropy,
     class_histogram,
+    density_coverage,
     frechet_distance,
     inception_score,
+    inception_score_splits,
     parzen_log_likelihood,
     precision_recall,
     quality_scores,
@@ -81,6 +83,38 @@ def test_frechet_distance_matches_closed_form_for_diagonal_gaussians() -> None:
     assert frechet_distance(a, b) == pytest.approx(expected.item(), rel=1e-9)
 
 
+def diagonal_moments(mean: torch.Tensor, var: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """(n, F) float64 points with exactly the sample mean ``mean`` and the diagonal
+    covariance ``var``; units of variance 0 hold their mean in every row."""
+    points = mean.expand(n, -1).clone()
+    live = var > 0
+    points[:, live] = exact_moments(mean[live], torch.diag(var[live]), n, seed)
+    return points
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_frechet_distance_adds_nothing_for_units_without_variance(scale: float) -> None:
+    """Dead units (always 0) and constant ones in both sets, and units dead in one set
+    only: the closed form of diagonal Gaussians to rounding, in any orthogonal basis of
+    the features (the distance does not depend on it; a rotation is what turns the units'
+    exact zeros into the eigensolver's noise, +-1e-16 * scale, whose square roots the
+    trace would otherwise count as spread: errors of 1e-7 to 1e-5 here)."""
+    gen = torch.Generator().manual_seed(8)
+    mu_a, mu_b = torch.randn(38, generator=gen).double(), torch.randn(38, generator=gen).double()
+    var_a = scale * (0.1 + torch.rand(38, generator=gen, dtype=torch.float64))
+    var_b = scale * (0.1 + torch.rand(38, generator=gen, dtype=torch.float64))
+    var_a[:6] = 0  # dead in the first set alone
+    var_a[30:] = var_b[30:] = 0  # without variance in both ...
+    mu_a[30:34] = mu_b[30:34] = 0  # ... dead units
+    mu_a[34:], mu_b[34:] = 2.0, 2.5  # ... constant units
+    a, b = diagonal_moments(mu_a, var_a, 400, 9), diagonal_moments(mu_b, var_b, 300, 10)
+    expected = ((mu_a - mu_b).square().sum() + (var_a.sqrt() - var_b.sqrt()).square().sum()).item()
+    rotation, _ = torch.linalg.qr(torch.randn(38, 38, generator=gen, dtype=torch.float64))
+    for basis in (torch.eye(38, dtype=torch.float64), rotation):
+        assert abs(frechet_distance(a @ basis, b @ basis) - expected) < 1e-12 * expected
+        assert abs(frechet_distance(a @ basis, a @ basis)) < 1e-12 * expected
+
+
 def test_frechet_distance_matches_scipy_sqrtm_for_full_covariances() -> None:
     f = 6
     mu_a, mu_b = torch.zeros(f, dtype=torch.float64), torch.linspace(0, 1, f).double()
@@ -112,6 +146,35 @@ def test_inception_score_matches_scipy_kl_reference() -> None:
     p = probs.double().numpy()
     kl = scipy.special.rel_entr(p, p.mean(0, keepdims=True)).sum(1)
     assert inception_score(probs) == pytest.approx(math.exp(kl.mean()), rel=1e-10)
+
+
+def salimans_inception_score(preds: np.ndarray, splits: int) -> tuple[float, float]:
+    """The Inception score as Salimans et al.'s released code computes it (the numpy part
+    of inception_score.py, improved-gan), for (N, C) probabilities."""
+    scores = []
+    for i in range(splits):
+        part = preds[(i * preds.shape[0] // splits) : ((i + 1) * preds.shape[0] // splits), :]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        kl = np.mean(np.sum(kl, 1))
+        scores.append(np.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+@pytest.mark.parametrize(("n", "splits"), [(103, 10), (50, 10), (40, 1)])
+def test_inception_score_splits_match_the_papers_code(n: int, splits: int) -> None:
+    probs = torch.softmax(3 * torch.randn(n, 10, generator=torch.Generator().manual_seed(n)), 1)
+    expected = salimans_inception_score(probs.double().numpy(), splits)
+    assert inception_score_splits(probs, splits) == pytest.approx(expected, rel=1e-10)
+
+
+def test_inception_score_splits_score_each_split_with_its_own_marginal() -> None:
+    """Half the samples one class, half another, in that order: as one set the score is 2
+    (two classes, evenly); each of 10 splits holds one class alone, so each scores 1."""
+    probs = torch.eye(10)[torch.arange(100) // 50]  # (100, 10), classes 0 then 1
+    assert inception_score(probs) == pytest.approx(2.0)
+    assert inception_score_splits(probs, 10) == pytest.approx((1.0, 0.0), abs=1e-12)
+    with pytest.raises(GenzooError, match="10 splits need at least 10 samples, got 9"):
+        inception_score_splits(probs[:9], 10)
 
 
 def test_class_histogram_counts_predicted_classes_and_rejects_logits() -> None:
@@ -186,6 +249,63 @@ def test_precision_recall_match_brute_force_reference(batch_size: int) -> None:
     got = precision_recall(real, fake, k=5, batch_size=batch_size)
     assert 0 < expected[0] < 1 and 0 < expected[1] < 1  # a case where both are informative
     assert got == pytest.approx(expected, abs=1e-12)
+
+
+def brute_force_density_coverage(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """Naeem et al.'s definitions, written out with full distance matrices."""
+    radii = np.sort(scipy.spatial.distance.cdist(real, real), axis=1)[:, k]  # (N,)
+    inside = scipy.spatial.distance.cdist(fake, real) <= radii  # (M, N)
+    return float(inside.sum() / (k * len(fake))), float(inside.any(0).mean())
+
+
+@pytest.mark.parametrize("batch_size", [7, 1000])
+def test_density_coverage_match_brute_force_reference(batch_size: int) -> None:
+    gen = torch.Generator().manual_seed(5)
+    real = torch.randn(90, 4, generator=gen).double()
+    fake = 1.2 * torch.randn(60, 4, generator=gen).double() + 0.4
+    expected = brute_force_density_coverage(real.numpy(), fake.numpy(), k=5)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1  # a case where both are informative
+    got = density_coverage(real, fake, k=5, batch_size=batch_size)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def real_cluster_with_outliers() -> torch.Tensor:
+    """(203, 2): a unit Gaussian cluster and three outliers far from it, whose balls
+    (reaching into the cluster for their k-th neighbour) span the space between."""
+    cluster = torch.randn(200, 2, generator=torch.Generator().manual_seed(7))
+    return torch.cat([cluster, torch.tensor([[30.0, 0.0], [30.0, 3.0], [33.0, 0.0]])])
+
+
+@pytest.mark.parametrize(
+    "collapsed",
+    [
+        torch.tensor([15.0, 0.0]).expand(100, 2),  # one point, inside the outliers' balls
+        real_cluster_with_outliers()[0].expand(100, 2),  # one real image over and over
+        60 + 5 * torch.randn(100, 2, generator=torch.Generator().manual_seed(8)),  # noise
+    ],
+    ids=["outliers", "one-real-point", "noise"],
+)
+def test_collapsed_samples_never_score_near_perfect_density_and_coverage(
+    collapsed: torch.Tensor,
+) -> None:
+    """Density and coverage are never both near 1 for a collapsed set (coverage gives it
+    away), while samples spread like the data score well on both."""
+    real = real_cluster_with_outliers()
+    _, coverage = density_coverage(real, collapsed)
+    assert coverage < 0.05  # a collapsed set reaches few neighbourhoods, whatever its density
+    fair = density_coverage(
+        real, 1.0 * torch.randn(300, 2, generator=torch.Generator().manual_seed(9))
+    )
+    assert fair[0] > 0.7 and fair[1] > 0.9  # samples like the cluster score well on both
+
+
+def test_outliers_give_collapsed_samples_full_precision_but_not_density() -> None:
+    real = real_cluster_with_outliers()
+    collapsed = torch.tensor([15.0, 0.0]).expand(100, 2)
+    precision, _ = precision_recall(real, collapsed, k=3)
+    density, coverage = density_coverage(real, collapsed, k=5)
+    assert precision == 1.0  # the weakness of the k-NN manifold (Naeem et al. 2020)
+    assert density <= 3 / 5 and coverage == pytest.approx(3 / 203)  # the outliers' balls alone
 
 
 # ----------------------------------------------------------------------------- Parzen
@@ -383,7 +503,12 @@ def test_quality_scores_rank_real_images_above_noise() -> None:
     assert (itself["precision"], itself["recall"]) == (1.0, 1.0)
     assert itself["n_samples"] == 40 and sum(itself["class_histogram"]) == 40
     _, probs = quality.features_and_probs(net, test)
-    assert itself["inception_score"] == pytest.approx(inception_score(probs))
+    expected_is = inception_score_splits(probs, 10)
+    assert (itself["inception_score"], itself["inception_score_std"]) == pytest.approx(expected_is)
+    assert itself["inception_splits"] == 10
+    # each real ball holds its centre and k = 5 neighbours: (k + 1) / k, up to rounding at
+    # the balls' edges
+    assert itself["density"] == pytest.approx(6 / 5, abs=0.1) and itself["coverage"] == 1.0
     json.dumps(itself)  # plain numbers only
 
     good = quality_scores(real, test, val, net, sigmas=sigmas, batch_size=16)
@@ -394,6 +519,25 @@ def test_quality_scores_rank_real_images_above_noise() -> None:
     lls = parzen_log_likelihood(real, test, good["parzen_sigma"])
     assert good["parzen_ll"] == pytest.approx(lls.mean().item())
     assert good["parzen_ll_se"] == pytest.approx(lls.std().item() / math.sqrt(40))
+
+
+def test_parzen_bandwidth_is_chosen_on_the_validation_images_alone() -> None:
+    """Validation images equal to samples call for the narrowest window, noisy test
+    images for a wide one: the bandwidth is the validation images' choice, and the test
+    images are scored with it."""
+    torch.manual_seed(0)
+    net, samples = FeatureNet(feature_dim=16), digits(40, 1)
+    val = samples[:20]
+    test = (
+        samples + 0.3 * torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    ).clamp(0, 1)
+    sigmas = (0.1, 0.3, 1.0)
+    on_val = select_parzen_sigma(samples, val, sigmas)
+    assert on_val != select_parzen_sigma(samples, test, sigmas)  # the choice matters here
+    scores = quality_scores(samples, test, val, net, sigmas=sigmas, batch_size=16)
+    assert scores["parzen_sigma"] == on_val and scores["parzen_sigma_images"] == 20
+    expected = parzen_log_likelihood(samples, test, on_val).mean().item()
+    assert scores["parzen_ll"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_class_fidelity_counts_the_samples_of_their_class() -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 from genzoo.cli import main
 from genzoo.pagekit import nice_ticks
 from genzoo.report import write_run_report
+from genzoo.runs import append_metrics
 from genzoo.studies.page import study_table
 
 SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF8"}
@@ -98,10 +99,11 @@ def test_page_is_self_contained_with_every_figure(run: Path) -> None:
 def test_page_holds_the_runs_numbers(run: Path) -> None:
     parsed = parse(write_run_report(run))
     result = json.loads((run / "eval.json").read_text())
-    figures = dict(parsed.table_with("figure")[1:])
-    assert figures["-ELBO"] == f"{result['neg_elbo']:.3f} ± {result['neg_elbo_se']:.3f}"
-    assert figures["NLL"].startswith(f"{result['nll']:.3f} ± ")
+    figures = {label: cells for label, *cells in parsed.table_with("figure")[1:]}
+    assert figures["-ELBO"] == [f"{result['neg_elbo']:.3f} ± {result['neg_elbo_se']:.3f}", "2"]
+    assert figures["NLL"][0].startswith(f"{result['nll']:.3f} ± ")
     protocol = dict(parsed.table_with("protocol")[1:])
+    assert protocol["test figures shown"] == result["protocol"]
     assert protocol["split"] == "test" and protocol["images"] == str(result["n_examples"])
     assert protocol["likelihood"] == "importance sampling, K=5, proposal q(z|x) (estimate)"
     assert protocol["binarization"] == result["binarize"]
@@ -115,6 +117,41 @@ def test_page_holds_the_runs_numbers(run: Path) -> None:
     seconds = sum(m["seconds"] for m in metrics)
     assert environment["training seconds (all epochs)"] == f"{seconds:.1f}"
     assert {"genzoo", "torch", "python", "device", "page written"} <= environment.keys()
+
+
+def test_figures_measured_before_the_run_moved_on_are_marked(run: Path) -> None:
+    """The run evaluated at epoch 2 trains a third epoch: its figures say they are of
+    epoch 2 and that the run has moved on."""
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    append_metrics(run, {**last, "epoch": 3})
+    parsed = parse(write_run_report(run))
+    figures = {label: cells for label, *cells in parsed.table_with("figure")[1:]}
+    assert figures["NLL"][1] == "2 (the run has trained to epoch 3 since)"
+    protocol = dict(parsed.table_with("protocol")[1:])
+    assert protocol["epoch of the weights"] == "2 (the run has trained to epoch 3 since)"
+
+
+def test_page_shows_every_quality_score_says_what_each_measures_and_keeps_others(
+    run: Path,
+) -> None:
+    scores = {"fid": 3.0, "inception_score": 9.1, "inception_score_std": 0.05}
+    scores |= {"inception_splits": 10, "precision": 0.9, "recall": 0.8, "density": 1.02}
+    scores |= {"coverage": 0.95, "parzen_ll": 200.0, "parzen_ll_se": 1.0}
+    scores |= {"quality_protocol": "40 samples against 30 grey-level test images"}
+    scores |= {"quality_epoch": 1, "quality_run_epochs": 1}
+    result = json.loads((run / "eval.json").read_text())
+    older = {"protocol": "test split, 10 images", "epoch": 1}
+    result["evaluations"]["figures"]["test split, 10 images"] = older
+    (run / "eval.json").write_text(json.dumps({**result, **scores}))
+    page = write_run_report(run)
+    parsed, text = parse(page), page.read_text(encoding="utf-8")
+    figures = {label: cells for label, *cells in parsed.table_with("figure")[1:]}
+    assert figures["Inception score (± standard deviation over 10 splits)"][0] == "9.100 ± 0.050"
+    density = figures["density (real neighbourhoods around each sample, / k)"]
+    assert density == ["1.020", "1 (the run has trained to epoch 2 since)"]
+    assert figures["coverage (share of real neighbourhoods holding a sample)"][0] == "0.950"
+    assert "Naeem et al. 2020" in text and "Theis, van den Oord &amp; Bethge 2016" in text
+    assert parsed.table_with("kind")[1:] == [["figures", "test split, 10 images", "1"]]
 
 
 def test_curves_are_inline_svg_with_a_value_per_point(run: Path) -> None:

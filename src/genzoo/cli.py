@@ -10,37 +10,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from genzoo import data as gdata
 from genzoo import distributed, plots
-from genzoo.compare import (
-    comparability,
-    compare_runs,
-    n_images,
-    nll_samples,
-    quality_table,
-    units_note,
-)
+from genzoo.compare import compare_runs, figures_table, quality_table
 from genzoo.config import (
     TrainConfig,
     add_config_arguments,
     add_field_argument,
     bounded,
+    config_flags,
     given_values,
     sampling_field_names,
 )
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
-from genzoo.evaluate import ESTIMATORS, evaluate_run, reference_quality
+from genzoo.evaluate import ESTIMATORS, QUALITY_SAMPLES, evaluate_run, reference_quality
 from genzoo.figures import draw_run_figures
-from genzoo.files import read_json, write_json
+from genzoo.files import read_json, write_array, write_json
 from genzoo.models import MODELS
 from genzoo.models.base import Conditional, MixtureSampler, Tempered
 from genzoo.quality import cache_paths, load_or_train_feature_net
@@ -74,14 +68,29 @@ a first run:
   genzoo sample runs/vae-<stamp> -n 64 -o samples.png
 """
 
+MAX_GRID_IMAGES = 4096  # a 64 x 64 grid, 3,900 pixels a side; more as an array
+ARRAY_SUFFIXES = (".npy", ".npz")
+# DRAW's attention windows read and write one grey canvas; models/draw.py refuses other
+# images only once the data is loaded, so the flag that fixes it is named before that.
+GREY_ONLY = {"draw": "DRAW"}
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line that points to --help, not the whole usage."""
 
+    command_names: tuple[str, ...] = ()  # genzoo's sub-commands, set by build_parser
+
     def error(self, message: str) -> typing.NoReturn:
         if self.prog == "genzoo train" and "invalid choice" in message:
             message += "; training flags follow MODEL (genzoo train vae --batch-size 64)"
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        refuse(self.prog, message)
+
+
+def refuse(prog: str, message: str, help_of: str | None = None) -> typing.NoReturn:
+    """End a mistaken command line: one line on stderr that points to the help of
+    ``help_of`` (``prog`` itself by default), exit status 2."""
+    print(f"{prog}: error: {message} (see {help_of or prog} --help)", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def family_summary(name: str) -> str:
@@ -195,7 +204,11 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
         "or ODE steps of flow matching (default 100); 0 skips the likelihood",
     )
     eval_p.add_argument(
-        "--limit", type=positive_int, metavar="N", help="evaluate only the first N images"
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="evaluate only the first N images, and score N samples unless --n-samples says "
+        "otherwise (the quality scores' real images are always the whole split)",
     )
     eval_p.add_argument("--split", choices=("test", "val"), default="test")
     eval_p.add_argument(
@@ -204,14 +217,22 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
         default="posterior",
         help="proposal: q(z|x) (default) or the prior p(z)",
     )
-    eval_p.add_argument("-o", "--output", type=Path, help="JSON file (default: RUN/eval.json)")
+    eval_p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="JSON file (default: RUN/eval.json; with --reference "
+        "runs/reference_SPLIT_BINARIZE.json)",
+    )
     eval_p.add_argument(
         "--quality",
         action="store_true",
         help="also score samples: FID, Inception score, precision/recall, Parzen window",
     )
     eval_p.add_argument(
-        "--n-samples", type=positive_int, default=10000, help="samples to score (default: 10000)"
+        "--n-samples",
+        type=positive_int,
+        help=f"samples to score (default: {QUALITY_SAMPLES}, or --limit's N)",
     )
     eval_p.add_argument(
         "--reference",
@@ -287,8 +308,11 @@ def add_sample(commands: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         type=Path,
-        default=Path("samples.png"),
-        help="a .png grid or a .npy array (default: samples.png)",
+        help=f"a .png grid (at most {MAX_GRID_IMAGES:,} images), or a .npy or .npz array "
+        "(default: RUN/samples-nN-seedS.png)",
+    )
+    sample_p.add_argument(
+        "--force", action="store_true", help="replace the file -o names if it exists"
     )
     sample_p.add_argument("--seed", type=bounded(int, min=0), default=0)
     sample_p.add_argument(
@@ -326,11 +350,7 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
     compare_p.set_defaults(func=cmd_compare)
     compare_p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     compare_p.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=Path("compare.png"),
-        help="figure (default: compare.png)",
+        "-o", "--output", type=Path, help="figure (default: the first RUN's compare.png)"
     )
     compare_p.add_argument(
         "--metrics",
@@ -415,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(commands)
+    parser.command_names = tuple(commands.choices)
     return parser
 
 
@@ -445,6 +466,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise GenzooError(f"{flag} is given both before and after MODEL; give it once")
         if early is not None:
             setattr(args, name, early)
+    if args.model in GREY_ONLY and args.channels == 3:
+        raise GenzooError(
+            f"{GREY_ONLY[args.model]} takes grey images: use --channels 1 (RGB images are "
+            "then read as grey)"
+        )
     family = MODELS[args.model]
     for name, value in family.training_defaults().items():
         if getattr(args, name) is None:
@@ -514,10 +540,15 @@ def print_quality(r: dict) -> None:
     what = r.get("quality_protocol", f"{r['n_samples']} samples against {r['n_test']} images")
     print(
         f"  sample quality of {what}:\n"
-        f"  FID {r['fid']:.2f}   Inception score {r['inception_score']:.2f}   "
-        f"precision {r['precision']:.3f}   recall {r['recall']:.3f} (k={r['k']})\n"
+        f"  FID {r['fid']:.2f}   Inception score {r['inception_score']:.2f} ± "
+        f"{r['inception_score_std']:.2f} (standard deviation over {r['inception_splits']} "
+        "splits)\n"
+        f"  precision {r['precision']:.3f}   recall {r['recall']:.3f} (k={r['k']})   "
+        f"density {r['density']:.3f}   coverage {r['coverage']:.3f} (k={r['density_k']})\n"
         f"  Parzen log-likelihood {r['parzen_ll']:.1f} ± {r['parzen_ll_se']:.1f} nats "
-        f"(sigma {r['parzen_sigma']:.3f})\n"
+        f"(sigma {r['parzen_sigma']:.3f} chosen on {r['parzen_sigma_images']} validation "
+        "images; for comparison with Goodfellow et al. 2014 only, Parzen disagrees with "
+        "likelihood and sample quality)\n"
         f"  classes {r['class_histogram']}"
     )
     if "class_accuracy" in r:
@@ -535,9 +566,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise GenzooError("give a RUN or --reference test (not both)")
     if args.reference:
         r = reference_quality(
-            args.binarize, "mnist", args.device, args.data_dir, args.n_samples, args.val_size
+            args.binarize,
+            "mnist",
+            args.device,
+            args.data_dir,
+            args.n_samples or QUALITY_SAMPLES,
+            args.val_size,
         )
-        output = args.output or Path(f"reference_{args.reference}_{args.binarize}.json")
+        output = args.output or Path("runs") / f"reference_{args.reference}_{args.binarize}.json"
         write_json(output, r)
         print(f"reference: training images as samples, binarize={args.binarize}")
         print_quality(r)
@@ -570,6 +606,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if "fid" in r:
         print_quality(r)
     print(f"  units: {r['units']}; {r['seconds']:.0f} s; written to {r['output']}")
+    for better in r["better_shown"]:
+        print(f"  it goes on showing the {better}, a better protocol; this one is kept beside")
 
 
 def cmd_quality_net(args: argparse.Namespace) -> None:
@@ -590,11 +628,34 @@ def families_with(ability: type) -> str:
     return ", ".join(name for name, family in MODELS.items() if issubclass(family.model, ability))
 
 
+def sample_output(args: argparse.Namespace, run_dir: Path) -> Path:
+    """Where ``sample`` writes, checked before any work: a known format, a grid small
+    enough to draw, and no file that -o names replaced without --force."""
+    output = args.output or run_dir / f"samples-n{args.n}-seed{args.seed}.png"
+    suffix = output.suffix.lower()
+    if suffix not in (".png", *ARRAY_SUFFIXES):
+        raise GenzooError(f"-o {output}: give a .png (image grid), .npy or .npz (array) file")
+    if suffix == ".png" and args.n > MAX_GRID_IMAGES:
+        raise GenzooError(
+            f"-n {args.n} is too many for one .png grid (at most {MAX_GRID_IMAGES:,} images); "
+            f"write them as an array: -o {output.with_suffix('.npy')} (or .npz)"
+        )
+    if args.output is not None and output.exists() and not args.force:
+        raise GenzooError(f"{output} exists; add --force to replace it, or choose another -o")
+    return output
+
+
+def write_samples(samples: torch.Tensor, output: Path, title: str) -> None:
+    """Samples (n, C, H, W) as an array file or a .png grid, written atomically."""
+    if output.suffix.lower() in ARRAY_SUFFIXES:
+        write_array(output, samples.numpy())
+    else:
+        plots.save_image_grid(samples, output, title)
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
-    suffix = args.output.suffix.lower()
-    if suffix not in (".png", ".npy"):
-        raise GenzooError(f"-o {args.output}: give a .png (image grid) or .npy (array) file")
     run_dir = check_run_dir(args.run)
+    output = sample_output(args, run_dir)
     sampling = sampling_settings(args, run_dir)
     _, model, _, epoch = load_trained(run_dir, args.device, args.data_dir, sampling=sampling)
     if args.label is not None and not isinstance(model, Conditional):
@@ -620,13 +681,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         else:
             temperature = 1.0 if args.temperature is None else args.temperature
             samples = model.sample(args.n, temperature=temperature)
-    samples = samples.cpu()  # (n, C, H, W)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npy":
-        np.save(args.output, samples.numpy())
-    else:
-        plots.save_image_grid(samples, args.output, f"{args.n} samples, {args.run.name}")
-    print(f"wrote {args.n} samples of epoch {epoch} to {args.output}")
+    replaced = " (replacing the file there)" if output.exists() else ""
+    write_samples(samples.cpu(), output, f"{args.n} samples, {run_dir.name}")
+    print(f"wrote {args.n} samples of epoch {epoch} to {output}{replaced}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -641,27 +698,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    args.output = args.output or args.runs[0] / "compare.png"
     rows = compare_runs(args.runs, args.output, args.metrics, args.device, args.data_dir)
-    reasons = comparability(rows)
-    print(
-        f"{'run':<24}{'model':<10}{'epochs':>6}{'K':>7}{'images':>8}{'-ELBO':>17}{'NLL':>17}"
-        "  settings"
-    )
-    for row, reason in zip(rows, reasons, strict=True):
-        cells = [
-            f"{row[k]:8.2f} ± {row[k + '_se']:5.2f}" if k in row else f"{'-':>15}"
-            for k in ("neg_elbo", "nll")
-        ]
-        print(
-            f"{row['run']:<24}{row['model']:<10}{row['epochs']:>6}{nll_samples(row):>7}"
-            f"{n_images(row):>8}  {cells[0]}  {cells[1]}  {row['settings']}"
-            + (" *" if reason else "")
-        )
-    for row, reason in zip(rows, reasons, strict=True):
-        if reason:
-            print(f"* {row['run']}: {reason}")
-    print(f"(units: {units_note(rows)}; from each run's eval.json; figure: {args.output})")
-    for line in quality_table(rows):
+    for line in [*figures_table(rows, args.output), *quality_table(rows)]:
         print(line)
 
 
@@ -680,46 +719,69 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    """``genzoo data download|verify|info [DATASET ...]``: one line per dataset or file.
-
-    ``download`` fetches what is missing (with checksums); ``verify`` checks sizes and
-    MD5s and, without named datasets, only the datasets that are there at all; ``info``
-    lists the files. Raises GenzooError, after the lines, if ``verify`` found a problem.
-    """
+    """``genzoo data download|verify|info [DATASET ...]``: the state of each dataset
+    named (every one by default), one line each."""
     root = gdata.resolve_data_dir(args.data_dir)
     print(f"data folder: {root}")
-    action, names, datasets = args.action, args.datasets, gdata.DATASETS
-    unknown = set(names) - set(datasets)
+    unknown = set(args.datasets) - set(gdata.DATASETS)
     if unknown:
         raise GenzooError(
-            f"unknown dataset(s) {', '.join(sorted(unknown))}; choose from {', '.join(datasets)}"
+            f"unknown dataset(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(gdata.DATASETS)}"
         )
-    if action == "download":
-        for name in names or datasets:
+    names = args.datasets or list(gdata.DATASETS)
+    if args.action == "download":
+        download_datasets(names, root)
+    elif args.action == "verify":
+        verify_datasets(names, root, named=bool(args.datasets))
+    else:
+        list_dataset_files(names, root)
+
+
+def download_datasets(names: list[str], root: Path) -> None:
+    """Fetch what is missing of each dataset, going on past one that cannot be fetched
+    (offline, say), so that every dataset's state is reported; raises GenzooError after
+    the lines if any could not be."""
+    failed: dict[str, str] = {}  # dataset -> why it could not be fetched
+    for name in names:
+        try:
             gdata.dataset_paths(name, root)
-            print(f"{name}: ok")
-        return
-    problems = 0
-    for name in names or datasets:
-        for spec in datasets[name].files:
-            path = root / name / spec.name
-            if not path.exists():
-                status = "missing"
-                problems += action == "verify" and (bool(names) or (root / name).is_dir())
-            elif action == "info":
-                status = f"{path.stat().st_size} bytes"
-            else:
-                try:
-                    gdata.verify_file(path, spec)
-                    status = "ok (size and MD5)"
-                except GenzooError as err:
-                    status, problems = f"BAD: {err}", problems + 1
-            print(f"  {name}/{spec.name}: {status}")
-    if problems:
+        except GenzooError as err:
+            failed[name] = str(err)
+        print(gdata.dataset_state(name, root).describe())
+        if name in failed:
+            print(f"  {failed[name]}")
+    if failed:
+        message = f"could not download {', '.join(failed)}"
+        ready = [name for name in names if name not in failed]
+        if ready:  # what to run for just the datasets that are there
+            message += f"; ready: {', '.join(ready)} (genzoo data download {' '.join(ready)})"
+        raise GenzooError(message)
+
+
+def verify_datasets(names: list[str], root: Path, named: bool) -> None:
+    """Check sizes and MD5s; raises GenzooError, after the lines, if a dataset is damaged
+    or incomplete, or one ``named`` is not there at all (unnamed, it is just reported)."""
+    faulty = []
+    for name in names:
+        state = gdata.dataset_state(name, root)
+        print(state.describe())
+        if not state.complete and (named or not state.absent):
+            faulty.append(name)
+    if faulty:
         raise GenzooError(
-            f"{problems} dataset file(s) missing or corrupt; "
-            "run `genzoo data download` or fix --data-dir"
+            f"{', '.join(faulty)}: files missing or damaged (above); genzoo data download "
+            f"{' '.join(faulty)} fetches the missing ones (delete a damaged one first), or "
+            "fix --data-dir"
         )
+
+
+def list_dataset_files(names: list[str], root: Path) -> None:
+    for name in names:
+        for spec in gdata.DATASETS[name].files:
+            path = root / name / spec.name
+            status = f"{path.stat().st_size} bytes" if path.exists() else "missing"
+            print(f"  {name}/{spec.name}: {status}")
 
 
 def out_of_memory(err: Exception) -> bool:
@@ -727,9 +789,58 @@ def out_of_memory(err: Exception) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, or one line (exit 2) that names the fix of a common slip."""
+    parser = build_parser()
+    check_command_first(argv, parser.command_names)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        refuse_extras(args, extras)
+    return args
+
+
+def check_command_first(argv: list[str], command_names: tuple[str, ...]) -> None:
+    """``genzoo --epochs 1 train vae``: argparse would call '1' an invalid command."""
+    if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help"):
+        return
+    commands = [name for name in argv if name in command_names]
+    if not commands:
+        return  # no command at all: argparse says so
+    at = argv.index(commands[0])
+    # The command and, for train, its MODEL come first; the flags then follow them.
+    model_follows = argv[at] == "train" and at + 1 < len(argv) and argv[at + 1] in MODELS
+    words = 2 if model_follows else 1
+    fixed = [*argv[at : at + words], *argv[:at], *argv[at + words :]]
+    refuse(
+        "genzoo",
+        f"{argv[0]} comes before the command: flags follow it, and training flags follow "
+        f"`train MODEL`, as in: genzoo {shlex.join(fixed)}",
+    )
+
+
+def refuse_extras(args: argparse.Namespace, extras: list[str]) -> typing.NoReturn:
+    """Arguments no parser took: say which family has a flag, or that a file name wants
+    -o, where that is what went wrong."""
+    model = getattr(args, "model", None)  # train's MODEL; other commands have none
+    prog = f"genzoo {args.command}" + (f" {model}" if model else "")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    flag = next((e.split("=")[0] for e in extras if e.startswith("--")), None)
+    owners = [name for name, family in MODELS.items() if flag in config_flags(family.config)]
+    if model and owners:
+        refuse(
+            prog,
+            f"{message}; {flag} is a flag of {', '.join(owners)}, not {model}",
+            help_of=f"genzoo train {owners[0]}",
+        )
+    name = next((e for e in extras if not e.startswith("-")), None)
+    if name is not None and "output" in vars(args):
+        message += f"; to write to {name}, give -o {name}"
+    refuse(prog, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     args.argv = argv
     tune_process()
     try:

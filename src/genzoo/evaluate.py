@@ -9,6 +9,11 @@
   With ``estimator="prior"`` the proposal is p(z) (the naive Monte Carlo estimate
   log 1/K sum_k p(x|z_k)), which shows how much a learned proposal matters at equal K.
 
+eval.json keeps each evaluation by its protocol and shows at its top level the best one
+of each kind (test figures, sample quality), so that a cheaper check never replaces a
+costlier figure; each figure names the epoch of its weights and the epochs the run had
+trained then.
+
 Each family states its figures' units (``units``: nats per image for the VAEs, bits per
 dimension too for the flow, probabilities for the GAN's discriminator), on the images the
 run was trained on (dynamic binarization: the test set drawn once with a fixed seed).
@@ -29,16 +34,17 @@ from tqdm import tqdm
 from genzoo import plots, quality
 from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
-from genzoo.files import read_json, write_json
+from genzoo.files import read_json_object, write_json
 from genzoo.models import GenerativeModel
 from genzoo.models.base import Conditional, Likelihood, PixelMeans
-from genzoo.report import write_run_report
+from genzoo.report import trained_epochs, write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
-from genzoo.runs import RunConfig, load_data_of, load_trained
+from genzoo.runs import RunConfig, load_data_of, load_trained, read_metrics
 from genzoo.stats import mean_and_se
 
 PROPOSALS = {"posterior": "q(z|x)", "prior": "p(z)"}  # estimator -> where z is drawn from
 ESTIMATORS = tuple(PROPOSALS)
+QUALITY_SAMPLES = 10000  # samples scored by default, as many as the test images
 
 
 @torch.no_grad()
@@ -168,7 +174,8 @@ def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> to
 
 
 def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
-    """The sample-quality protocol in words, for eval.json and the pages."""
+    """The sample-quality protocol in words, for eval.json and the pages (the number of
+    real images is eval.json's n_test)."""
     what = "pixel means of p(x|z), z ~ p(z)" if isinstance(model, PixelMeans) else "samples"
     if draws_classes(model):
         what = f"samples ({n // model.class_count()} or more of each class)"
@@ -188,21 +195,56 @@ def grey_data(cfg: RunConfig, device: torch.device, data_dir: str | Path | None)
     return load_data_of(dataclasses.replace(cfg, train=grey), device, data_dir)
 
 
+def quality_reference(grey: Data, split: str) -> tuple[Split, torch.Tensor]:
+    """The real images the sample-quality scores compare with, every image of ``split``
+    (``--limit`` never shrinks them), and the validation images Parzen's bandwidth is
+    chosen on, never among them: the first ``PARZEN_VAL_SIZE``; when the validation
+    split itself is scored, those are held out of it (at most half of it)."""
+    if split == "test":
+        return grey.test, grey.val.images[: quality.PARZEN_VAL_SIZE]
+    held = min(quality.PARZEN_VAL_SIZE, len(grey.val) // 2)
+    val = grey.val
+    rest = Split(val.images[held:], None if val.labels is None else val.labels[held:])
+    return rest, val.images[:held]
+
+
 def sample_quality(
-    model: GenerativeModel, grey: Data, real: Split, n_samples: int, data_dir: str | Path | None
+    model: GenerativeModel,
+    real: Split,
+    sigma_images: torch.Tensor,
+    n_samples: int,
+    data_dir: str | Path | None,
 ) -> dict[str, Any]:
-    """FID, Inception score, precision/recall and Parzen log-likelihood of ``n_samples``
-    ``quality_images`` against the grey ``real`` images, with the cached feature net; the
-    Parzen bandwidth is chosen on the grey validation images. For a class-conditional
-    model also how well its samples are of their class (``quality.class_fidelity``)."""
+    """FID, Inception score, precision/recall, density/coverage and Parzen log-likelihood
+    of ``n_samples`` ``quality_images`` against the grey ``real`` images, with the cached
+    feature net; the Parzen bandwidth is chosen on ``sigma_images``. For a
+    class-conditional model also how well its samples are of their class
+    (``quality.class_fidelity``)."""
     device = real.images.device
     net = quality.load_or_train_feature_net(data_dir, device)
     samples = quality_images(model, n_samples)
-    scores = quality.quality_scores(samples, real.images, grey.val.images, net)
+    scores = quality.quality_scores(samples, real.images, sigma_images, net)
     if draws_classes(model) and real.labels is not None:
         labels = balanced_labels(n_samples, model.class_count(), device)
         scores.update(quality.class_fidelity(net, samples, labels, real.images, real.labels))
     return scores
+
+
+def measure_quality(
+    model: GenerativeModel,
+    cfg: RunConfig,
+    split: str,
+    n_samples: int,
+    sampling: dict[str, Any] | None,
+    data_dir: str | Path | None,
+) -> dict[str, Any]:
+    """The sample-quality part of an evaluation: the scores, their protocol, and the
+    ``sampling`` settings the samples were drawn with."""
+    device = next(model.parameters()).device
+    real, sigma_images = quality_reference(grey_data(cfg, device, data_dir), split)
+    scores = sample_quality(model, real, sigma_images, n_samples, data_dir)
+    protocol = quality_protocol(model, n_samples, split)
+    return {**scores, "quality_protocol": protocol, "sampling": sampling or {}}
 
 
 def reference_quality(
@@ -222,6 +264,123 @@ def reference_quality(
     return {**scores, "reference": "training images", "dataset": dataset, "binarize": binarize}
 
 
+# ----------------------------------------------------------------------------- eval.json
+#
+# eval.json keeps every evaluation by its protocol, so that a quick check (fewer images,
+# no likelihood) never wipes a figure that took twenty minutes: "evaluations" holds the
+# test figures ("figures", keyed by ``figures_protocol``) and the sample-quality scores
+# ("quality", keyed by their quality_protocol), a later evaluation replacing an earlier
+# one of the same protocol. The top level is the best of each kind, flat, where every
+# reader of eval.json has always found the figures (``shown_evaluations``).
+
+# What eval.json held of sample quality before it kept evaluations by protocol.
+LEGACY_QUALITY_KEYS = (
+    "fid", "inception_score", "precision", "recall", "parzen_ll", "parzen_ll_se",
+    "parzen_sigma", "n_samples", "n_test", "k", "class_histogram", "class_accuracy",
+    "class_accuracies", "class_fids", "quality_protocol", "sampling",
+)  # fmt: skip
+Evaluations = dict[str, dict[str, dict[str, Any]]]  # kind -> protocol -> record
+
+
+def figures_protocol(figures: dict[str, Any]) -> str:
+    """What the test figures were measured on, in words: e.g. "test split, 10000 images,
+    importance sampling, K=5000, proposal q(z|x)" (no likelihood: the images alone)."""
+    words = f"{figures['split']} split, {figures['n_examples']} images"
+    likelihood = figures.get("likelihood")
+    return f"{words}, {likelihood['protocol']}" if likelihood else words
+
+
+def figures_rank(figures: dict[str, Any]) -> tuple:
+    """How good the protocol of test figures is, for ``max``: the test split over the
+    validation one, then more images, then more samples per image of the likelihood (an
+    exact one above every estimate, none below), then later weights."""
+    samples = figures.get("iw_samples", math.inf) if "nll" in figures else -1
+    return figures.get("split") == "test", figures.get("n_examples", 0), samples, figures["epoch"]
+
+
+def quality_rank(scores: dict[str, Any]) -> tuple:
+    """How good the protocol of sample-quality scores is, for ``max``: against the test
+    images, then against more real images, then of more samples, then of later weights."""
+    return (
+        scores.get("quality_split") == "test",
+        scores.get("n_test", 0),
+        scores.get("n_samples", 0),
+        scores["quality_epoch"],
+    )
+
+
+RANKS = {"figures": figures_rank, "quality": quality_rank}
+
+
+def legacy_evaluations(stored: dict[str, Any]) -> Evaluations:
+    """An eval.json written before evaluations were kept by protocol, as one evaluation:
+    its test figures and, where it has them, its sample-quality scores."""
+    evaluations: Evaluations = {"figures": {}, "quality": {}}
+    figures = {k: v for k, v in stored.items() if k not in LEGACY_QUALITY_KEYS}
+    if {"split", "n_examples", "epoch"} <= figures.keys():
+        evaluations["figures"][figures_protocol(figures)] = {
+            **figures,
+            "protocol": figures_protocol(figures),
+        }
+    if "fid" in stored:
+        scores = {k: stored[k] for k in LEGACY_QUALITY_KEYS if k in stored}
+        protocol = stored.get("quality_protocol", f"{stored.get('n_samples')} samples")
+        evaluations["quality"][protocol] = {
+            **scores,
+            "quality_protocol": protocol,
+            "quality_split": stored.get("split"),
+            "quality_epoch": stored.get("epoch", 0),
+        }
+    return evaluations
+
+
+def kept_evaluations(path: Path) -> Evaluations:
+    """The evaluations an eval.json keeps (none where there is no file yet)."""
+    if not path.exists():
+        return {"figures": {}, "quality": {}}
+    stored = read_json_object(path)
+    return stored["evaluations"] if "evaluations" in stored else legacy_evaluations(stored)
+
+
+def shown_evaluations(evaluations: Evaluations) -> dict[str, Any]:
+    """eval.json's top level: the best-ranked record of each kind, flat (ties: the later
+    one), and every evaluation under "evaluations"."""
+    shown: dict[str, Any] = {}
+    for kind, records in evaluations.items():
+        if records:
+            ranked = enumerate(records.values())
+            shown.update(max(ranked, key=lambda pair: (RANKS[kind](pair[1]), pair[0]))[1])
+    return {**shown, "evaluations": evaluations}
+
+
+def keep_evaluation(output: Path, parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Add an evaluation's ``parts`` (kind -> record) to the eval.json at ``output`` by
+    their protocols (moved last, so that they win ties), rewrite its top level, and
+    return that top level."""
+    evaluations = kept_evaluations(output)
+    for kind, record in parts.items():
+        protocol = record["protocol" if kind == "figures" else "quality_protocol"]
+        evaluations[kind].pop(protocol, None)
+        evaluations[kind][protocol] = record
+    shown = shown_evaluations(evaluations)
+    write_json(output, shown)
+    return shown
+
+
+def better_shown(shown: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """What eval.json goes on showing instead of this evaluation's ``result``, because it
+    was measured on a better protocol, e.g. "test figures of test split, 10000 images,
+    importance sampling, K=5000, proposal q(z|x) (epoch 15)"; [] when it shows this one."""
+    kept = []
+    if shown["protocol"] != result["protocol"]:
+        kept.append(f"test figures of {shown['protocol']} (epoch {shown['epoch']})")
+    if "quality_protocol" in result and shown["quality_protocol"] != result["quality_protocol"]:
+        kept.append(
+            f"sample quality of {shown['quality_protocol']} (epoch {shown['quality_epoch']})"
+        )
+    return kept
+
+
 def evaluate_run(
     run_dir: Path,
     iw_samples: int | None = None,
@@ -232,46 +391,51 @@ def evaluate_run(
     data_dir: str | Path | None = None,
     output: Path | None = None,
     quality: bool = False,
-    n_samples: int = 10000,
+    n_samples: int | None = None,
     sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure the run's best checkpoint; write the results to ``output`` (default
-    RUN/eval.json, or RUN/eval_prior.json for the prior estimator) and return them.
+    """Measure the run's best checkpoint; keep the results in ``output`` (default
+    RUN/eval.json, or RUN/eval_prior.json for the prior estimator) beside the earlier
+    evaluations of other protocols, and return them with ``output`` and ``better_shown``.
 
     Every per-example term of ``evaluate_batch`` gets its mean and standard error (for a
     VAE: neg_elbo, recon, kl); models with a ``Likelihood`` add its nll and nll_se by
-    their own estimator with ``iw_samples`` samples (None: the estimator's default), and
-    what the estimator is
-    (``iw_samples=0`` skips it, keeping an earlier figure for the same images in
-    ``output``); ``quality`` adds the sample-quality scores of ``n_samples`` samples
-    (quality.py) against the evaluated images, drawn with the ``sampling`` settings
-    where given (e.g. diffusion's sampler and steps).
+    their own estimator with ``iw_samples`` samples (None: the estimator's default; 0
+    skips it), and what the estimator is; ``quality`` adds the sample-quality scores of
+    ``n_samples`` samples (quality.py) against every real image of the split, drawn with
+    the ``sampling`` settings where given (e.g. diffusion's sampler and steps).
+    ``limit`` limits the model's side alone: the first ``limit`` images are evaluated,
+    and without ``n_samples`` ``QUALITY_SAMPLES`` or ``limit`` samples are scored,
+    whichever is fewer; the real images the samples are scored against stay all of them.
+    Each figure records the epoch of its weights and the epochs the run had trained when
+    it was measured (``run_epochs``), so that pages can tell when the run has moved on.
     """
     if estimator not in ESTIMATORS:
         raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     cfg, model, data, epoch = load_trained(run_dir, device, data_dir, sampling=sampling)
     images = {"test": data.test, "val": data.val}[split].head(limit)
+    n_samples = n_samples or min(QUALITY_SAMPLES, limit or QUALITY_SAMPLES)
+    run_epochs = trained_epochs(read_metrics(run_dir))
     start = time.perf_counter()
-    result: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {}
     with isolated_rng(EVAL_SEED, images.images.device):
         for name, values in per_example_terms(model, images).items():
-            result[name], result[f"{name}_se"] = mean_and_se(values)
+            figures[name], figures[f"{name}_se"] = mean_and_se(values)
         if isinstance(model, Likelihood):
             if iw_samples is None:
                 iw_samples = model.likelihood_estimator.default_samples
             if iw_samples > 0:
-                result.update(likelihood_result(model, images, iw_samples, estimator))
+                figures.update(likelihood_result(model, images, iw_samples, estimator))
         if quality:
-            grey = grey_data(cfg, images.images.device, data_dir)
-            real = {"test": grey.test, "val": grey.val}[split]
-            real = real.head(limit)
-            result.update(sample_quality(model, grey, real, n_samples, data_dir))
-            result["quality_protocol"] = quality_protocol(model, n_samples, split)
-            result["sampling"] = sampling or {}  # replaces an earlier evaluation's
-            plots.draw_class_histogram(
-                result["class_histogram"], run_dir / "figures" / "class_histogram.png"
-            )
-    result.update(
+            scores = measure_quality(model, cfg, split, n_samples, sampling, data_dir)
+            parts["quality"] = {
+                **scores,
+                "quality_split": split,
+                "quality_epoch": epoch,
+                "quality_run_epochs": run_epochs,
+            }
+    figures.update(
         n_examples=len(images),
         split=split,
         dataset=cfg.train.dataset,
@@ -280,14 +444,17 @@ def evaluate_run(
         terms=model.eval_terms,
         checkpoint="best",
         epoch=epoch,
+        run_epochs=run_epochs,
         seconds=time.perf_counter() - start,
     )
+    parts["figures"] = {**figures, "protocol": figures_protocol(figures)}
     if output is None:
         output = run_dir / ("eval.json" if estimator == "posterior" else f"eval_{estimator}.json")
-    if output.exists():  # keep earlier figures of the same images (e.g. nll when K=0)
-        earlier = read_json(output)
-        same_images = all(earlier.get(k) == result[k] for k in ("split", "n_examples", "epoch"))
-        result = {**earlier, **result} if same_images else result
-    write_json(output, result)
+    shown = keep_evaluation(output, parts)
+    if quality:  # the figure of the scores eval.json shows, as the page does
+        plots.draw_class_histogram(
+            shown["class_histogram"], run_dir / "figures" / "class_histogram.png"
+        )
     write_run_report(run_dir)
-    return {**result, "output": str(output)}
+    result = {k: v for part in parts.values() for k, v in part.items()}
+    return {**result, "output": str(output), "better_shown": better_shown(shown, result)}

@@ -4,15 +4,21 @@
   (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local
   Nash equilibrium"; FID, here with an MNIST CNN in place of Inception-v3);
 - Inception score exp(E_x KL(p(y|x) || p(y))) from the classifier's class probabilities
-  (Salimans et al. 2016, "Improved techniques for training GANs");
+  (Salimans et al. 2016, "Improved techniques for training GANs"), reported as they do:
+  the mean and standard deviation over 10 splits of the samples;
 - improved precision and recall: k-nearest-neighbour balls around each feature vector
   estimate the real and the generated manifold (Kynkäänniemi et al. 2019, "Improved
   precision and recall metric for assessing generative models");
+- density and coverage, the same balls around the real points alone, counted so that
+  real outliers do not inflate them (Naeem et al. 2020, "Reliable fidelity and diversity
+  metrics for generative models");
 - Gaussian Parzen-window log-likelihood on raw pixels, bandwidth chosen on validation
   images (Breuleux et al. 2011, "Quickly generating representative samples from an
   RBM-derived process"; the protocol of Goodfellow et al. 2014, "Generative adversarial
   nets": 10k samples, sigma in logspace(-1, 0, 10) picked on 1000 validation images,
-  mean and standard error over the test set).
+  mean and standard error over the test set). Kept for comparison with that table only:
+  Parzen estimates disagree with the likelihood and with sample quality (Theis, van den
+  Oord & Bethge 2016, "A note on the evaluation of generative models").
 
 The classifier (``FeatureNet``) is trained once on grey-level images and cached with a
 SHA-256 sidecar:
@@ -25,6 +31,7 @@ A missing, corrupt or mismatching cache is rebuilt (retrained) with a message.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +63,9 @@ MIN_ACCURACY = 0.99  # below this the features are too poor for FID / IS to mean
 CACHE_FOLDER = "quality-net"
 PARZEN_SIGMAS = tuple(float(s) for s in np.logspace(-1, 0, 10))  # Goodfellow et al.'s grid
 PARZEN_VAL_SIZE = 1000  # validation images for the bandwidth, as in Goodfellow et al.
+IS_SPLITS = 10  # the Inception score's splits, as Salimans et al. report it
+PR_K = 3  # neighbours of precision and recall (Kynkäänniemi et al.'s choice)
+DC_K = 5  # neighbours of density and coverage (Naeem et al.'s choice)
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -300,28 +310,43 @@ def features_and_probs(
     return torch.cat(feats), torch.cat(probs)
 
 
+def _spectrum_above_noise(eigenvalues: torch.Tensor, scale: float, size: int) -> torch.Tensor:
+    """``eigenvalues`` of an (F, F) symmetric PSD matrix with those at or below its
+    rounding noise set to 0: eigh gets each eigenvalue only to within about
+    F * eps * ``scale`` (the norm of the matrices it was computed from), so a true 0 (a
+    dead feature unit) comes back as +-1e-16 * scale, whose square root (1e-8 * sqrt(scale))
+    would be counted as a real spread."""
+    tolerance = size * torch.finfo(eigenvalues.dtype).eps * scale
+    return torch.where(eigenvalues > tolerance, eigenvalues, torch.zeros_like(eigenvalues))
+
+
 def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}) of (N, F) and (M, F) features.
 
     Tr (S_a S_b)^{1/2} is the sum of the square roots of the eigenvalues of S_a S_b, which
     are those of the symmetric PSD matrix S_a^{1/2} S_b S_a^{1/2} (AB and BA share their
-    non-zero eigenvalues). Two symmetric eigendecompositions in float64 give it exactly up
-    to rounding, with no complex parts and no diagonal offset even when the covariances
-    are singular (fewer samples than features, dead ReLU units), where a general matrix
-    square root (scipy.linalg.sqrtm) loses accuracy or fails.
+    non-zero eigenvalues). Two symmetric eigendecompositions in float64 give it with no
+    complex parts and no diagonal offset even when the covariances are singular (fewer
+    samples than features, dead ReLU units), where a general matrix square root
+    (scipy.linalg.sqrtm) loses accuracy or fails; eigenvalues within rounding noise of 0
+    count as 0 (``_spectrum_above_noise``), so that singular directions add nothing.
     """
     a, b = _float64(feats_a).cpu(), _float64(feats_b).cpu()  # (N, F), (M, F)
     _check_features("feats_a", a, 2)
     _check_features("feats_b", b, 2)
     if a.shape[1] != b.shape[1]:
         raise GenzooError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    size = a.shape[1]
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # (F, F), unbiased
     w, v = torch.linalg.eigh(cov_a)
-    sqrt_a = (v * w.clamp(min=0).sqrt()) @ v.T  # (F, F); tiny negative eigenvalues are rounding
-    middle = sqrt_a @ cov_b @ sqrt_a
-    eigenvalues = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0)
+    norm_a = w.abs().max().item()
+    sqrt_a = (v * _spectrum_above_noise(w, norm_a, size).sqrt()) @ v.T  # (F, F)
+    middle = sqrt_a @ cov_b @ sqrt_a  # (F, F), norm at most |S_a| |S_b|
+    norm_b = torch.linalg.eigvalsh(cov_b).abs().max().item()
+    eigenvalues = torch.linalg.eigvalsh((middle + middle.T) / 2)
+    root_trace = _spectrum_above_noise(eigenvalues, norm_a * norm_b, size).sqrt().sum()
     mean_term = (a.mean(0) - b.mean(0)).square().sum()
-    trace_term = cov_a.trace() + cov_b.trace() - 2 * eigenvalues.sqrt().sum()
+    trace_term = cov_a.trace() + cov_b.trace() - 2 * root_trace
     return (mean_term + trace_term).item()
 
 
@@ -333,13 +358,32 @@ def _check_probs(probs: torch.Tensor) -> None:
 
 
 def inception_score(probs: ArrayLike) -> float:
-    """exp(E_x KL(p(y|x) || p(y))) of (N, C) class probabilities, p(y) their mean: 1 when
-    every prediction is the same, C when they are confident and spread evenly."""
+    """exp(E_x KL(p(y|x) || p(y))) of (N, C) class probabilities taken as one set, p(y)
+    their mean: 1 when every prediction is the same, C when they are confident and spread
+    evenly. The one-split figure (what the training probe logs); the reported figure is
+    ``inception_score_splits``."""
     p = _float64(probs)  # (N, C)
     _check_probs(p)
     marginal = p.mean(0, keepdim=True)  # (1, C)
     kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, marginal)).sum(1)  # (N,)
     return kl.mean().exp().item()
+
+
+def inception_score_splits(probs: ArrayLike, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """The Inception score as the field reports it (Salimans et al. 2016, their code):
+    the (N, C) probabilities cut into ``splits`` consecutive parts (rows i N / splits to
+    (i + 1) N / splits), each part scored with its own p(y), then the mean and the
+    standard deviation (numpy's, ddof 0) of the parts' scores."""
+    p = _float64(probs)  # (N, C)
+    if p.shape[0] < splits:
+        raise GenzooError(
+            f"the Inception score's {splits} splits need at least {splits} samples, "
+            f"got {p.shape[0]}"
+        )
+    bounds = [i * p.shape[0] // splits for i in range(splits + 1)]
+    parts = itertools.pairwise(bounds)
+    scores = torch.tensor([inception_score(p[lo:hi]) for lo, hi in parts], dtype=torch.float64)
+    return scores.mean().item(), scores.std(correction=0).item()
 
 
 def class_histogram(probs: ArrayLike) -> torch.Tensor:
@@ -389,14 +433,16 @@ def class_fidelity(
 class QualityProbe:
     """Sample quality watched while training (``--quality-every``): samples scored against
     fixed real images (the validation split, grey levels) with the feature net. The real
-    images' features are computed once."""
+    images' features are computed once. Its Inception score is the one-split figure
+    (``inception_score``), cheaper and not the reported protocol of 10 splits."""
 
     def __init__(self, net: FeatureNet, real: torch.Tensor, batch_size: int = 500) -> None:
         self.net, self.batch_size = net, batch_size
         self.real_feats, _ = features_and_probs(net, real, batch_size)
 
     def __call__(self, samples: torch.Tensor) -> dict[str, float]:
-        """FID against the real images, Inception score and class entropy of ``samples``."""
+        """FID against the real images, Inception score (one split) and class entropy of
+        ``samples``."""
         feats, probs = features_and_probs(self.net, samples, self.batch_size)
         return {
             "quality_fid": frechet_distance(self.real_feats, feats),
@@ -415,38 +461,69 @@ def _kth_neighbour_radii(feats: torch.Tensor, k: int, batch_size: int) -> torch.
     return torch.cat(radii)
 
 
-def _inside_fraction(
+def _ball_counts(
     points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, batch_size: int
-) -> float:
-    """Fraction of ``points`` (P, F) inside any ball (``centres`` (N, F), ``radii`` (N,))."""
-    inside = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many of the balls (``centres`` (N, F), ``radii`` (N,)) hold each of ``points``
+    (P, F), and whether each ball holds any of them: (P,) int64 and (N,) bool."""
+    counts = []
+    covered = torch.zeros(centres.shape[0], dtype=torch.bool, device=centres.device)
     for start in range(0, points.shape[0], batch_size):
-        d = torch.cdist(points[start : start + batch_size], centres)  # (B, N)
-        inside += (d <= radii).any(1).sum().item()
-    return inside / points.shape[0]
+        inside = torch.cdist(points[start : start + batch_size], centres) <= radii  # (B, N)
+        counts.append(inside.sum(1))
+        covered |= inside.any(0)
+    return torch.cat(counts), covered
+
+
+def _real_and_fake(
+    real_feats: ArrayLike, fake_feats: ArrayLike, min_real: int, min_fake: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets in float64 on the real ones' device, checked."""
+    real, fake = _float64(real_feats), _float64(fake_feats)
+    fake = fake.to(real.device)
+    _check_features("real_feats", real, min_real)
+    _check_features("fake_feats", fake, min_fake)
+    if real.shape[1] != fake.shape[1]:
+        raise GenzooError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
+    return real, fake
 
 
 def precision_recall(
-    real_feats: ArrayLike, fake_feats: ArrayLike, k: int = 3, batch_size: int = 1000
+    real_feats: ArrayLike, fake_feats: ArrayLike, k: int = PR_K, batch_size: int = 1000
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of (N, F) and (M, F) features.
 
     Each set's manifold is the union of balls around its points reaching their k-th nearest
     neighbour; precision is the fraction of fake points inside the real manifold (are the
     samples realistic?), recall the fraction of real points inside the fake one (is the data
-    covered?). Distances in float64, ``batch_size`` rows at a time, so 10k x 10k fits.
+    covered?). A few real outliers with large balls inflate the real manifold, so that
+    even collapsed samples can score a precision of 1 (``density_coverage`` has not this
+    weakness). Distances in float64, ``batch_size`` rows at a time, so 10k x 10k fits.
     """
-    real, fake = _float64(real_feats), _float64(fake_feats)
-    fake = fake.to(real.device)
-    _check_features("real_feats", real, k + 1)
-    _check_features("fake_feats", fake, k + 1)
-    if real.shape[1] != fake.shape[1]:
-        raise GenzooError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
-    real_radii = _kth_neighbour_radii(real, k, batch_size)
-    fake_radii = _kth_neighbour_radii(fake, k, batch_size)
-    precision = _inside_fraction(fake, real, real_radii, batch_size)
-    recall = _inside_fraction(real, fake, fake_radii, batch_size)
-    return precision, recall
+    real, fake = _real_and_fake(real_feats, fake_feats, k + 1, k + 1)
+    in_real, _ = _ball_counts(fake, real, _kth_neighbour_radii(real, k, batch_size), batch_size)
+    in_fake, _ = _ball_counts(real, fake, _kth_neighbour_radii(fake, k, batch_size), batch_size)
+    return (in_real > 0).double().mean().item(), (in_fake > 0).double().mean().item()
+
+
+def density_coverage(
+    real_feats: ArrayLike, fake_feats: ArrayLike, k: int = DC_K, batch_size: int = 1000
+) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics
+    for generative models") of (N, F) real and (M, F) fake features, with balls around
+    the real points alone (reaching their k-th nearest real neighbour).
+
+    Density, sum_j #{balls holding fake point j} / (k M), is how realistic the samples are
+    counted by how many real neighbourhoods hold each: about 1 for samples distributed
+    like the data, above 1 for samples crowded where the data is densest, and a lone
+    real outlier's big ball adds only 1/k, where it gives precision a whole point.
+    Coverage, the fraction of real balls that hold any fake point, is how much of the data
+    the samples reach: a collapsed or noisy set covers few balls whatever its density.
+    """
+    real, fake = _real_and_fake(real_feats, fake_feats, k + 1, 1)
+    radii = _kth_neighbour_radii(real, k, batch_size)
+    counts, covered = _ball_counts(fake, real, radii, batch_size)
+    return counts.sum().item() / (k * fake.shape[0]), covered.double().mean().item()
 
 
 def _parzen_grid(
@@ -498,35 +575,52 @@ def quality_scores(
     real_test: torch.Tensor,
     real_val: torch.Tensor,
     net: FeatureNet,
-    k: int = 3,
+    k: int = PR_K,
     sigmas: Sequence[float] = PARZEN_SIGMAS,
     parzen_val_size: int = PARZEN_VAL_SIZE,
     batch_size: int = 500,
+    density_k: int = DC_K,
+    splits: int = IS_SPLITS,
 ) -> dict[str, Any]:
     """Every score of (N, 1, 28, 28) ``samples`` in [0, 1] against the ``real_test`` images
-    (the protocol: 10k samples, the 10k test images); the Parzen bandwidth is chosen on the
-    first ``parzen_val_size`` of ``real_val``. Returns plain numbers (JSON-ready)."""
+    (the protocol: 10k samples, the 10k test images): FID, the Inception score over
+    ``splits`` splits (mean and standard deviation; one split per sample where there are
+    fewer samples, and ``inception_splits`` says so), precision and recall (``k``
+    neighbours), density and coverage (``density_k``), and the Parzen log-likelihood with
+    the bandwidth chosen on the first ``parzen_val_size`` of ``real_val``, validation
+    images that must not be among ``real_test`` (a bandwidth chosen on the images it
+    scores flatters the figure). Returns plain numbers (JSON-ready)."""
     _check_images("samples", samples)
     _check_images("real_test", real_test)
     _check_images("real_val", real_val)
     fake_feats, fake_probs = features_and_probs(net, samples, batch_size)
     real_feats, _ = features_and_probs(net, real_test, batch_size)
+    splits = min(splits, samples.shape[0])  # a tiny check still gets a score, so labelled
+    inception, inception_std = inception_score_splits(fake_probs, splits)
     precision, recall = precision_recall(real_feats, fake_feats, k, batch_size)
-    sigma = select_parzen_sigma(samples, real_val[:parzen_val_size], sigmas, batch_size)
+    density, coverage = density_coverage(real_feats, fake_feats, density_k, batch_size)
+    sigma_images = real_val[:parzen_val_size]
+    sigma = select_parzen_sigma(samples, sigma_images, sigmas, batch_size)
     parzen_ll, parzen_ll_se = mean_and_se(
         parzen_log_likelihood(samples, real_test, sigma, batch_size)
     )
     return {
         "fid": frechet_distance(real_feats, fake_feats),
-        "inception_score": inception_score(fake_probs),
+        "inception_score": inception,
+        "inception_score_std": inception_std,
+        "inception_splits": splits,
         "precision": precision,
         "recall": recall,
+        "k": k,
+        "density": density,
+        "coverage": coverage,
+        "density_k": density_k,
         "parzen_ll": parzen_ll,
         "parzen_ll_se": parzen_ll_se,
         "parzen_sigma": sigma,
+        "parzen_sigma_images": sigma_images.shape[0],
         "n_samples": samples.shape[0],
         "n_test": real_test.shape[0],
-        "k": k,
         "class_histogram": class_histogram(fake_probs).tolist(),
     }
 
@@ -535,7 +629,7 @@ def reference_quality_scores(
     data: Data,
     net: FeatureNet,
     n_samples: int = 10000,
-    k: int = 3,
+    k: int = PR_K,
     sigmas: Sequence[float] = PARZEN_SIGMAS,
     parzen_val_size: int = PARZEN_VAL_SIZE,
     batch_size: int = 500,

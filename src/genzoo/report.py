@@ -45,7 +45,7 @@ def _family(model_name: Any) -> Any:
     return None if family is None else family.model
 
 
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
     """A config value as text: strings as they are, everything else as JSON (exact)."""
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -53,7 +53,7 @@ def _value_text(value: Any) -> str:
 def _plain(value: Any) -> str:
     """A value for a two-column key/value table: text, left-aligned like its neighbours
     (floats to 4 significant figures)."""
-    return significant(value, 4) if isinstance(value, float) else _value_text(value)
+    return significant(value, 4) if isinstance(value, float) else value_text(value)
 
 
 def config_table(config: dict[str, Any]) -> Html:
@@ -63,9 +63,9 @@ def config_table(config: dict[str, Any]) -> Html:
     for key, value in config.items():
         if isinstance(value, dict):
             group = groups.get(key, key)
-            rows += [[group, name, _value_text(v)] for name, v in value.items()]
+            rows += [[group, name, value_text(v)] for name, v in value.items()]
         else:
-            rows.append(["run", key, _value_text(value)])
+            rows.append(["run", key, value_text(value)])
     return table(["group", "setting", "value"], rows)
 
 
@@ -100,40 +100,99 @@ def _is_number(*values: Any) -> bool:
 
 
 def _mean_se(result: dict[str, Any], key: str) -> str:
-    """'mean ± se' with three decimals, as ``genzoo eval`` prints it."""
-    se = result.get(f"{key}_se")
-    return f"{result[key]:.3f}" + (f" ± {se:.3f}" if _is_number(se) else "")
+    """'mean ± spread' with three decimals, as ``genzoo eval`` prints it: the standard
+    error, or for the Inception score the standard deviation across its splits."""
+    spread = result.get(f"{key}_se", result.get(f"{key}_std"))
+    return f"{result[key]:.3f}" + (f" ± {spread:.3f}" if _is_number(spread) else "")
+
+
+def inception_label(result: dict[str, Any]) -> str:
+    """The Inception score's label with its protocol: over how many splits (eval.json
+    before the splits: one)."""
+    splits = result.get("inception_splits")
+    if splits:
+        return f"Inception score (± standard deviation over {splits} splits)"
+    return "Inception score (one split)"
 
 
 QUALITY_LABELS = {
     "fid": "FID (sample quality)",
-    "inception_score": "Inception score",
-    "precision": "precision",
-    "recall": "recall",
+    "inception_score": "Inception score",  # labelled with its splits (inception_label)
+    "precision": "precision (samples inside the real images' manifold)",
+    "recall": "recall (real images inside the samples' manifold)",
+    "density": "density (real neighbourhoods around each sample, / k)",
+    "coverage": "coverage (share of real neighbourhoods holding a sample)",
     "parzen_ll": "Parzen log-likelihood (nats)",
     "class_accuracy": "samples classified as the class asked for",
 }
+QUALITY_NOTE = (
+    "Precision and recall (Kynkäänniemi et al. 2019) are the share of samples inside the "
+    "real images' k-nearest-neighbour balls (are the samples realistic?) and of real images "
+    "inside the samples' balls (is the data covered?); a few real outliers with large balls "
+    "can lift precision to 1 even for collapsed samples. Density and coverage (Naeem et al. "
+    "2020) use the real balls alone: density counts how many real neighbourhoods hold each "
+    "sample, divided by k (about 1 for samples like the data, an outlier's ball adds only "
+    "1/k), coverage is the share of real neighbourhoods holding any sample (the diversity "
+    "that collapse loses). The Parzen log-likelihood is kept for comparison with Goodfellow "
+    "et al. 2014 only: Parzen estimates disagree with the likelihood and with sample quality "
+    "(Theis, van den Oord & Bethge 2016); let FID, precision and recall, density and "
+    "coverage and the spread of the classes decide."
+)
 
 
-def eval_rows(result: dict[str, Any]) -> list[list[Cell]]:
-    """One row per measured figure: the family's terms with their labels (eval.json's
-    ``terms``; without it, every figure that has a standard error), then sample quality."""
+def trained_epochs(metrics: list[dict[str, Any]]) -> int:
+    """The last epoch the run has trained (0 before the first)."""
+    return max((r["epoch"] for r in metrics if _is_number(r.get("epoch"))), default=0)
+
+
+def measured_epochs(result: dict[str, Any], kind: str) -> tuple[Any, Any]:
+    """The epoch of the weights behind a result's "figures" or "quality" scores and the
+    epochs the run had trained when they were measured; an eval.json that predates the
+    latter gives the weights' epoch for both."""
+    prefix = "quality_" if kind == "quality" else ""
+    epoch = result.get(f"{prefix}epoch", result.get("epoch"))
+    return epoch, result.get(f"{prefix}run_epochs", epoch)
+
+
+def moved_on(result: dict[str, Any], kind: str, metrics: list[dict[str, Any]]) -> int | None:
+    """The run's last epoch now if it has trained further since the result's ``kind`` of
+    scores was measured, else None."""
+    _, then = measured_epochs(result, kind)
+    now = trained_epochs(metrics)
+    return now if _is_number(then) and now > then else None
+
+
+def epoch_text(result: dict[str, Any], kind: str, metrics: list[dict[str, Any]]) -> str:
+    """The epoch of the weights a figure was measured on, marked when the run has moved on
+    since, e.g. "2 (the run has trained to epoch 15 since)"."""
+    epoch, _ = measured_epochs(result, kind)
+    now = moved_on(result, kind, metrics)
+    return f"{epoch}" + (f" (the run has trained to epoch {now} since)" if now else "")
+
+
+def eval_rows(result: dict[str, Any], metrics: list[dict[str, Any]]) -> list[list[Cell]]:
+    """One row per measured figure with the epoch it was measured at: the family's terms
+    with their labels (eval.json's ``terms``; without it, every figure that has a
+    standard error), then sample quality."""
     terms = result.get("terms") or {k: k for k in result if f"{k}_se" in result}
-    labels = {**terms, **{k: v for k, v in QUALITY_LABELS.items() if k not in terms}}
+    quality = {**QUALITY_LABELS, "inception_score": inception_label(result)}
+    rows = [(key, label, "figures") for key, label in terms.items()]
+    rows += [(key, label, "quality") for key, label in quality.items() if key not in terms]
     return [
-        [label, _mean_se(result, key)]
-        for key, label in labels.items()
+        [label, _mean_se(result, key), epoch_text(result, kind, metrics)]
+        for key, label, kind in rows
         if _is_number(result.get(key))
     ]
 
 
-def eval_protocol(result: dict[str, Any]) -> list[list[Cell]]:
+def eval_protocol(result: dict[str, Any], metrics: list[dict[str, Any]]) -> list[list[Cell]]:
     """How the figures were measured, as far as eval.json says: the images, their
-    binarization, the weights, and the likelihood's estimator (its samples, and whether
-    it is an estimate, a bound or exact)."""
+    binarization, the weights, the likelihood's estimator (its samples, and whether it is
+    an estimate, a bound or exact) and the sample-quality protocol."""
     rows: list[list[Cell]] = []
     likelihood = result.get("likelihood")
     for key, label in (
+        ("protocol", "test figures shown"),
         ("dataset", "dataset"),
         ("split", "split"),
         ("n_examples", "images"),
@@ -142,27 +201,52 @@ def eval_protocol(result: dict[str, Any]) -> list[list[Cell]]:
         ("epoch", "epoch of the weights"),
         ("iw_samples", "K (importance samples per image)"),
         ("estimator", "proposal"),
-        ("n_samples", "samples scored (quality)"),
+        ("quality_protocol", "sample quality shown"),
+        ("n_test", "real images the samples are scored against"),
+        ("quality_epoch", "epoch of the weights (sample quality)"),
         ("seconds", "evaluation seconds"),
     ):
         if key in result and not (likelihood and key in ("iw_samples", "estimator")):
-            rows.append([label, _plain(result[key])])
+            kind = "quality" if key == "quality_epoch" else "figures"
+            value = epoch_text(result, kind, metrics) if "epoch" in key else result[key]
+            rows.append([label, _plain(value)])
     if likelihood:
         rows.append(["likelihood", f"{likelihood['protocol']} ({likelihood['kind']})"])
     return rows
 
 
-def eval_section(result: dict[str, Any] | None, run_dir: Path) -> Section:
-    """eval.json's figures (mean ± standard error) in the family's units, and the protocol."""
+def other_evaluations(result: dict[str, Any]) -> list[list[Cell]]:
+    """The evaluations eval.json keeps besides the ones it shows (another protocol): kind,
+    protocol and the epoch of the weights."""
+    shown = {result.get("protocol"), result.get("quality_protocol")}
+    kept = result.get("evaluations", {})
+    epochs = {"figures": "epoch", "quality": "quality_epoch"}
+    return [
+        [kind, protocol, record.get(epochs[kind])]
+        for kind, records in kept.items()
+        for protocol, record in records.items()
+        if protocol not in shown
+    ]
+
+
+def eval_section(run: RunFiles) -> Section:
+    """eval.json's figures (mean ± standard error) in the family's units, the epoch each
+    was measured at, the protocol, what the quality scores measure, and the evaluations
+    of other protocols eval.json keeps."""
+    result = run.result
     if result is None:
-        return section("eval", "Test figures", f"Not evaluated yet: genzoo eval {run_dir}")
+        return section("eval", "Test figures", f"Not evaluated yet: genzoo eval {run.run_dir}")
     units = result.get("units")
+    others = other_evaluations(result)
     return section(
         "eval",
         "Test figures",
-        table(["figure", "mean ± standard error"], eval_rows(result)),
+        table(["figure", "mean ± standard error", "epoch"], eval_rows(result, run.metrics)),
         f"Units: {units}." if units else "",
-        table(["protocol", ""], eval_protocol(result)),
+        QUALITY_NOTE if "fid" in result else "",
+        table(["protocol", ""], eval_protocol(result, run.metrics)),
+        "Also kept in eval.json (other protocols, not shown above):" if others else "",
+        table(["kind", "protocol", "epoch"], others) if others else "",
     )
 
 
@@ -246,7 +330,7 @@ def run_sections(run: RunFiles, written: datetime | None = None) -> list[Section
     written = written or datetime.now().astimezone()
     metrics = metrics_table(run.metrics) if run.metrics else "None yet."
     return [
-        eval_section(run.result, run.run_dir),
+        eval_section(run),
         curves_section(run),
         section("metrics", "Metrics per epoch", metrics),
         section("figures", "Figures", figure_gallery(figures) if figures else "None yet."),
