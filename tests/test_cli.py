@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
+import matplotlib.figure
 import numpy as np
 import pytest
 
-from genzoo import plots
-from genzoo.cli import main
+from genzoo import cli, plots
+from genzoo import data as gdata
+from genzoo.cli import build_parser, main
 from genzoo.runs import checkpoint_files
 
 TINY = [
@@ -110,6 +114,11 @@ def test_data_commands(data_dir: Path, capsys) -> None:
         (["sample", "RUN", "-o", "x.jpg"], ".png"),
         (["train", "vae", "--run-dir", "RUN"], "already holds a run"),
         (["data", "verify", "cifar"], "unknown dataset"),
+        (["train", "vae", "--arch", "conv"], "--arch is a flag of gan, not vae"),
+        (["--epochs", "1", "train", "vae"], "training flags follow `train MODEL`"),
+        (["--epochs", "1", "train", "vae"], "genzoo train vae --epochs 1"),
+        (["sample", "RUN", "-n", "16", "out.png"], "give -o out.png"),
+        (["train", "draw", "--dataset", "folder:X", "--channels", "3"], "use --channels 1"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(tmp_path: Path, capsys, argv, message) -> None:
@@ -121,7 +130,7 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path: Path, capsys, argv, mes
         raise SystemExit(main(argv))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_corrupt_checkpoint_via_cli(run_dir: Path, capsys) -> None:
@@ -146,3 +155,125 @@ def test_module_entry_point_gives_one_line_and_no_traceback(tmp_path: Path) -> N
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
     assert "not a run folder" in bad.stderr
+
+
+def test_resume_of_a_complete_run_says_so_and_how_to_train_further(run_dir: Path, capsys) -> None:
+    summary = (run_dir / "summary.json").stat().st_mtime_ns
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["resume", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run_dir} is complete: it reached its last epoch (2 of --epochs 2)" in out
+    assert f"genzoo resume {run_dir} --epochs N, with N above 2" in out
+    assert "resuming" not in out and "training vae" not in out
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    assert (run_dir / "summary.json").stat().st_mtime_ns == summary
+
+
+def test_sample_refuses_a_huge_grid_before_the_work(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(cli, "load_trained", no_work)
+    huge = tmp_path / "huge.png"
+    assert main(["sample", str(run_dir), "-n", "100000", "-o", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert "at most 4,096 images" in err and f"-o {tmp_path / 'huge.npy'}" in err
+    assert err.count("\n") == 1 and not huge.exists()
+
+
+def test_sample_writes_into_the_run_folder_and_keeps_a_users_file(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(run_dir), "-n", "4"]) == 0
+    assert (run_dir / "samples-n4-seed0.png").stat().st_size > 0
+    assert not (tmp_path / "samples.png").exists()
+    assert main(["sample", str(run_dir), "-n", "4"]) == 0  # its own file: replaced, and said
+    assert "(replacing the file there)" in capsys.readouterr().out
+
+    mine = tmp_path / "mine.npz"
+    mine.write_bytes(b"a user's file")
+    assert main(["sample", str(run_dir), "-n", "3", "-o", str(mine)]) == 2
+    assert "add --force" in capsys.readouterr().err and mine.read_bytes() == b"a user's file"
+    assert main(["sample", str(run_dir), "-n", "3", "-o", str(mine), "--force"]) == 0
+    assert np.load(mine)["samples"].shape == (3, 1, 28, 28)
+
+
+def test_an_interrupted_sample_write_leaves_the_old_file_whole(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"the earlier grid")
+
+    def stopped_halfway(fig, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", stopped_halfway)
+    assert main(["sample", str(run_dir), "-n", "4", "-o", str(grid), "--force"]) == 130
+    assert grid.read_bytes() == b"the earlier grid"
+    assert sorted(tmp_path.glob("grid.png*")) == [grid]  # no temporary file left
+
+
+def test_compare_and_reference_write_outside_the_current_folder(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["compare", str(run_dir), str(run_dir)]) == 0
+    assert (run_dir / "compare.png").stat().st_size > 0
+    # The reference scores (a feature net to train) stand in: only where they land counts.
+    monkeypatch.setattr(cli, "reference_quality", lambda *args: {"fid": 1.0})
+    monkeypatch.setattr(cli, "print_quality", lambda result: None)
+    assert main(["eval", "--reference", "test"]) == 0
+    assert json.loads((work / "runs" / "reference_test_none.json").read_text()) == {"fid": 1.0}
+    assert sorted(p.name for p in work.iterdir()) == ["runs"]
+
+
+def test_data_commands_report_every_dataset_offline(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(gdata.urllib.request, "urlopen", offline)
+    capsys.readouterr()
+    assert main(["data", "download"]) == 2  # goes on past the first that fails
+    captured = capsys.readouterr()
+    assert "mnist: ok (4 files, sizes and MD5s checked)" in captured.out
+    for name in ("fashion-mnist", "binarized-mnist"):
+        assert f"{name}: not downloaded" in captured.out
+    assert "ready: mnist (genzoo data download mnist)" in captured.err
+    assert main(["data", "download", "mnist"]) == 0  # only what is asked
+
+    assert main(["data", "verify"]) == 0  # datasets never downloaded are only reported
+    assert "fashion-mnist: not downloaded" in capsys.readouterr().out
+    assert main(["data", "verify", "fashion-mnist"]) == 2  # named: it must be there
+    (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert main(["data", "verify", "mnist"]) == 2
+    captured = capsys.readouterr()
+    assert "mnist: incomplete: missing t10k-labels-idx1-ubyte.gz" in captured.out
+    assert "genzoo data download mnist" in captured.err
+
+
+def all_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option of every (sub-)command of the parser."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += all_options(sub)
+        else:
+            found.append(action)
+    return found
+
+
+def test_help_states_each_default_once() -> None:
+    repeated = [
+        a.help for a in all_options(build_parser()) if (a.help or "").count("(default:") > 1
+    ]
+    assert not repeated

@@ -327,7 +327,7 @@ def test_sampling_settings_apply_to_a_trained_run(eps_run, tmp_path, capsys) -> 
     out = tmp_path / "s.npy"
     for sampler, steps in (("ddpm", "30"), ("ddim", "2")):
         argv = ["sample", str(eps_run), "-n", "3", "--sampler", sampler, "--sample-steps", steps]
-        assert main([*argv, "-o", str(out)]) == 0
+        assert main([*argv, "-o", str(out), "--force"]) == 0
     capsys.readouterr()
     quality.load_or_train_feature_net(epochs=1, val_size=20)  # briefly, on the tiny data
     argv = ["eval", str(eps_run), "--limit", "4", "--quality", "--n-samples", "6"]

@@ -53,7 +53,7 @@ class TrainConfig:
     )
     train_size: int | None = field(
         default=None,
-        metadata={"help": "train on the first N training images only (quick trials; all if unset)"},
+        metadata={"help": "train on the first N training images only (quick trials; default: all)"},
     )
     epochs: int = field(default=40, metadata={"help": "maximum number of epochs", "max": 10**6})
     batch_size: int = field(default=128, metadata={"help": "examples per training batch"})
@@ -288,7 +288,7 @@ def add_field_argument(
             _flag(f.name),
             action=argparse.BooleanOptionalAction,
             default=None,
-            help=f"{f.metadata.get('help', '')} (default: {shown})",
+            help=help_with_default(f, shown),
         )
         return
     if kind is int or kind is float:
@@ -298,15 +298,35 @@ def add_field_argument(
     else:
         parse = kind
     shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
-    shown = "unset" if shown is None else shown
     parser.add_argument(
         _flag(f.name),
         type=parse,
         default=None,
         choices=f.metadata.get("choices"),
         metavar=None if "choices" in f.metadata else f.name.upper(),
-        help=f"{f.metadata.get('help', '')} (default: {shown})",
+        help=help_with_default(f, shown),
     )
+
+
+def help_with_default(f: dataclasses.Field, shown: Any) -> str:
+    """A field's help and its default, unless the help already says what the default
+    means (an unset size: "default: keep their size"), which "(default: unset)" after it
+    would only repeat."""
+    text = f.metadata.get("help", "")
+    if "default:" in text:
+        return text
+    return f"{text} (default: {'unset' if shown is None else shown})"
+
+
+def config_flags(cls: type) -> set[str]:
+    """The flags of a config dataclass's fields, ``--no-X`` of the on/off ones included."""
+    hints = typing.get_type_hints(cls)
+    flags = set()
+    for f in dataclasses.fields(cls):
+        flags.add(_flag(f.name))
+        if field_kind(hints[f.name]) is bool:
+            flags.add(_flag("no_" + f.name))
+    return flags
 
 
 def sampling_field_names(config: Any) -> set[str]:

@@ -191,6 +191,53 @@ def dataset_paths(name: str, data_dir: Path, download: bool = True) -> dict[str,
     return paths
 
 
+@dataclass(frozen=True)
+class DatasetState:
+    """What a data folder holds of one dataset: its files missing, and its damaged ones
+    (with the reason of each)."""
+
+    name: str
+    n_files: int
+    missing: tuple[str, ...]
+    damaged: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.damaged
+
+    @property
+    def absent(self) -> bool:
+        return len(self.missing) == self.n_files
+
+    def describe(self) -> str:
+        """One line: ok, not downloaded, or what is wrong (each damaged file's reason on
+        the lines below it)."""
+        if self.complete:
+            return f"{self.name}: ok ({self.n_files} files, sizes and MD5s checked)"
+        if self.absent:
+            return f"{self.name}: not downloaded"
+        problems = [f"missing {', '.join(self.missing)}"] if self.missing else []
+        problems += [f"{len(self.damaged)} damaged"] if self.damaged else []
+        lines = [f"{self.name}: incomplete: {'; '.join(problems)}"]
+        return "\n".join(lines + [f"  BAD: {reason}" for reason in self.damaged])
+
+
+def dataset_state(name: str, data_dir: Path) -> DatasetState:
+    """Check every file of dataset ``name`` in ``data_dir`` (size and MD5); download nothing."""
+    missing, damaged = [], []
+    files = DATASETS[name].files
+    for spec in files:
+        path = data_dir / name / spec.name
+        if not path.exists():
+            missing.append(spec.name)
+            continue
+        try:
+            verify_file(path, spec)
+        except GenzooError as err:
+            damaged.append(str(err))
+    return DatasetState(name, len(files), tuple(missing), tuple(damaged))
+
+
 # ----------------------------------------------------------------------------- readers
 
 _IDX_DTYPES = {0x08: np.uint8}

@@ -1,11 +1,12 @@
-"""Generic file work, in one low-level home: atomic writes, JSON, bytes and safetensors
-weights, file digests, and where genzoo keeps what it builds once (the cache folder).
+"""Generic file work, in one low-level home: atomic writes, JSON, arrays, bytes and
+safetensors weights, file digests, and where genzoo keeps what it builds once (the cache
+folder).
 
 Every writer here goes through ``atomic_write``: the file is written to a temporary name
 and renamed, so a reader never sees half a file. A write that fails (a full disk, no
 permission) removes its temporary file and raises ``WriteFailed`` with one line naming
-the file system and the file. Nothing here knows about runs, datasets or models; it
-imports nothing from genzoo but its errors.
+the file system and the file; an interrupted one (Ctrl-C) removes it too. Nothing here
+knows about runs, datasets or models; it imports nothing from genzoo but its errors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors.torch import save
 from torch import nn
 
@@ -43,17 +45,20 @@ class WriteFailed(GenzooError):
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` then rename tmp to ``path`` (atomic on POSIX and Windows). If
-    either fails, the temporary file is removed and the old ``path`` stays as it was."""
+    either fails or is interrupted (Ctrl-C), the temporary file is removed and the old
+    ``path`` stays as it was."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         _kill_hook()
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         with contextlib.suppress(OSError):  # e.g. its folder could not be made
             tmp.unlink(missing_ok=True)
-        raise WriteFailed(write_problem(path, err)) from None
+        if isinstance(err, OSError):
+            raise WriteFailed(write_problem(path, err)) from None
+        raise
 
 
 _writes = 0
@@ -77,6 +82,8 @@ def write_problem(path: Path, err: Exception) -> str:
         return f"no space left on {_mount_point(path)} while writing {path}"
     if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: {err.strerror}; choose a writable folder"
+    if isinstance(err, FileExistsError | NotADirectoryError):  # mkdir over a file
+        return f"cannot write {path}: a file is in the way of a folder ({err.filename})"
     return f"cannot write {path}: {err}"
 
 
@@ -97,6 +104,21 @@ def write_bytes(path: Path, data: bytes) -> str:
     memory rather than by reading the file back."""
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return hashlib.sha256(data).hexdigest()
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    """An array as ``.npy``, or as ``.npz`` (compressed, under the name ``samples``),
+    atomically."""
+
+    def write(tmp: Path) -> None:
+        # Through a file object: given a name, numpy would add its own suffix to tmp's.
+        with open(tmp, "wb") as f:
+            if path.suffix.lower() == ".npz":
+                np.savez_compressed(f, samples=array)
+            else:
+                np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def save_weights(path: Path, module: nn.Module, metadata: dict[str, str]) -> str:

@@ -10,6 +10,7 @@ this kit.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +21,13 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
 from torch.distributions import Normal
 
 from genzoo.data import Split
+from genzoo.files import atomic_write
 
 # A model's encode, decode or reconstruct: images or codes in, images or codes out.
 Mapping = Callable[[torch.Tensor], torch.Tensor]
@@ -52,15 +56,64 @@ def show(ax: plt.Axes, grid: np.ndarray, title: str = "") -> None:
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    """Write ``fig`` atomically (a stopped command leaves no half image) and close it."""
+    try:
+        # The format named, as the temporary file's name ends in .tmp.
+        atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], dpi=100, bbox_inches="tight")
+        )
+    finally:
+        plt.close(fig)
 
 
-def strip_steps(n_steps: int) -> list[int]:
-    """At most MAX_STRIP_STEPS steps spread evenly over 0..n_steps-1, the last among them."""
-    picks = np.linspace(0, n_steps - 1, min(n_steps, MAX_STRIP_STEPS)).round().astype(int)
+def strip_steps(n_steps: int, most: int = MAX_STRIP_STEPS) -> list[int]:
+    """At most ``most`` steps spread evenly over 0..n_steps-1, the first and the last
+    among them."""
+    picks = np.linspace(0, n_steps - 1, min(n_steps, most)).round().astype(int)
     return sorted(set(picks.tolist()))
+
+
+def draw_strip(frames: torch.Tensor) -> tuple[plt.Figure, plt.Axes, list[int]]:
+    """States of a few samples step by step, frames (S, n, C, H, W): a row per sample, a
+    column per shown step (``strip_steps``). Returns the figure, its axes (tile (row, col)
+    at the grid's offsets, for marks and the title) and the steps shown."""
+    steps = strip_steps(len(frames))
+    tiles = frames[steps].transpose(0, 1).flatten(0, 1)  # (n * S', C, H, W), sample-major
+    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, frames.shape[1] * 0.7 + 0.7))
+    show(ax, image_grid(tiles, len(steps)))
+    return fig, ax, steps
+
+
+def animation_axes(n: int) -> tuple[plt.Figure, plt.Axes]:
+    """A figure for a row of ``n`` images as an animation shows them, with room for a
+    title and nothing cropped (an animation's frames are not trimmed like a PNG)."""
+    fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8)
+    return fig, ax
+
+
+def save_gif(
+    fig: plt.Figure,
+    update: Callable[[int], list[matplotlib.artist.Artist]],
+    frames: int,
+    path: Path,
+    fps: int,
+) -> None:
+    """Frames 0 .. frames - 1, each drawn by ``update(i)``, as an animated GIF written
+    atomically; the figure is closed."""
+
+    def write(tmp: Path) -> None:
+        gif = tmp.with_name(tmp.name + ".gif")  # Pillow takes the format from the name
+        try:
+            FuncAnimation(fig, update, frames=frames).save(gif, writer=PillowWriter(fps=fps))
+            os.replace(gif, tmp)
+        finally:
+            gif.unlink(missing_ok=True)
+
+    try:
+        atomic_write(path, write)
+    finally:
+        plt.close(fig)
 
 
 def save_image_grid(images: torch.Tensor, path: Path, title: str = "") -> None:
@@ -152,13 +205,28 @@ def draw_curves(
     """One panel per entry of ``panels``, a curve per metric; ``references`` adds a
     labelled horizontal line to a panel (e.g. the GAN's equilibrium value), ``note`` a
     line above them all."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = panel_axes(len(panels))
     if note:
         fig.suptitle(note, fontsize=9)
-    for ax, (title, names) in zip(axes[0], panels.items(), strict=True):
+    for ax, (title, names) in zip(axes, panels.items(), strict=True):
         series = {name: epoch_points(metrics, name) for name in names}
         curve_panel(ax, title, series, (references or {}).get(title), "var" in title)
     save_figure(fig, path)
+
+
+MAX_PANELS_PER_ROW = 3  # a GAN's seven panels in one row made a 3000-pixel-wide strip
+
+
+def panel_axes(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of ``n`` curve panels, wrapped into rows of at most MAX_PANELS_PER_ROW,
+    and its ``n`` axes in reading order (the unused cells of the last row left blank)."""
+    ncol = min(n, MAX_PANELS_PER_ROW)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4 * nrow), squeeze=False)
+    cells = list(axes.flat)
+    for ax in cells[n:]:
+        ax.axis("off")
+    return fig, cells[:n]
 
 
 def epoch_points(metrics: list[dict], name: str) -> list[tuple[int, float]]:
@@ -185,6 +253,7 @@ def curve_panel(
     if log_scale:
         ax.set_yscale("log")
     ax.set(xlabel="epoch", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if ax.lines:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -198,8 +267,8 @@ def draw_metric_panels(
     references: dict[str, tuple[float, str]] | None = None,
 ) -> None:
     """One panel per (title -> metric), one curve per run (label -> its metrics lines)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (title, metric) in zip(axes[0], panels.items(), strict=True):
+    fig, axes = panel_axes(len(panels))
+    for ax, (title, metric) in zip(axes, panels.items(), strict=True):
         series = {label: epoch_points(lines, metric) for label, lines in runs.items()}
         curve_panel(ax, title, series, (references or {}).get(title), title in log_scale)
     save_figure(fig, path)

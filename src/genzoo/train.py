@@ -42,7 +42,7 @@ from genzoo.data import Data, Split, batches
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import grey_data, per_example_terms, quality_images
-from genzoo.files import WriteFailed, write_json
+from genzoo.files import WriteFailed, read_json, write_json
 from genzoo.folders import is_folder_dataset
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.models.base import Conditional, check_values
@@ -417,6 +417,27 @@ class Trainer:
         minutes = self.cfg.train.max_minutes
         return bool(minutes) and self.loop.seconds >= 60 * minutes
 
+    def finished_because(self) -> str | None:
+        """Why the loop would train no further (and, where a resume can change that, how
+        to go on); None while it would."""
+        tc, epoch = self.cfg.train, self.loop.epoch
+        if self.stopped_early():
+            return (
+                f"it stopped early after epoch {epoch} (no better validation for "
+                f"{tc.patience} epochs: --patience); to train longer, start a new run"
+            )
+        if self.out_of_time():
+            return (
+                f"its training passes took its {tc.max_minutes:g} minutes (--max-minutes); "
+                "to train longer, start a new run"
+            )
+        if epoch >= tc.epochs:
+            return (
+                f"it reached its last epoch ({epoch} of --epochs {tc.epochs}); to train it "
+                f"further: genzoo resume {self.run_dir} --epochs N, with N above {epoch}"
+            )
+        return None
+
     def run(self) -> None:
         for epoch in range(self.loop.epoch + 1, self.cfg.train.epochs + 1):
             if self.stopped_early() or self.out_of_time():
@@ -555,6 +576,12 @@ def _train_locked(
     trainer = Trainer(run_dir, cfg, dev, data, world, probe)
     if resume and has_checkpoint(run_dir, "last"):
         trainer.restore()
+        why_complete = trainer.finished_because()
+        # A run killed after its last epoch but before its summary still has its finishing
+        # steps (figures, report) to do: only a summary says the run came to its end.
+        if why_complete and (run_dir / "summary.json").exists():
+            print(f"{run_dir} is complete: {why_complete}")
+            return read_json(run_dir / "summary.json")
         if main:
             save_run_config(run_dir, cfg)
             trim_metrics(run_dir, trainer.loop.epoch)

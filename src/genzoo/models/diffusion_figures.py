@@ -11,7 +11,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.animation import FuncAnimation, PillowWriter
 
 from genzoo import plots
 
@@ -20,23 +19,16 @@ MAX_GIF_FRAMES = 26
 
 def draw_chain(frames: torch.Tensor, title: str, path: Path) -> None:
     """A row per sample, a column per shown step: from noise (left) to x_0 (right)."""
-    steps = plots.strip_steps(len(frames))
-    n = frames.shape[1]
-    tiles = frames[steps].transpose(0, 1).flatten(0, 1)  # (n * S, C, H, W), sample-major
-    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, n * 0.7 + 0.7))
-    shown = ", ".join(str(s) for s in steps)
-    plots.show(ax, plots.image_grid(tiles, len(steps)), f"{title}: states after steps {shown}")
+    fig, ax, steps = plots.draw_strip(frames)
+    ax.set_title(f"{title}: states after steps {', '.join(str(s) for s in steps)}")
     plots.save_figure(fig, path)
 
 
 def draw_chain_gif(frames: torch.Tensor, title: str, path: Path, fps: int = 10) -> None:
     """The samples of ``draw_chain`` in one row, a frame per step, as an animated GIF."""
-    n = frames.shape[1]
-    # Evenly spaced states, the first (noise) and the last (the samples) among them.
-    picks = np.linspace(0, len(frames) - 1, min(len(frames), MAX_GIF_FRAMES)).round().astype(int)
-    grids = [plots.image_grid(frames[k], n) for k in picks]
-    fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8)  # frames are not cropped
+    picks = plots.strip_steps(len(frames), MAX_GIF_FRAMES)  # noise and samples among them
+    grids = [plots.image_grid(frames[k], frames.shape[1]) for k in picks]
+    fig, ax = plots.animation_axes(frames.shape[1])
     plots.show(ax, grids[0])
     image = ax.images[0]
 
@@ -45,9 +37,7 @@ def draw_chain_gif(frames: torch.Tensor, title: str, path: Path, fps: int = 10) 
         ax.set_title(f"{title}: step {picks[i]}")
         return [image]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FuncAnimation(fig, show, frames=len(grids)).save(path, writer=PillowWriter(fps=fps))
-    plt.close(fig)
+    plots.save_gif(fig, show, len(grids), path, fps)
 
 
 def draw_step_counts(samples: dict[int, torch.Tensor], sampler: str, path: Path) -> None:

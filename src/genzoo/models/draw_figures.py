@@ -10,7 +10,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.patches import Rectangle
 
 from genzoo import plots
@@ -38,14 +37,10 @@ def _add_window(ax: plt.Axes, window: torch.Tensor, row: int, col: int, h: int, 
 def draw_drawing(canvases: torch.Tensor, windows: torch.Tensor | None, path: Path) -> None:
     """A row per sample, a column per step: the canvas sigmoid(c_t) (T, n, 1, H, W) with
     the window written at step t (T, n, 4) in red, every few steps where T is large."""
-    steps = plots.strip_steps(len(canvases))
-    n, h, w = canvases.shape[1], *canvases.shape[-2:]
-    tiles = canvases[steps].transpose(0, 1).flatten(0, 1)  # (n * S, 1, H, W), sample-major
-    fig, ax = plt.subplots(figsize=(len(steps) * 0.7 + 0.5, n * 0.7 + 0.7))
+    fig, ax, steps = plots.draw_strip(canvases)
     labels = ", ".join(str(t + 1) for t in steps)
-    plots.show(
-        ax, plots.image_grid(tiles, len(steps)), f"canvas at steps {labels} (red: write window)"
-    )
+    ax.set_title(f"canvas at steps {labels} (red: write window)")
+    n, h, w = canvases.shape[1], *canvases.shape[-2:]
     if windows is not None:
         for col, t in enumerate(steps):
             for row in range(n):
@@ -59,8 +54,7 @@ def draw_drawing_gif(
     """The samples of ``draw_drawing`` in one row, a frame per step, as an animated GIF."""
     n_steps, n, _, h, w = canvases.shape
     frames = [plots.image_grid(canvas, n) for canvas in canvases]
-    fig, ax = plt.subplots(figsize=(n * 0.9 + 0.3, 1.5))
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.8)  # frames are not cropped
+    fig, ax = plots.animation_axes(n)
     plots.show(ax, frames[0])
     image = ax.images[0]
     boxes: list[Rectangle] = []
@@ -74,9 +68,7 @@ def draw_drawing_gif(
             box.set_bounds(*_window_box(windows[t, col], 0, col, h, w))
         return [image, *boxes]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FuncAnimation(fig, show, frames=n_steps).save(path, writer=PillowWriter(fps=fps))
-    plt.close(fig)
+    plots.save_gif(fig, show, n_steps, path, fps)
 
 
 def draw_reading(
