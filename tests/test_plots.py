@@ -1,4 +1,5 @@
-"""The training-curve figures: readable however many panels a family logs."""
+"""The training-curve figures: readable however many panels a family logs; animations
+written whole or not at all."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+from matplotlib.animation import FuncAnimation
+from PIL import Image
 
 from genzoo import plots
 
@@ -39,3 +42,30 @@ def test_a_gans_seven_panels_wrap_into_rows_with_whole_epoch_ticks(drawn) -> Non
         assert panel_rows(fig) == [3, 3, 1]
         for ax in fig.axes[:7]:
             assert all(float(tick).is_integer() for tick in ax.get_xticks())
+
+
+@pytest.mark.filterwarnings("ignore:Animation was deleted without rendering")
+def test_an_animation_is_whole_or_not_written(tmp_path: Path, monkeypatch) -> None:
+    """A GIF stopped while being written leaves the old file as it was and nothing else;
+    a finished one has every frame."""
+
+    def animation(frames: int) -> tuple[plt.Figure, object]:
+        fig, ax = plots.animation_axes(2)
+        image = ax.imshow([[0.0, 1.0]], vmin=0, vmax=1)
+        return fig, lambda i: [image.set_data([[i / frames, 1.0]]) or image]
+
+    path = tmp_path / "a.gif"
+    plots.save_gif(*animation(3), 3, path, fps=5)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+    before = path.read_bytes()
+
+    def stopped(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"GIF89a half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FuncAnimation, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        plots.save_gif(*animation(4), 4, path, fps=5)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from genzoo import plots
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import load_trained
 from genzoo.studies.recipe import Arm, Study, StudyRun
@@ -76,9 +77,7 @@ def draw(curves: dict[str, list[dict]], neg_elbo: float, n: int, path: Any) -> N
     ax.set_title(f"two estimators of -log p(x) on {n} test images")
     ax.legend()
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
