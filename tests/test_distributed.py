@@ -3,6 +3,8 @@
 A deterministic model (the autoencoder on thresholded pixels) must take the very steps
 of one process on the same global batches: the same losses epoch by epoch, the same
 weights at the end, to float tolerance (the gradients are summed in another order).
+SIGTERM to ``genzoo train --nproc 2`` stops every rank at the same batch with a
+checkpoint, and the continued run ends as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,8 +27,11 @@ from conftest import RUNNER
 from genzoo import cli, distributed
 from genzoo.cli import without_nproc
 from genzoo.distributed import World, torchrun_command
+from genzoo.interrupts import INTERRUPTED
 from genzoo.models.autoencoder import Autoencoder, AutoencoderConfig
 from genzoo.runs import checkpoint_files, load_checkpoint
+from test_folder import write_images
+from test_kill import same_weights, sigterm_once_there
 
 # 80 training images in batches of 12: six of 12 and a last one of 8, so the shares are
 # uneven only if the split were, and a batch of 3 would split 2 + 1 (see test_share).
@@ -153,3 +159,40 @@ def test_a_failed_launch_says_how_to_resume(
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"continue with genzoo resume {run} --nproc 2")
     assert len(err.splitlines()) == 1
+
+
+def test_sigterm_stops_every_rank_with_a_checkpoint_and_the_run_continues_exactly(
+    tmp_path: Path,
+) -> None:
+    # Through the launcher a user runs (python -m genzoo: a folder dataset needs no
+    # registering), which passes the signal on to torchrun and so to every rank.
+    write_images(tmp_path / "images", 40)
+    flags = [
+        "--dataset", f"folder:{tmp_path / 'images'}", "--batch-size", "4", "--hidden", "32",
+        "--latent-dim", "4", "--binarize", "threshold", "--sample-every", "1000",
+        "--device", "cpu", "--nproc", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENZOO_CACHE": str(tmp_path / "cache")}
+
+    def genzoo_m(*argv: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "genzoo", *argv], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def succeeds(*argv: str) -> None:
+        process = genzoo_m(*argv)
+        _, err = process.communicate()
+        assert process.returncode == 0, err
+
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    job = genzoo_m("train", "ae", "--run-dir", str(stopped), "--epochs", "1000", *flags)
+    out, err = sigterm_once_there(job, stopped / "checkpoints" / "last.json")
+    assert job.returncode == INTERRUPTED, err
+    assert not re.search(r'File ".*genzoo', err), err  # torchrun's report only, no rank's
+    assert f". Continue with: genzoo resume {stopped} --nproc 2\n" in out
+    model = Autoencoder(AutoencoderConfig(4, (32,)), (1, 28, 28))
+    epochs = str(load_checkpoint(stopped, "last", model)["epoch"] + 2)
+    succeeds("resume", str(stopped), "--epochs", epochs, "--nproc", "2")
+    succeeds("train", "ae", "--run-dir", str(whole), "--epochs", epochs, *flags)
+    assert same_weights(stopped, whole)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,30 @@ def test_nproc_launches_two_processes_on_a_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "on 2 processes (cpu)" in result.stdout
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def write_decompression_bomb(path: Path, side: int) -> None:
+    """A PNG of a few bytes whose header claims side x side pixels: a 1 x 1 image with its
+    IHDR chunk's width and height (and so its CRC) rewritten."""
+    Image.new("L", (1, 1)).save(path)
+    png = bytearray(path.read_bytes())
+    # The signature (8 bytes), then IHDR: length (4), type (4), width and height (4 each).
+    png[16:24] = side.to_bytes(4, "big") * 2
+    png[29:33] = zlib.crc32(png[12:29]).to_bytes(4, "big")  # over the type and the data
+    path.write_bytes(png)
+
+
+@pytest.mark.parametrize("side", [10_000, 30_000])  # Pillow's warning, then its refusal
+def test_a_decompression_bomb_is_one_line_naming_it(
+    side: int, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_images(tmp_path / "f", 10)
+    bomb = tmp_path / "f" / "bomb.png"
+    write_decompression_bomb(bomb, side)
+    assert bomb.stat().st_size < 100
+    argv = ["train", "vae", "--dataset", f"folder:{tmp_path / 'f'}", "--device", "cpu"]
+    assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"genzoo: error: cannot read the image {bomb} (")
+    assert f"({side * side} pixels) exceeds limit" in err  # Pillow read the header's size
+    assert err.endswith("; fix or remove it\n") and err.count("\n") == 1

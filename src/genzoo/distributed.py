@@ -35,6 +35,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from genzoo.errors import GenzooError
+from genzoo.interrupts import on_stop_signals
 from genzoo.models.base import GenerativeModel
 from genzoo.rng import resolve_device
 
@@ -93,6 +95,14 @@ class World:
         decided = torch.tensor([int(flag)], device=_collective_device())
         dist.broadcast(decided, 0)
         return bool(decided.item())
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank, on every rank: a stop that reached one rank
+        stops them all at the same batch."""
+        if not self.parallel:
+            return flag
+        count = torch.tensor([int(flag)], device=_collective_device())
+        return bool(self.sum(count).item())
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order, on every rank."""
@@ -209,8 +219,26 @@ def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``genzoo ARGV`` under torchrun in ``nproc`` processes; its exit status."""
+    """Run ``genzoo ARGV`` under torchrun in ``nproc`` processes; its exit status.
+
+    Ctrl-C and SIGTERM are passed on to torchrun, which passes them on to every process;
+    they stop at their next batch boundary with a checkpoint (rank 0 says how to continue),
+    and the launch then ends in KeyboardInterrupt, as the one process would.
+    """
     # The cores shared out among the processes (torchrun would set 1 and warn).
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
-    return subprocess.run(torchrun_command(nproc, argv), env=env, check=False).returncode
+    # A session of its own: a terminal's Ctrl-C, or a signal to this process group, then
+    # reaches torchrun once, from here (a second one cuts its wait for its processes short).
+    torchrun = subprocess.Popen(torchrun_command(nproc, argv), env=env, start_new_session=True)
+    passed_on: list[int] = []
+
+    def pass_on(signum: int, frame: FrameType | None) -> None:
+        passed_on.append(signum)
+        torchrun.send_signal(signum)
+
+    with on_stop_signals(pass_on):
+        status = torchrun.wait()
+    if passed_on and status:
+        raise KeyboardInterrupt
+    return status

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from genzoo.files import atomic_write, cache_root
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FOLDER_SEED = 0  # the one shuffle that splits a folder into train / validation / test
+DECOMPRESSION_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def is_folder_dataset(dataset: str) -> bool:
@@ -57,16 +61,26 @@ def image_files(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     return top, None, []
 
 
+@contextmanager
+def refusing_decompression_bombs() -> Iterator[None]:
+    """Pillow warns of an image whose header claims more than MAX_IMAGE_PIXELS and refuses
+    one above twice that, before it decodes a pixel; inside the block both raise (a
+    decompression bomb: a few KB on disk that would take GBs of memory)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def read_image(path: Path, channels: int, image_size: int | None) -> np.ndarray:
     """One image as uint8 (C, H, W), grey (C = 1) or RGB (C = 3), resized to
     image_size x image_size if given."""
     try:
-        with Image.open(path) as img:
+        with refusing_decompression_bombs(), Image.open(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
             if image_size is not None and img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, *DECOMPRESSION_BOMB) as err:
         raise GenzooError(f"cannot read the image {path} ({err}); fix or remove it") from None
     return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 

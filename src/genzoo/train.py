@@ -19,6 +19,10 @@ very weights of an uninterrupted run.
 
 Under torchrun the same loop runs in every process: each takes its share of every
 batch, and rank 0 alone writes and prints (distributed.py).
+
+Ctrl-C and SIGTERM (a job scheduler's stop) alike stop the loop at the next batch
+boundary, on every rank at the same one: a checkpoint there, then the command that
+continues (interrupts.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -44,6 +49,7 @@ from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.evaluate import grey_data, per_example_terms, quality_images
 from genzoo.files import WriteFailed, read_json, write_json
 from genzoo.folders import is_folder_dataset
+from genzoo.interrupts import on_stop_signals, sigterm_as_ctrl_c
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.models.base import Conditional, check_values
 from genzoo.quality import QualityProbe
@@ -189,6 +195,7 @@ class Trainer:
         self.loop = LoopState()
         self.progress = EpochProgress()
         self.saved_at: str | None = None  # the point of training of the last checkpoint
+        self.stop_signal: int | None = None  # Ctrl-C or SIGTERM, noted while training
 
     def arithmetic(self) -> AbstractContextManager:
         """bf16 autocast for the training steps if asked (the weights stay fp32)."""
@@ -227,6 +234,20 @@ class Trainer:
         if self.saved_at is None:
             return "no checkpoint was written yet"
         return f"the last good checkpoint is after {self.saved_at}"
+
+    def resume_command(self) -> str:
+        nproc = f" --nproc {self.world.size}" if self.world.parallel else ""
+        return f"genzoo resume {self.run_dir}{nproc}"
+
+    @contextmanager
+    def saying_how_to_continue(self) -> Iterator[None]:
+        """Ctrl-C or SIGTERM (KeyboardInterrupt) in the block: say which checkpoint is kept
+        and the command that continues from it."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; {self.last_good()}. Continue with: {self.resume_command()}")
+            raise
 
     @contextmanager
     def naming_the_last_good_checkpoint(self) -> Iterator[None]:
@@ -308,12 +329,33 @@ class Trainer:
             if progress.step % 20 == 0:
                 bar.set_postfix(loss=f"{stats['loss']:.2f}")
             now = time.perf_counter()
-            if progress.step < self.steps_per_epoch and self.checkpoint_due(now - last_save):
-                progress.seconds += now - start
-                self.save_last(self.state())
-                last_save = start = time.perf_counter()
+            # After the epoch's last batch end_epoch validates, then checkpoints.
+            if progress.step < self.steps_per_epoch:
+                stopping = self.stop_asked()
+                if stopping or self.checkpoint_due(now - last_save):
+                    progress.seconds += now - start
+                    self.save_last(self.state())
+                    if stopping:
+                        raise KeyboardInterrupt  # saying_how_to_continue names the checkpoint
+                    last_save = start = time.perf_counter()
         progress.seconds += time.perf_counter() - start
         return progress.means()
+
+    def note_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-C and SIGTERM while training: noted, and acted on at the next batch boundary
+        (``stop_asked``), where the state is whole. A further one is noted alike: a rank
+        may get one from torchrun and one from a scheduler that signals every process."""
+        self.stop_signal = signum
+
+    def stop_asked(self) -> bool:
+        """Has Ctrl-C or SIGTERM come to this rank or any other? (A collective: every rank
+        stops after the same batch.)"""
+        return self.world.any_rank(self.stop_signal is not None)
+
+    def stop_if_asked(self) -> None:
+        """Where the last checkpoint holds the whole state (between epochs): stop if asked."""
+        if self.stop_asked():
+            raise KeyboardInterrupt  # saying_how_to_continue names the checkpoint
 
     def checkpoint_due(self, seconds_since_last: float) -> bool:
         """Time for a checkpoint within the epoch? In a data-parallel run rank 0's clock
@@ -439,9 +481,17 @@ class Trainer:
         return None
 
     def run(self) -> None:
+        """The epochs left; Ctrl-C or SIGTERM stops them at the next batch boundary, after
+        a checkpoint, with KeyboardInterrupt."""
+        with on_stop_signals(self.note_stop):
+            self.train_epochs()
+        self.stop_if_asked()  # one that came in the last validation: before the finishing steps
+
+    def train_epochs(self) -> None:
         for epoch in range(self.loop.epoch + 1, self.cfg.train.epochs + 1):
             if self.stopped_early() or self.out_of_time():
                 break
+            self.stop_if_asked()
             try:
                 with self.naming_the_last_good_checkpoint():
                     self.end_epoch(epoch, self.train_epoch(epoch))
@@ -454,6 +504,32 @@ class Trainer:
                 f"stopped after epoch {self.loop.epoch}: the training passes took "
                 f"{self.loop.seconds / 60:.1f} of --max-minutes {self.cfg.train.max_minutes:g}"
             )
+
+    def close(self) -> None:
+        """The board's file closed, and the DDP wrapper freed before the process group goes:
+        a reducer that outlives it aborts the process at exit ("terminate called without an
+        active exception")."""
+        if self.board is not None:
+            self.board.close()
+        self.model.parallel = None
+
+    def finish(self) -> dict[str, Any]:
+        """Rank 0's finishing steps after the last epoch: the best checkpoint with what
+        ``after_training`` sets, the run's figures, summary.json and the report; the summary."""
+        model, data, loop, run_dir = self.model, self.data, self.loop, self.run_dir
+        best_state = load_checkpoint(run_dir, "best", model)
+        with isolated_rng(EVAL_SEED, self.dev), self.naming_the_last_good_checkpoint():
+            model.after_training(data)
+            save_checkpoint(run_dir, "best", model, best_state)  # with what after_training set
+            figures.draw_run_figures(
+                model, data.test, read_metrics(run_dir), run_dir / "figures", self.cfg.train.ema
+            )
+        summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
+        if model.val_metric:
+            summary[f"best_val_{model.val_metric}"] = loop.best
+        write_json(run_dir / "summary.json", summary)
+        print(f"report: {write_run_report(run_dir)}")
+        return summary
 
 
 def draws_samples_after(epoch: int, every: int, epochs: tuple[int, ...]) -> bool:
@@ -511,8 +587,16 @@ def train(
 
     A resume of a run that has no checkpoint yet (killed early) starts it afresh from
     its saved config; a resume changes config.json only once its checkpoint has loaded.
-    Under torchrun every process calls this; rank 0 holds the lock and writes.
+    Under torchrun every process calls this; rank 0 holds the lock and writes. SIGTERM
+    stops it as Ctrl-C does (interrupts.py).
     """
+    with sigterm_as_ctrl_c():
+        return _train(run_dir, cfg, device, data_dir, resume)
+
+
+def _train(
+    run_dir: Path, cfg: RunConfig, device: str, data_dir: str | Path | None, resume: bool
+) -> dict[str, Any]:
     world, dev = distributed.start(device)
     try:
         tc = cfg.train
@@ -596,30 +680,10 @@ def _train_locked(
                 draw_progress(trainer.model, run_dir, 0, tc.seed, dev, trainer.board)
 
     print(describe(cfg, data, run_dir, dev, world))
-    try:
-        trainer.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {trainer.last_good()}. Continue with: genzoo resume {run_dir}")
-        raise
-    finally:
-        if trainer.board is not None:
-            trainer.board.close()
-    # Free the DDP wrapper now, before the process group goes: a reducer that outlives it
-    # aborts the process at exit ("terminate called without an active exception").
-    trainer.model.parallel = None
-    if not main:
-        return {}
-    model, loop, metric = trainer.model, trainer.loop, trainer.model.val_metric
-    best_state = load_checkpoint(run_dir, "best", model)
-    with isolated_rng(EVAL_SEED, dev), trainer.naming_the_last_good_checkpoint():
-        model.after_training(data)
-        save_checkpoint(run_dir, "best", model, best_state)  # with what after_training set
-        figures.draw_run_figures(
-            model, data.test, read_metrics(run_dir), run_dir / "figures", cfg.train.ema
-        )
-    summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
-    if metric:
-        summary[f"best_val_{metric}"] = loop.best
-    write_json(run_dir / "summary.json", summary)
-    print(f"report: {write_run_report(run_dir)}")
-    return summary
+    # Ctrl-C or SIGTERM in the finishing steps as well: a resume does what they left.
+    with trainer.saying_how_to_continue():
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
+        return trainer.finish() if main else {}

@@ -11,7 +11,8 @@ folder under the study's folder, through the same CLI commands a user would type
 the ``run_command`` the CLI hands it), then writes study.json (the table, the analysis,
 the answer, the commands) and the page (page.py). A killed study continues where it
 stopped: a finished arm is kept, a checkpointed one is resumed (``genzoo resume``), an
-evaluated one is not evaluated again.
+evaluated one is not evaluated again. Ctrl-C and SIGTERM stop it alike, saying the command
+that continues it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from genzoo import plots
 from genzoo.errors import GenzooError
 from genzoo.files import read_json, write_json
+from genzoo.interrupts import INTERRUPTED, sigterm_as_ctrl_c
 from genzoo.report import training_seconds
 from genzoo.runs import load_trained, read_metrics
 from genzoo.studies.page import write_study_report
@@ -121,6 +123,8 @@ def _genzoo(state: StudyRun, argv: list[str]) -> None:
     data_dir = state.data_dir
     runtime = ["--device", state.device] + (["--data-dir", str(data_dir)] if data_dir else [])
     code = state.run_command([*argv, *runtime])
+    if code == INTERRUPTED:  # Ctrl-C or SIGTERM: the command said what it kept
+        raise KeyboardInterrupt
     if code:
         raise GenzooError(f"`genzoo {shlex.join(argv)}` failed (exit status {code})")
 
@@ -191,14 +195,35 @@ def run_study(
 ) -> Path:
     """Run every arm of ``study`` into ``out`` (resuming what a killed run left), then its
     analysis, study.json and the page; returns the page's path. ``run_command`` runs each
-    ``genzoo train|resume|eval`` command of the arms (the CLI passes its ``main``)."""
+    ``genzoo train|resume|eval`` command of the arms (the CLI passes its ``main``).
+    Ctrl-C or SIGTERM stops it, saying the command that continues it."""
     state = StudyRun(study, out, quick, seeds, device, data_dir, run_command)
+    with sigterm_as_ctrl_c():
+        try:
+            return _run_study(state)
+        except KeyboardInterrupt:
+            print(f"\nthe study was interrupted; continue it with: {continue_command(state)}")
+            raise
+
+
+def continue_command(state: StudyRun) -> str:
+    """The command that continues a stopped study: its folder, with the same --quick and
+    --seeds (check_plan refuses others)."""
+    argv = ["study", state.study.name, "--out", str(state.out)]
+    argv += ["--quick"] if state.quick else []
+    argv += ["--seeds", str(state.seeds)] if state.seeds > 1 else []
+    argv += ["--data-dir", str(state.data_dir)] if state.data_dir else []
+    return "genzoo " + shlex.join(argv)
+
+
+def _run_study(state: StudyRun) -> Path:
+    study, out, quick, seeds = state.study, state.out, state.quick, state.seeds
     check_plan(out, {"study": study.name, "quick": quick, "seeds": seeds})
     plan = [(arm, seed) for seed in range(seeds) for arm in study.arms]
     for i, (arm, seed) in enumerate(plan, start=1):
         print(f"[{i}/{len(plan)}] {study.name}: {arm.name} (seed {seed})", flush=True)
         state.runs.setdefault(arm.name, []).append(run_arm(state, arm, seed))
-    rows = [arm_row(study, arm, state.runs[arm.name], device) for arm in study.arms]
+    rows = [arm_row(study, arm, state.runs[arm.name], state.device) for arm in study.arms]
     with torch.no_grad():
         analysis = study.analyse(state) if study.analyse else {}
     answer = study.answer(rows, analysis) if study.answer else ""
