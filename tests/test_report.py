@@ -1,22 +1,27 @@
-"""The run page (genzoo report RUN): self-contained, escaped, holding the run's numbers."""
+"""The run page (genzoo report RUN): self-contained, escaped, holding the run's numbers,
+leading with the answer, its numbers rounded as a person writes them, laid out at a
+phone's width and a desktop's in headless Chromium."""
 
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from genzoo.cli import main
-from genzoo.pagekit import nice_ticks
+from genzoo.pagekit import nice_ticks, significant, with_error
 from genzoo.report import write_run_report
-from genzoo.runs import append_metrics
-from genzoo.studies.page import study_table
+from genzoo.runs import append_metrics, lock_run, unlock_run
+from genzoo.studies.page import study_table, write_study_report
 
 SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF8"}
 
@@ -87,7 +92,8 @@ def test_page_is_self_contained_with_every_figure(run: Path) -> None:
     assert '<meta name="viewport"' in text
     figures = sorted(p.name for p in (run / "figures").iterdir())
     assert "drawing.gif" in figures and "curves.png" in figures
-    assert sorted(img["alt"] for img in parsed.images) == figures  # one per figure file
+    # One per figure file, and the samples again where the page begins.
+    assert sorted(img["alt"] for img in parsed.images) == sorted([*figures, "samples.png"])
     for img in parsed.images:
         head, _, payload = img["src"].partition(",")
         mime = head.removeprefix("data:").removesuffix(";base64")
@@ -100,8 +106,8 @@ def test_page_holds_the_runs_numbers(run: Path) -> None:
     parsed = parse(write_run_report(run))
     result = json.loads((run / "eval.json").read_text())
     figures = {label: cells for label, *cells in parsed.table_with("figure")[1:]}
-    assert figures["-ELBO"] == [f"{result['neg_elbo']:.3f} ± {result['neg_elbo_se']:.3f}", "2"]
-    assert figures["NLL"][0].startswith(f"{result['nll']:.3f} ± ")
+    assert figures["-ELBO"] == [with_error(result["neg_elbo"], result["neg_elbo_se"]), "2"]
+    assert figures["NLL"][0] == with_error(result["nll"], result["nll_se"])
     protocol = dict(parsed.table_with("protocol")[1:])
     assert protocol["test figures shown"] == result["protocol"]
     assert protocol["split"] == "test" and protocol["images"] == str(result["n_examples"])
@@ -115,7 +121,7 @@ def test_page_holds_the_runs_numbers(run: Path) -> None:
 
     environment = dict(parsed.tables[-1])  # no header row
     seconds = sum(m["seconds"] for m in metrics)
-    assert environment["training seconds (all epochs)"] == f"{seconds:.1f}"
+    assert environment["training seconds (all epochs)"] == significant(seconds)
     assert {"genzoo", "torch", "python", "device", "page written"} <= environment.keys()
 
 
@@ -148,8 +154,8 @@ def test_page_shows_every_quality_score_says_what_each_measures_and_keeps_others
     figures = {label: cells for label, *cells in parsed.table_with("figure")[1:]}
     assert figures["Inception score (± standard deviation over 10 splits)"][0] == "9.100 ± 0.050"
     density = figures["density (real neighbourhoods around each sample, / k)"]
-    assert density == ["1.020", "1 (the run has trained to epoch 2 since)"]
-    assert figures["coverage (share of real neighbourhoods holding a sample)"][0] == "0.950"
+    assert density == ["1.02", "1 (the run has trained to epoch 2 since)"]
+    assert figures["coverage (share of real neighbourhoods holding a sample)"][0] == "0.95"
     assert "Naeem et al. 2020" in text and "Theis, van den Oord &amp; Bethge 2016" in text
     assert parsed.table_with("kind")[1:] == [["figures", "test split, 10 images", "1"]]
 
@@ -159,7 +165,7 @@ def test_curves_are_inline_svg_with_a_value_per_point(run: Path) -> None:
     svg = text[text.index("<svg") : text.index("</svg>")]
     assert svg.count("<circle") == 4  # training loss and validation -ELBO, two epochs each
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert f"validation -ELBO, epoch 2: {last['val_neg_elbo']:.6g}</title>" in svg
+    assert f"validation -ELBO, epoch 2: {significant(last['val_neg_elbo'])}</title>" in svg
 
 
 def test_strings_from_files_are_escaped(run: Path, tmp_path: Path) -> None:
@@ -179,6 +185,57 @@ def test_strings_from_files_are_escaped(run: Path, tmp_path: Path) -> None:
     assert all(img["src"].startswith("data:") for img in parsed.images)
     config_rows = parse(page).table_with("group")
     assert ["model", "activation", "<script>alert('config')</script>"] in config_rows
+
+
+def test_numbers_are_written_as_a_person_writes_them() -> None:
+    # A value with its standard error: the error to two figures, the value to its place.
+    assert with_error(92.4712, 0.2371) == "92.47 ± 0.24"
+    assert with_error(1234.6, 34.2) == "1235 ± 34"
+    assert with_error(12345.6, 347.0) == "12350 ± 350"
+    assert with_error(0.0123456, 0.000987) == "0.01235 ± 0.00099"
+    assert with_error(5.0, 0.0996) == "5.00 ± 0.10"  # the error rounds up to 0.10
+    assert with_error(7.25, None) == "7.25"
+    assert with_error(7.0, 0.0) == "7 ± 0"  # no precision to give
+    # Others to four significant figures, every digit of a longer whole part kept.
+    assert [significant(v) for v in (0.0065822, 26.026, 0.94732, 1.0)] == [
+        "0.006582",
+        "26.03",
+        "0.9473",
+        "1",
+    ]
+    assert significant(123456.7) == "123457" and significant(float("nan")) == "nan"
+
+
+def test_page_leads_with_the_answer(run: Path) -> None:
+    """What the run is, its best validation figure, its test figures with their protocol
+    and its samples come before the contents line, the curves and the tables."""
+    text = write_run_report(run).read_text(encoding="utf-8")
+    lead = text[text.index('<p class="lead">') : text.index("<nav>")]
+    assert text.index("<nav>") < text.index('id="eval"') < text.index('id="curves"')
+    assert "vae on mnist, binarize=dynamic: trained 2 epochs; " in lead
+    assert 'alt="samples.png"' in lead
+    parsed = PageParser()
+    parsed.feed(lead)
+    facts = {label: value for label, value in parsed.tables[0]}
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(metrics, key=lambda m: m["val_neg_elbo"])
+    value = significant(best["val_neg_elbo"])
+    assert facts["best validation -ELBO"] == f"{value}epoch {best['epoch']}"
+    result = json.loads((run / "eval.json").read_text())
+    nll = facts["test NLL"]
+    assert nll.startswith(with_error(result["nll"], result["nll_se"]) + result["protocol"])
+    assert nll.endswith("weights of epoch 2") and "K=5" in nll
+
+
+def test_a_run_stopped_or_being_trained_says_so(run: Path) -> None:
+    (run / "summary.json").unlink()  # killed before training came to its end
+    text = write_run_report(run).read_text(encoding="utf-8")
+    assert f"stopped after 2 of 2 epochs (continue: genzoo resume {run})" in text
+    assert lock_run(run)  # as a training holds it
+    try:
+        assert "being trained: 2 of 2 epochs done" in write_run_report(run).read_text()
+    finally:
+        unlock_run(run)
 
 
 def test_page_of_a_run_without_eval_or_epochs(tmp_path: Path) -> None:
@@ -221,15 +278,76 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=420,2000",  # a phone's width
 ]
+# Headless Chromium lays a page out at least this wide, whatever the window; narrower
+# widths (a phone's) are laid out in an iframe of that width (``laid_out``).
+LEAST_LAYOUT_WIDTH = 500
+PHONE, DESKTOP = 390, 1280  # CSS pixels
 
 
-def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _chromium(tmp_path: Path, *args: str, width: int = 420) -> subprocess.CompletedProcess:
     chromium = shutil.which("chromium")
     profile = tmp_path / "chromium-profile"
-    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    window = f"--window-size={width},2000"
+    command = [chromium, *CHROMIUM_FLAGS, window, f"--user-data-dir={profile}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+# Measures the page once it has loaded (after the page's own script has counted its
+# images) and puts the measurements on <body data-probe>, and hands them to the page
+# that frames it, if any.
+PROBE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const root = document.documentElement;
+  const boxes = Array.from(document.querySelectorAll(".scroll"));
+  const probe = JSON.stringify({
+    width: window.innerWidth,
+    overflow: root.scrollWidth - root.clientWidth,
+    scrolling: boxes.filter(box => box.scrollWidth > box.clientWidth).length,
+    images: document.body.dataset.imagesLoaded,
+  });
+  document.body.dataset.probe = probe;
+  if (parent !== window) parent.postMessage(probe, "*");
+}));
+</script>"""
+FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{src}" style="width:{width}px;height:2000px;border:0"></iframe>
+<script>addEventListener("message", e => {{ document.body.dataset.probe = e.data; }});</script>
+</body></html>"""
+
+
+def laid_out(tmp_path: Path, page: Path, width: int, script: str = "") -> dict[str, Any]:
+    """The page laid out ``width`` CSS pixels wide in headless Chromium, after ``script``:
+    its width, how far it runs off the side (0: not at all), how many of its boxes scroll
+    sideways, and its images loaded of all. A copy beside the page runs the probe, so
+    that its relative links and images still resolve."""
+    probed = page.with_name(f".probed-{page.name}")
+    probed.write_text(page.read_text().replace("</body>", f"{script}{PROBE}</body>"))
+    url = probed.as_uri()
+    if width < LEAST_LAYOUT_WIDTH:
+        frame = page.with_name(".frame.html")
+        frame.write_text(FRAME.format(src=probed.name, width=width))
+        url = frame.as_uri()
+    window = max(width, LEAST_LAYOUT_WIDTH)
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", url, width=window)
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def write_study(folder: Path, run: Path, columns: int = 10) -> Path:
+    """A study folder around a copy of ``run``, its table ``columns`` figures wide."""
+    shutil.copytree(run, folder / "vae")
+    figures = {f"c{i}": 100.0 + i for i in range(columns)}
+    row = {"arm": "vae", "model": "vae", "runs": ["vae"], **figures}
+    row |= {f"c{i}_spread": 0.25 for i in range(columns)}
+    row |= {"minutes": 0.1, "parameters": 1234, "units": "nats", "protocol": "test split"}
+    study = {"study": "tiny", "question": "Does a tiny study show?", "answer": "Yes."}
+    study |= {"quick": True, "seeds": 1, "figures": ["samples.png"], "rows": [row]}
+    study |= {"columns": {f"c{i}": f"figure number {i}" for i in range(columns)}}
+    study["commands"] = ["genzoo train vae --epochs 2"]
+    (folder / "study.json").write_text(json.dumps(study))
+    return folder
 
 
 @pytest.mark.skipif(
@@ -247,7 +365,7 @@ def test_page_in_headless_chromium(run: Path, tmp_path: Path) -> None:
 
     # The page's script counts the images that decoded once the page has loaded.
     dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri())
-    n = len(list((run / "figures").iterdir()))
+    n = len(list((run / "figures").iterdir())) + 1  # and the samples where the page begins
     assert f'data-images-loaded="{n}/{n}"' in dom.stdout
 
     # A click on the epoch header twice sorts the metrics table by epoch, descending.
@@ -258,6 +376,26 @@ def test_page_in_headless_chromium(run: Path, tmp_path: Path) -> None:
     parsed = PageParser()
     parsed.feed(dom.stdout)
     assert [row[0] for row in parsed.table_with("epoch")[1:]] == ["2", "1"]
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="headless Chromium not installed (Debian: apt-get install chromium)",
+)
+@pytest.mark.parametrize("width", [PHONE, DESKTOP])
+def test_run_and_study_pages_fit_a_phone_and_a_desktop(run: Path, tmp_path: Path, width: int):
+    """Nothing runs off the side of the page; the study's wide table scrolls in its box."""
+    n = len(list((run / "figures").iterdir())) + 1  # every figure, and the samples again
+    probe = laid_out(tmp_path, write_run_report(run), width)
+    assert probe["width"] == width and probe["overflow"] == 0
+    assert probe["images"] == f"{n}/{n}"
+
+    study = write_study_report(write_study(tmp_path / "study", run))
+    probe = laid_out(tmp_path, study, width)
+    assert probe["width"] == width and probe["overflow"] == 0
+    loaded, total = probe["images"].split("/")
+    assert loaded == total
+    assert probe["scrolling"] >= (1 if width == PHONE else 0)
 
 
 def test_study_table_shows_a_dash_where_an_arm_has_no_figure() -> None:
@@ -271,6 +409,6 @@ def test_study_table_shows_a_dash_where_an_arm_has_no_figure() -> None:
     parser = PageParser()
     parser.feed(html)
     header, first, second = parser.tables[0]
-    assert header[:4] == ["arm", "model", "FID", "±"]
-    assert first == ["a", "ae", "65.857", "-", "1.5", "-", "-", "-"]
-    assert second[:4] == ["b", "vae", "70", "0.25"]
+    assert header[:4] == ["arm", "model", "FID", "training minutes"]
+    assert first == ["a", "ae", "65.86", "1.5", "-", "-", "-"]
+    assert second[:3] == ["b", "vae", "70.00 ± 0.25"]  # to the spread's precision

@@ -1,13 +1,17 @@
 """The page of a run: ``genzoo report RUN`` -> RUN/report.html, one self-contained file.
 
-The page shows every figure of RUN/figures, the main curves, the test figures, the
-metrics of every epoch, the config and the environment, built from the pieces of
-pagekit.py (self-contained, escaped, sortable tables), which the study pages
-(studies/page.py) are built from too.
+The page leads with the answer: what the run is and how far it has trained, its headline
+figures (the best validation figure, the test figures with their protocol, FID and the
+spread of the classes) and its samples. Then the test figures in full, the main curves,
+the metrics of every epoch, every figure of RUN/figures, the config and the environment,
+built from the pieces of pagekit.py (self-contained, escaped, sortable tables, numbers
+rounded as a person writes them), which the study pages (studies/page.py) and the index
+of a folder of runs (index.py) are built from too.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import platform
 from dataclasses import dataclass
@@ -25,6 +29,9 @@ from genzoo.pagekit import (
     Cell,
     Html,
     Section,
+    Sortable,
+    duration,
+    estimate,
     figure_files,
     figure_gallery,
     line_chart,
@@ -53,7 +60,7 @@ def value_text(value: Any) -> str:
 def _plain(value: Any) -> str:
     """A value for a two-column key/value table: text, left-aligned like its neighbours
     (floats to 4 significant figures)."""
-    return significant(value, 4) if isinstance(value, float) else value_text(value)
+    return significant(value) if isinstance(value, float) else value_text(value)
 
 
 def config_table(config: dict[str, Any]) -> Html:
@@ -99,11 +106,11 @@ def _is_number(*values: Any) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
-def _mean_se(result: dict[str, Any], key: str) -> str:
-    """'mean ± spread' with three decimals, as ``genzoo eval`` prints it: the standard
-    error, or for the Inception score the standard deviation across its splits."""
+def _estimate(result: dict[str, Any], key: str) -> Sortable:
+    """'mean ± spread' to the spread's precision: the standard error, or for the
+    Inception score the standard deviation across its splits."""
     spread = result.get(f"{key}_se", result.get(f"{key}_std"))
-    return f"{result[key]:.3f}" + (f" ± {spread:.3f}" if _is_number(spread) else "")
+    return estimate(result[key], spread if _is_number(spread) else None)
 
 
 def inception_label(result: dict[str, Any]) -> str:
@@ -179,7 +186,7 @@ def eval_rows(result: dict[str, Any], metrics: list[dict[str, Any]]) -> list[lis
     rows = [(key, label, "figures") for key, label in terms.items()]
     rows += [(key, label, "quality") for key, label in quality.items() if key not in terms]
     return [
-        [label, _mean_se(result, key), epoch_text(result, kind, metrics)]
+        [label, _estimate(result, key), epoch_text(result, kind, metrics)]
         for key, label, kind in rows
         if _is_number(result.get(key))
     ]
@@ -275,7 +282,7 @@ def environment_rows(run: RunFiles, written: datetime) -> list[list[Cell]]:
         ["python", platform.python_version()],
         ["device", device or "not recorded in the run's files"],
         ["page written", written.isoformat(sep=" ", timespec="seconds")],
-        ["training seconds (all epochs)", f"{training_seconds(run.metrics):.1f}"],
+        ["training seconds (all epochs)", significant(training_seconds(run.metrics))],
     ]
 
 
@@ -302,13 +309,179 @@ def read_run_files(run_dir: Path) -> RunFiles:
     return RunFiles(run_dir, config, read_metrics(run_dir), result, summary or {})
 
 
+# ----------------------------------------------------------------------------- the answer first
+
+
+def being_trained(run_dir: Path) -> bool:
+    """Whether a training holds the run's lock (runs.lock_run, an exclusive flock) now:
+    a shared lock cannot be had while it does. Taken and let go at once, and on a file
+    opened read-only, so looking never makes a lock file."""
+    try:
+        handle = open(run_dir / ".lock")  # noqa: SIM115 - closed below, which unlocks
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
+def run_state(run: RunFiles) -> str:
+    """Where the run stands: "training" while a process holds its lock, else "done" once
+    training has come to its end (summary.json), else "stopped" (killed, or a study not
+    run through), which ``genzoo resume`` continues."""
+    if being_trained(run.run_dir):
+        return "training"
+    return "done" if run.summary else "stopped"
+
+
+def train_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's training settings ({} where it holds none)."""
+    train = config.get("train")
+    return train if isinstance(train, dict) else {}
+
+
+def state_text(run: RunFiles) -> str:
+    """How far the run has trained, in words, with the command that continues a stopped
+    run, e.g. "being trained: 3 of 10 epochs done"."""
+    done, planned = trained_epochs(run.metrics), train_settings(run.config).get("epochs")
+    state = run_state(run)
+    if state == "done":
+        return f"trained {done} epoch{'' if done == 1 else 's'}"
+    if state == "training":
+        return f"being trained: {done} of {planned} epochs done"
+    return f"stopped after {done} of {planned} epochs (continue: genzoo resume {run.run_dir})"
+
+
+def samples_figure(run_dir: Path) -> Path | None:
+    """The run's samples: the final grid, or before it the last one drawn in training."""
+    figures = figure_files(run_dir / "figures")
+    final = [p for p in figures if p.name == "samples.png"]
+    during = [p for p in figures if p.stem.startswith("samples_epoch")]
+    return next(iter(final or during[-1:]), None)
+
+
+@dataclass(frozen=True)
+class Best:
+    """The figure that picked the run's best checkpoint (its label, e.g. "-ELBO"), and
+    its epoch."""
+
+    name: str
+    value: float
+    epoch: int
+
+
+def best_validation(model_name: Any, metrics: list[dict[str, Any]]) -> Best | None:
+    """What the best checkpoint minimises (train.py's selection) at its lowest: the
+    family's validation objective, or for a family without one (a GAN) the FID of the
+    quality probe's samples; None before an epoch has measured it."""
+    family = _family(model_name)
+    metric = family.val_metric if family else "loss"
+    terms = family.eval_terms if family else {}
+    key, name = f"val_{metric}", terms.get(metric, metric)
+    if not metric:
+        key, name = "quality_fid", "FID (probe)"
+    scored = [r for r in metrics if _is_number(r.get(key), r.get("epoch"))]
+    if not scored:
+        return None
+    best = min(scored, key=lambda r: r[key])  # the first of equals, as training keeps it
+    return Best(name, best[key], best["epoch"])
+
+
+LIKELIHOOD_TERMS = ("bpd", "nll", "neg_elbo")  # a result's headline figures, in this order
+
+
+def headline_terms(model_name: Any, result: dict[str, Any]) -> list[str]:
+    """The test figures a reader looks for first: the likelihood's (bits/dim, NLL,
+    -ELBO) where the family has them, else its validation objective (an autoencoder's
+    loss); none for a GAN, whose answer is its sample quality."""
+    terms = [key for key in LIKELIHOOD_TERMS if _is_number(result.get(key))]
+    family = _family(model_name)
+    own = family.val_metric if family else None
+    return terms or ([own] if own and _is_number(result.get(own)) else [])
+
+
+def class_spread(result: dict[str, Any]) -> Sortable | None:
+    """The shares of the samples the classifier calls each class, fewest to most, e.g.
+    "9.1–10.9%" (even classes are 10% each for MNIST), sorted by the gap between them;
+    None without a class histogram."""
+    counts = result.get("class_histogram")
+    if not (isinstance(counts, list) and counts and all(_is_number(c) for c in counts)):
+        return None
+    total = sum(counts)
+    if total <= 0:
+        return None
+    low, high = 100 * min(counts) / total, 100 * max(counts) / total
+    return Sortable(f"{low:.1f}–{high:.1f}%", high - low)
+
+
+def measured_how(result: dict[str, Any], kind: str, metrics: list[dict[str, Any]]) -> str:
+    """The protocol of a result's ``kind`` of figures ("figures", "quality") and the
+    epoch of the weights, e.g. "test split, 10000 images, importance sampling, K=5000,
+    proposal q(z|x); weights of epoch 40"."""
+    protocol = result.get("quality_protocol" if kind == "quality" else "protocol")
+    weights = f"weights of epoch {epoch_text(result, kind, metrics)}"
+    return f"{protocol}; {weights}" if protocol else weights
+
+
+Fact = tuple[str, str, str]  # a headline figure: its label, its value, how it was measured
+
+
+def headline_facts(run: RunFiles) -> list[Fact]:
+    """The run's answer in a few figures, each with how it was measured."""
+    model = run.config.get("model")
+    facts: list[Fact] = []
+    best = best_validation(model, run.metrics)
+    if best:
+        facts.append(
+            (f"best validation {best.name}", significant(best.value), f"epoch {best.epoch}")
+        )
+    result = run.result
+    if result is None:
+        return [*facts, ("test figures", "not evaluated yet", f"genzoo eval {run.run_dir}")]
+    terms = result.get("terms") or {}
+    for key in headline_terms(model, result):
+        how = measured_how(result, "figures", run.metrics)
+        facts.append((f"test {terms.get(key, key)}", _estimate(result, key).text, how))
+    if _is_number(result.get("fid")):
+        how = measured_how(result, "quality", run.metrics)
+        facts.append(("FID", _estimate(result, "fid").text, how))
+    spread = class_spread(result)
+    if spread:
+        even = 100 / len(result["class_histogram"])
+        facts.append(
+            ("samples per class", spread.text, f"the fewest to the most ({even:.1f}% each if even)")
+        )
+    return facts
+
+
+def headline_table(facts: list[Fact]) -> Html:
+    """The headline figures as label and value, how each was measured under its value
+    (so that a phone's narrow column wraps the words, never the figures)."""
+    rows: list[list[Cell]] = [
+        [
+            label,
+            Html(f'<span class="value">{escape(value)}</span><div class="how">{escape(how)}</div>'),
+        ]
+        for label, value, how in facts
+    ]
+    return table([], rows)
+
+
 def run_lead(run: RunFiles) -> Html:
-    """One line to start with: what was trained, for how long, and its best epoch."""
-    facts = [f"model {run.config.get('model', '?')}", f"{len(run.metrics)} epochs"]
-    if "best_epoch" in run.summary:
-        facts.append(f"best epoch {run.summary['best_epoch']}")
-    facts.append(f"{training_seconds(run.metrics):.1f} s of training")
-    return Html(f'<p class="lead">{escape(", ".join(facts))}</p>')
+    """The answer first: what the run is and how far it has trained, its headline
+    figures, and its samples beside them."""
+    train = train_settings(run.config)
+    what = f"{run.config.get('model', '?')} on {train.get('dataset', '?')}"
+    what += f", binarize={train.get('binarize', '?')}"
+    facts = f"{what}: {state_text(run)}; {duration(training_seconds(run.metrics))} of training."
+    samples = samples_figure(run.run_dir)
+    return Html(
+        f'<p class="lead">{escape(facts)}</p><div class="headline">'
+        f"{headline_table(headline_facts(run))}{figure_gallery([samples]) if samples else ''}</div>"
+    )
 
 
 def curves_section(run: RunFiles) -> Section:

@@ -2,9 +2,7 @@
 STUDY/report.html, from the study.json that recipe.py writes.
 
 The question and its answer, the table of the arms, each arm's figures side by side, the
-analysis, and links to every arm's own page, built from the pieces of pagekit.py. Also
-``write_report``, the page of a folder of either kind: it sits here, beside the study
-page, because the studies import the run page (report.py) and never the other way round.
+analysis, and links to every arm's own page, built from the pieces of pagekit.py.
 """
 
 from __future__ import annotations
@@ -17,22 +15,48 @@ import torch
 
 import genzoo
 from genzoo.files import atomic_write, read_json_object
-from genzoo.pagekit import Html, Section, figure_files, figure_gallery, page, section, table
-from genzoo.report import write_run_report
+from genzoo.pagekit import (
+    NONE,
+    Cell,
+    Html,
+    Section,
+    estimate,
+    figure_files,
+    figure_gallery,
+    page,
+    section,
+    table,
+)
+
+
+def figure_cell(row: dict[str, Any], key: str) -> Cell:
+    """An arm's figure with its spread, to the spread's precision; "-" where the arm has
+    no such figure (an autoencoder has no likelihood)."""
+    if row.get(key) is None:
+        return NONE
+    return estimate(row[key], row.get(f"{key}_spread"))
+
+
+# What the table says of each arm after its figures: study.json key -> column title.
+ARM_FACTS = {
+    "minutes": "training minutes",
+    "parameters": "parameters",
+    "units": "units",
+    "protocol": "protocol",
+}
 
 
 def study_table(study: dict[str, Any]) -> Html:
-    """One row per arm: each column's mean and spread, minutes, parameters, protocol."""
+    """One row per arm: each column's mean ± spread, minutes, parameters, protocol."""
     columns = study["columns"]
-    headers = ["arm", "model"]
-    for title in columns.values():
-        headers += [title, "±"]
-    headers += ["training minutes", "parameters", "units", "protocol"]
-    keys = [k for key in columns for k in (key, f"{key}_spread")]
-    keys += ["minutes", "parameters", "units", "protocol"]
+    headers = ["arm", "model", *columns.values(), *ARM_FACTS.values()]
     rows = [
-        # "-" where an arm has no such figure (a FID has no standard error over images)
-        [row["arm"], row["model"], *("-" if row.get(key) is None else row[key] for key in keys)]
+        [
+            row["arm"],
+            row["model"],
+            *(figure_cell(row, key) for key in columns),
+            *(NONE if row.get(key) is None else row[key] for key in ARM_FACTS),
+        ]
         for row in study["rows"]
     ]
     seeds = study.get("seeds", 1)
@@ -102,10 +126,3 @@ def write_study_report(study_dir: Path, output: Path | None = None) -> Path:
     path = output or study_dir / "report.html"
     atomic_write(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return path
-
-
-def write_report(folder: Path, output: Path | None = None) -> Path:
-    """``genzoo report RUN|STUDY``: the page of a run or of a study folder."""
-    if (folder / "study.json").is_file():
-        return write_study_report(folder, output)
-    return write_run_report(folder, output)
