@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
@@ -12,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from genzoo import plots
-from genzoo import train as gtrain
 from genzoo.config import TrainConfig
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models.gan import GAN, GANConfig
@@ -25,6 +25,9 @@ from genzoo.runs import (
     read_metrics,
     resume_config,
 )
+
+# genzoo.train is the API's function (api.py); the training loop's module by its full name.
+gtrain = importlib.import_module("genzoo.train")
 
 
 def metrics(run_dir: Path) -> list[dict]:

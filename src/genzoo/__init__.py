@@ -1,8 +1,26 @@
-"""genzoo: deep generative models on MNIST-like images — train, evaluate, sample, show."""
+"""genzoo: deep generative models on MNIST-like images — train, evaluate, sample, show.
+
+From Python (api.py; the ``genzoo`` command is a thin layer over it)::
+
+    import genzoo
+
+    run = genzoo.train("vae", latent_dim=20, epochs=5)
+    images = genzoo.load(run).sample(16)
+    genzoo.evaluate(run, iw_samples=1000)
+
+``genzoo.train``, ``genzoo.evaluate`` and ``genzoo.compare`` are these functions; the
+modules of the same names are imported by their full names (``from genzoo.train import
+Trainer``).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from genzoo.api import Comparison, compare, evaluate, load, sample, train
+from genzoo.errors import GenzooError
 
 try:
     __version__ = version("genzoo")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
+
+__all__ = ["Comparison", "GenzooError", "compare", "evaluate", "load", "sample", "train"]

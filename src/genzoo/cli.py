@@ -18,38 +18,33 @@ from typing import Any
 
 import torch
 
+from genzoo import api, distributed
 from genzoo import data as gdata
-from genzoo import distributed, plots
-from genzoo.compare import compare_runs, figures_table, quality_table
 from genzoo.config import (
     TrainConfig,
     add_config_arguments,
     add_field_argument,
     bounded,
-    config_flags,
     given_values,
-    sampling_field_names,
 )
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
-from genzoo.evaluate import ESTIMATORS, QUALITY_SAMPLES, evaluate_run, reference_quality
+from genzoo.evaluate import ESTIMATORS, QUALITY_SAMPLES, reference_quality
 from genzoo.figures import draw_run_figures
-from genzoo.files import read_json, write_array, write_json
+from genzoo.files import read_json, write_json
+from genzoo.index import write_report
+from genzoo.interrupts import INTERRUPTED
 from genzoo.models import MODELS
-from genzoo.models.base import Conditional, MixtureSampler, Tempered
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
-    RunConfig,
     check_run_dir,
-    load_run_config,
     load_trained,
     new_run_dir,
     read_metrics,
     resume_config,
 )
 from genzoo.studies import STUDIES, run_study
-from genzoo.studies.page import write_report
 from genzoo.train import train
 
 positive_int = bounded(int)
@@ -67,12 +62,6 @@ a first run:
   genzoo eval runs/vae-<stamp>                     # test ELBO parts and NLL
   genzoo sample runs/vae-<stamp> -n 64 -o samples.png
 """
-
-MAX_GRID_IMAGES = 4096  # a 64 x 64 grid, 3,900 pixels a side; more as an array
-ARRAY_SUFFIXES = (".npy", ".npz")
-# DRAW's attention windows read and write one grey canvas; models/draw.py refuses other
-# images only once the data is loaded, so the flag that fixes it is named before that.
-GREY_ONLY = {"draw": "DRAW"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -105,7 +94,7 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, prefix: str = "") -> Non
         "--device",
         dest=prefix + "device",
         default=None,  # auto; None tells a flag given before MODEL from the default
-        choices=("auto", "cpu", "cuda"),
+        choices=api.DEVICES,
         help="where to compute (default: auto)",
     )
     parser.add_argument(
@@ -256,34 +245,14 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     _add_runtime_flags(eval_p)
 
 
-def sampling_fields() -> dict[str, tuple[dataclasses.Field, Any, str]]:
-    """The settings of ``sample`` that a trained model may be sampled with, from every
-    family's config (fields marked "sampling"): name -> (field, type, family)."""
-    found: dict[str, tuple[dataclasses.Field, Any, str]] = {}
-    for name, family in MODELS.items():
-        hints = typing.get_type_hints(family.config)
-        for f in dataclasses.fields(family.config):
-            if f.metadata.get("sampling"):
-                found.setdefault(f.name, (f, hints[f.name], name))
-    return found
-
-
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    for f, hint, family in sampling_fields().values():
+    for f, hint, family in api.sampling_fields().values():
         add_field_argument(parser, f, hint, f"the run's; {family} only")
 
 
-def sampling_settings(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    """The sampling flags given, refused where the run's family has no such setting."""
-    given = {
-        name: getattr(args, name) for name in sampling_fields() if getattr(args, name) is not None
-    }
-    model = load_run_config(run_dir).model
-    own = sampling_field_names(MODELS[model].config)
-    for name in given.keys() - own:
-        flag = "--" + name.replace("_", "-")
-        raise GenzooError(f"{flag} applies to {sampling_fields()[name][2]} only, not {model}")
-    return given
+def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling flags, None where not given (api.sampling_settings checks them)."""
+    return {name: getattr(args, name) for name in api.sampling_fields()}
 
 
 def add_quality_net(commands: argparse._SubParsersAction) -> None:
@@ -308,7 +277,7 @@ def add_sample(commands: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         type=Path,
-        help=f"a .png grid (at most {MAX_GRID_IMAGES:,} images), or a .npy or .npz array "
+        help=f"a .png grid (at most {api.MAX_GRID_IMAGES:,} images), or a .npy or .npz array "
         "(default: RUN/samples-nN-seedS.png)",
     )
     sample_p.add_argument(
@@ -363,11 +332,18 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
 
 def add_report(commands: argparse._SubParsersAction) -> None:
     report_p = commands.add_parser(
-        "report", help="one self-contained HTML page of a run or study -> DIR/report.html"
+        "report",
+        help="one self-contained HTML page of a run or study -> DIR/report.html; of a "
+        "folder of runs -> FOLDER/index.html, an index linking to every run's page",
     )
     report_p.set_defaults(func=cmd_report)
-    report_p.add_argument("run", type=Path, metavar="RUN|STUDY")
-    report_p.add_argument("-o", "--output", type=Path, help="HTML file (default: DIR/report.html)")
+    report_p.add_argument("run", type=Path, metavar="RUN|STUDY|FOLDER")
+    report_p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="HTML file (default: DIR/report.html, FOLDER/index.html)",
+    )
 
 
 def add_study(commands: argparse._SubParsersAction) -> None:
@@ -466,29 +442,20 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise GenzooError(f"{flag} is given both before and after MODEL; give it once")
         if early is not None:
             setattr(args, name, early)
-    if args.model in GREY_ONLY and args.channels == 3:
-        raise GenzooError(
-            f"{GREY_ONLY[args.model]} takes grey images: use --channels 1 (RGB images are "
-            "then read as grey)"
-        )
-    family = MODELS[args.model]
-    for name, value in family.training_defaults().items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    cfg = RunConfig(
-        args.model,
-        TrainConfig(**given_values(args, TrainConfig)),
-        family.config(**given_values(args, family.config)),
-    )
+    settings = {
+        **given_values(args, TrainConfig),
+        **given_values(args, MODELS[args.model].config),
+    }
     if args.run_dir is None and distributed.launched_by_torchrun():
         raise GenzooError("under torchrun give --run-dir, the one folder every process uses")
     run_dir = args.run_dir or new_run_dir(args.model)
     if (args.nproc or 1) > 1 and not distributed.launched_by_torchrun():
+        api.run_config(args.model, settings)  # refused here once, not by every process
         # The folder is named here, once, for every process torchrun starts.
         argv = args.argv if args.run_dir else [*args.argv, "--run-dir", str(run_dir)]
         launch(args.nproc, argv, run_dir)
         return
-    train(run_dir, cfg, args.device, args.data_dir)
+    api.train(args.model, run_dir=run_dir, device=args.device, data_dir=args.data_dir, **settings)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
@@ -579,22 +546,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print_quality(r)
         print(f"  written to {output}")
         return
-    run_dir = check_run_dir(args.run)
-    sampling = sampling_settings(args, run_dir)
-    if sampling and not args.quality:
-        raise GenzooError("the sampling flags set how --quality draws its samples: add --quality")
-    r = evaluate_run(
-        run_dir,
-        args.iw_samples,
-        args.limit,
-        args.split,
-        args.estimator,
-        args.device,
-        args.data_dir,
-        args.output,
-        args.quality,
-        args.n_samples,
-        sampling,
+    r = api.evaluate(
+        args.run,
+        iw_samples=args.iw_samples,
+        limit=args.limit,
+        split=args.split,
+        estimator=args.estimator,
+        quality=args.quality,
+        n_samples=args.n_samples,
+        output=args.output,
+        device=args.device,
+        data_dir=args.data_dir,
+        **sampling_flags(args),
     )
     print(f"{r['split']} set, {r['n_examples']} images, {r['binarize']}, epoch {r['epoch']}")
     for name, label in r["terms"].items():
@@ -622,68 +585,22 @@ def cmd_quality_net(args: argparse.Namespace) -> None:
     )
 
 
-def families_with(ability: type) -> str:
-    """The names of the families that have an ability, for the message refusing a flag
-    that needs it: e.g. "realnvp"."""
-    return ", ".join(name for name, family in MODELS.items() if issubclass(family.model, ability))
-
-
-def sample_output(args: argparse.Namespace, run_dir: Path) -> Path:
-    """Where ``sample`` writes, checked before any work: a known format, a grid small
-    enough to draw, and no file that -o names replaced without --force."""
-    output = args.output or run_dir / f"samples-n{args.n}-seed{args.seed}.png"
-    suffix = output.suffix.lower()
-    if suffix not in (".png", *ARRAY_SUFFIXES):
-        raise GenzooError(f"-o {output}: give a .png (image grid), .npy or .npz (array) file")
-    if suffix == ".png" and args.n > MAX_GRID_IMAGES:
-        raise GenzooError(
-            f"-n {args.n} is too many for one .png grid (at most {MAX_GRID_IMAGES:,} images); "
-            f"write them as an array: -o {output.with_suffix('.npy')} (or .npz)"
-        )
-    if args.output is not None and output.exists() and not args.force:
-        raise GenzooError(f"{output} exists; add --force to replace it, or choose another -o")
-    return output
-
-
-def write_samples(samples: torch.Tensor, output: Path, title: str) -> None:
-    """Samples (n, C, H, W) as an array file or a .png grid, written atomically."""
-    if output.suffix.lower() in ARRAY_SUFFIXES:
-        write_array(output, samples.numpy())
-    else:
-        plots.save_image_grid(samples, output, title)
-
-
 def cmd_sample(args: argparse.Namespace) -> None:
-    run_dir = check_run_dir(args.run)
-    output = sample_output(args, run_dir)
-    sampling = sampling_settings(args, run_dir)
-    _, model, _, epoch = load_trained(run_dir, args.device, args.data_dir, sampling=sampling)
-    if args.label is not None and not isinstance(model, Conditional):
-        raise GenzooError(
-            f"--class applies to class-conditional models ({families_with(Conditional)}) only"
-        )
-    if args.standard_normal and not isinstance(model, MixtureSampler):
-        raise GenzooError(
-            "--standard-normal applies to autoencoders with a mixture on their codes "
-            f"({families_with(MixtureSampler)}) only"
-        )
-    if args.temperature is not None and not isinstance(model, Tempered):
-        raise GenzooError(
-            f"--temperature applies to flows and other tempered models "
-            f"({families_with(Tempered)}) only"
-        )
-    with isolated_rng(args.seed, next(model.parameters()).device):
-        if args.standard_normal:
-            samples = model.sample_standard_normal(args.n)
-        elif args.label is not None:
-            device = next(model.parameters()).device
-            samples = model.sample_classes(torch.full((args.n,), args.label, device=device))
-        else:
-            temperature = 1.0 if args.temperature is None else args.temperature
-            samples = model.sample(args.n, temperature=temperature)
-    replaced = " (replacing the file there)" if output.exists() else ""
-    write_samples(samples.cpu(), output, f"{args.n} samples, {run_dir.name}")
-    print(f"wrote {args.n} samples of epoch {epoch} to {output}{replaced}")
+    # Without -o the samples go to a file of the run's own, which a rerun replaces.
+    output = args.output or check_run_dir(args.run) / f"samples-n{args.n}-seed{args.seed}.png"
+    api.sample(
+        args.run,
+        args.n,
+        seed=args.seed,
+        temperature=args.temperature,
+        label=args.label,
+        standard_normal=args.standard_normal,
+        output=output,
+        force=args.force or args.output is None,
+        device=args.device,
+        data_dir=args.data_dir,
+        **sampling_flags(args),
+    )
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -698,10 +615,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    args.output = args.output or args.runs[0] / "compare.png"
-    rows = compare_runs(args.runs, args.output, args.metrics, args.device, args.data_dir)
-    for line in [*figures_table(rows, args.output), *quality_table(rows)]:
-        print(line)
+    print(
+        api.compare(
+            args.runs,
+            output=args.output,
+            metrics=args.metrics,
+            device=args.device,
+            data_dir=args.data_dir,
+        )
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -825,7 +747,7 @@ def refuse_extras(args: argparse.Namespace, extras: list[str]) -> typing.NoRetur
     prog = f"genzoo {args.command}" + (f" {model}" if model else "")
     message = f"unrecognized arguments: {' '.join(extras)}"
     flag = next((e.split("=")[0] for e in extras if e.startswith("--")), None)
-    owners = [name for name, family in MODELS.items() if flag in config_flags(family.config)]
+    owners = api.families_with_flag(flag)
     if model and owners:
         refuse(
             prog,
@@ -863,6 +785,6 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: keep its traceback
         print("genzoo: error: out of memory; choose smaller sizes or batches", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (interrupts.py)
+        return INTERRUPTED
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 
 from genzoo import plots, quality
 from genzoo.data import Data, Split, batches, binarization_note, load_data

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 
 from genzoo.data import (
     EVAL_BINARIZE_SEEDS,
