@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
+from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 
 from genzoo.errors import GenzooError
 from genzoo.files import atomic_write, cache_root

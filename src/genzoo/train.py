@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
-from tqdm import tqdm
+from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 
 from genzoo import distributed, figures, plots, quality
 from genzoo.averaging import WeightAverage
