@@ -33,12 +33,12 @@ from torch import nn
 from genzoo.config import TrainConfig
 from genzoo.cpu import tune_process
 from genzoo.data import Data, load_data
-from genzoo.evaluate import negative_log_likelihood
+from genzoo.evaluation import negative_log_likelihood
 from genzoo.models import MODELS
 from genzoo.models.latent import MAX_DECODER_ROWS
 from genzoo.models.vae import VAEConfig
 from genzoo.runs import RunConfig
-from genzoo.train import EpochProgress, Trainer
+from genzoo.training import EpochProgress, Trainer
 
 
 def interleaved_best(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -12,14 +11,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from genzoo import figures
+from genzoo import training as gtrain
 from genzoo.averaging import WeightAverage
 from genzoo.cli import main
 from genzoo.data import load_data
 from genzoo.models.vae import VAE
 from genzoo.runs import RunConfig, checkpoint_files, load_run_config
-
-# genzoo.train is the API's function (api.py); the training loop's module by its full name.
-gtrain = importlib.import_module("genzoo.train")
 
 
 def all_equal(xs, ys) -> bool:

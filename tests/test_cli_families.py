@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from genzoo import quality
 from genzoo.cli import main
-from genzoo.evaluate import grey_data
+from genzoo.evaluation import grey_data
 from genzoo.runs import checkpoint_files, load_run_config
 
 COMMON = ["--epochs", "2", "--batch-size", "16", "--val-size", "20", "--device", "cpu"]

@@ -5,7 +5,6 @@ while importance sampling, and eval's -o."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,8 +12,9 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from genzoo import evaluation as evaluate
 from genzoo.cli import main
-from genzoo.compare import (
+from genzoo.comparison import (
     comparability,
     figures_table,
     n_images,
@@ -31,9 +31,6 @@ from genzoo.models.gan import GANConfig
 from genzoo.models.latent import IMPORTANCE_SAMPLING
 from genzoo.models.vae import VAEConfig
 from genzoo.runs import RunConfig
-
-# genzoo.evaluate is the API's function (api.py); the module by its full name.
-evaluate = importlib.import_module("genzoo.evaluate")
 
 TINY_VAE = [
     "--epochs", "2", "--hidden", "8", "--latent-dim", "2", "--batch-size", "16",

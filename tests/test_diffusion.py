@@ -17,7 +17,7 @@ from torch.distributions import Normal
 
 from genzoo import quality
 from genzoo.cli import main
-from genzoo.compare import nll_samples
+from genzoo.comparison import nll_samples
 from genzoo.errors import GenzooError
 from genzoo.models.diffusion import Diffusion, DiffusionConfig
 from genzoo.models.diffusion_process import (

@@ -14,7 +14,7 @@ import torch
 from genzoo import quality
 from genzoo.cli import main
 from genzoo.data import Data, load_data
-from genzoo.evaluate import evaluate_run
+from genzoo.evaluation import evaluate_run
 from genzoo.quality import FeatureNet
 
 TINY_VAE = [

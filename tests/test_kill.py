@@ -33,7 +33,7 @@ from genzoo.interrupts import INTERRUPTED
 from genzoo.models.vae import VAE, VAEConfig
 from genzoo.runs import RunConfig, checkpoint_files, load_checkpoint, load_run_config
 from genzoo.studies import STUDIES, recipe
-from genzoo.train import train
+from genzoo.training import train
 
 KILLS = int(os.environ.get("GENZOO_KILLS", "3"))
 FLAGS = [

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from genzoo import training as gtrain
 from genzoo.runs import RunConfig
 from genzoo.schedule import LRSchedule
-
-# genzoo.train is the API's function (api.py); the training loop's module by its full name.
-gtrain = importlib.import_module("genzoo.train")
 
 STEPS = 10  # per epoch
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import sys
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from genzoo import plots
+from genzoo import training as gtrain
 from genzoo.config import TrainConfig
 from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models.gan import GAN, GANConfig
@@ -25,9 +25,6 @@ from genzoo.runs import (
     read_metrics,
     resume_config,
 )
-
-# genzoo.train is the API's function (api.py); the training loop's module by its full name.
-gtrain = importlib.import_module("genzoo.train")
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -8,9 +8,8 @@ From Python (api.py; the ``genzoo`` command is a thin layer over it)::
     images = genzoo.load(run).sample(16)
     genzoo.evaluate(run, iw_samples=1000)
 
-``genzoo.train``, ``genzoo.evaluate`` and ``genzoo.compare`` are these functions; the
-modules of the same names are imported by their full names (``from genzoo.train import
-Trainer``).
+The modules behind them are ``genzoo.training``, ``genzoo.evaluation`` and
+``genzoo.comparison``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

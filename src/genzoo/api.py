@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from genzoo import plots
-from genzoo.compare import compare_runs, figures_table, quality_table
+from genzoo.comparison import compare_runs, figures_table, quality_table
 from genzoo.config import (
     TrainConfig,
     check_fields,
@@ -41,13 +41,13 @@ from genzoo.config import (
 )
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError
-from genzoo.evaluate import ESTIMATORS, evaluate_run
+from genzoo.evaluation import ESTIMATORS, evaluate_run
 from genzoo.files import write_array
 from genzoo.models import MODELS, GenerativeModel
 from genzoo.models.base import Conditional, MixtureSampler, Tempered
 from genzoo.rng import isolated_rng
 from genzoo.runs import RunConfig, check_run_dir, load_run_config, load_trained, new_run_dir
-from genzoo.train import train as train_run
+from genzoo.training import train as train_run
 
 PathLike = str | os.PathLike[str]
 

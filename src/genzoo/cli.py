@@ -29,7 +29,7 @@ from genzoo.config import (
 )
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError, RunFailed
-from genzoo.evaluate import ESTIMATORS, QUALITY_SAMPLES, reference_quality
+from genzoo.evaluation import ESTIMATORS, QUALITY_SAMPLES, reference_quality
 from genzoo.figures import draw_run_figures
 from genzoo.files import read_json, write_json
 from genzoo.index import write_report
@@ -45,7 +45,7 @@ from genzoo.runs import (
     resume_config,
 )
 from genzoo.studies import STUDIES, run_study
-from genzoo.train import train
+from genzoo.training import train
 
 positive_int = bounded(int)
 

@@ -24,7 +24,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from genzoo.compare import MOVED_ON, nll_samples, settings_column, table_row
+from genzoo.comparison import MOVED_ON, nll_samples, settings_column, table_row
 from genzoo.errors import GenzooError
 from genzoo.files import atomic_write, read_json_object
 from genzoo.pagekit import (

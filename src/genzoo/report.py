@@ -374,7 +374,7 @@ class Best:
 
 
 def best_validation(model_name: Any, metrics: list[dict[str, Any]]) -> Best | None:
-    """What the best checkpoint minimises (train.py's selection) at its lowest: the
+    """What the best checkpoint minimises (training.py's selection) at its lowest: the
     family's validation objective, or for a family without one (a GAN) the FID of the
     quality probe's samples; None before an epoch has measured it."""
     family = _family(model_name)

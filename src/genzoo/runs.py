@@ -1,5 +1,5 @@
 """The run folder: config, checkpoints and metrics of one training run, written by
-train.py and read by every other command.
+training.py and read by every other command.
 
     RUN/config.json          model name and every config value needed to rebuild it
     RUN/metrics.jsonl        one JSON object per epoch

@@ -233,7 +233,7 @@ class LikelihoodEstimator:
 class Likelihood(ABC):
     """log p(x) per example, by the family's own estimator."""
 
-    # Where the estimator may draw its samples from, where it has a choice (evaluate.py's
+    # Where the estimator may draw its samples from, where it has a choice (evaluation.py's
     # PROPOSALS: "posterior" q(z|x), "prior" p(z)); empty where it has none.
     proposals: ClassVar[tuple[str, ...]] = ()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from genzoo import quality
-from genzoo.evaluate import grey_data
+from genzoo.evaluation import grey_data
 from genzoo.models.base import MixtureSampler
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import load_trained

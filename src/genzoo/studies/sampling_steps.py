@@ -17,7 +17,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from genzoo import plots, quality
-from genzoo.evaluate import draw_many, grey_data
+from genzoo.evaluation import draw_many, grey_data
 from genzoo.models.diffusion import SAMPLERS
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import load_trained

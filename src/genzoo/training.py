@@ -46,7 +46,7 @@ from genzoo.board import Board
 from genzoo.data import Data, Split, batches
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
-from genzoo.evaluate import grey_data, per_example_terms, quality_images
+from genzoo.evaluation import grey_data, per_example_terms, quality_images
 from genzoo.files import WriteFailed, read_json, write_json
 from genzoo.folders import is_folder_dataset
 from genzoo.interrupts import on_stop_signals, sigterm_as_ctrl_c
