@@ -97,6 +97,21 @@ def test_the_api_makes_the_very_run_the_command_makes(
     }
 
 
+def test_resume_trains_on_to_the_run_a_longer_training_makes(
+    run: Path, tmp_path: Path, capsys
+) -> None:
+    assert genzoo.resume(run, epochs=3) == run
+    longer = genzoo.train("vae", run_dir=tmp_path / "longer", device="cpu", **{**TINY, "epochs": 3})
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    weights = [load_file(checkpoint_files(r, "last")[0]) for r in (run, longer)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    capsys.readouterr()
+    genzoo.resume(run)  # at its end: says so, trains nothing
+    assert f"{run} is complete" in capsys.readouterr().out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_sampling_asks_the_run_for_abilities_it_has(run: Path) -> None:
     with pytest.raises(GenzooError, match=r"^--class applies to class-conditional models"):
         genzoo.sample(run, 4, label=1)
@@ -165,13 +180,13 @@ BAD_INPUT: list[tuple[str, Call, list[str] | None, str | None]] = [
         "an unknown family",
         lambda tmp: genzoo.train("vea"),
         None,
-        "unknown model 'vea'; choose one of vae, bvae,",
+        "unknown model 'vea'; choose one of vae, hvae, bvae,",
     ),
     (
         "a misspelt setting",
-        lambda tmp: genzoo.train("vae", latent_dims=3),
+        lambda tmp: genzoo.train("vae", latent_dimm=3),
         None,
-        "unknown setting 'latent_dims' of vae (did you mean latent_dim?); its settings: ",
+        "unknown setting 'latent_dimm' of vae (did you mean latent_dim?); its settings: ",
     ),
     (
         "a number where a list goes",

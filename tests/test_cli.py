@@ -13,7 +13,7 @@ import matplotlib.figure
 import numpy as np
 import pytest
 
-from genzoo import cli, plots
+from genzoo import api, cli, plots
 from genzoo import data as gdata
 from genzoo.cli import build_parser, main
 from genzoo.runs import checkpoint_files
@@ -176,7 +176,8 @@ def test_sample_refuses_a_huge_grid_before_the_work(
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(cli, "load_trained", no_work)
+    for module in (cli, api):  # wherever the command loads the run from
+        monkeypatch.setattr(module, "load_trained", no_work)
     huge = tmp_path / "huge.png"
     assert main(["sample", str(run_dir), "-n", "100000", "-o", str(huge)]) == 2
     err = capsys.readouterr().err

@@ -38,6 +38,7 @@ from genzoo.models.base import (
     PixelMeans,
     Reconstructs,
     Tempered,
+    trained_on_labels,
 )
 from genzoo.runs import load_checkpoint, save_checkpoint
 
@@ -181,10 +182,38 @@ def tiny_data(family: ModelFamily) -> Data:
     return Data(*splits, binarize="none")
 
 
+# Options that change what a family's model is (its networks, the interfaces it serves),
+# each held to the contract too: the labels of vae and gan.
+VARIANTS: dict[str, tuple[dict, ...]] = {
+    "vae": ({"conditional": True}, {"labels": "10"}, {"labels": "all"}),
+    "gan": tuple(
+        {"conditional": True, "arch": arch, "d_conditioning": how, "conv_width": 8}
+        for arch in ("mlp", "conv")
+        for how in ("projection", "concat")
+    ),
+}
+CASES = [(name, {}) for name in sorted(MODELS)] + [
+    (name, options) for name, variants in VARIANTS.items() for options in variants
+]
+
+
+def case_id(case: tuple[str, dict]) -> str:
+    name, options = case
+    return "-".join([name, *(f"{k}={v}" for k, v in options.items())])
+
+
+def terms_of(model: GenerativeModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-example terms, as evaluation takes them: with labels for a model trained
+    on them."""
+    if trained_on_labels(model):
+        return model.evaluate_labelled(x, torch.arange(len(x)) % model.class_count())
+    return model.evaluate_batch(x)
+
+
 def outputs(model: GenerativeModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the model computes from x and from noise, under a fixed seed."""
     torch.manual_seed(0)
-    result = dict(model.evaluate_batch(x))
+    result = dict(terms_of(model, x))
     result["samples"] = model.sample(3)
     return result
 
@@ -215,27 +244,37 @@ def exercise_interfaces(model: GenerativeModel, x: torch.Tensor) -> None:
     if isinstance(model, MixtureSampler):
         assert model.mixture().sample((2,)).shape[0] == 2
         assert model.sample_standard_normal(2).shape == (2, *SHAPE)
-    if isinstance(model, Conditional):  # refused, clearly, where trained without labels
-        try:
-            assert model.sample_classes(torch.tensor([0, 1])).shape == (2, *SHAPE)
-        except GenzooError as refused:
-            assert "--conditional" in str(refused)
+    if isinstance(model, Conditional):
+        labels = torch.tensor([0, 1])
+        if trained_on_labels(model):  # the class reaches the networks: same noise, new class
+            torch.manual_seed(0)
+            drawn = model.sample_classes(labels)
+            torch.manual_seed(0)
+            assert not torch.equal(drawn, model.sample_classes(labels.flip(0)))
+            assert drawn.shape == (2, *SHAPE) and in_unit_range(drawn)
+        else:  # refused, clearly, where trained without labels
+            with pytest.raises(GenzooError, match="--conditional"):
+                model.sample_classes(labels)
     if isinstance(model, Tempered):
         for t in model.figure_temperatures():
             assert in_unit_range(model.sample(2, temperature=t))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_registered_family_keeps_the_contract(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_every_registered_family_keeps_the_contract(case: tuple[str, dict], tmp_path: Path) -> None:
+    name, options = case
     family = MODELS[name]
     torch.manual_seed(0)
-    model = family.model(family.config(), SHAPE)
+    model = family.model(family.config(**options), SHAPE)
     data, x = tiny_data(family), images(family, 4, seed=4)
-    stats = model.train_step(data.train.images, model.configure_optimizers(1e-3))
+    model.before_training(data, 0)
+    passed = trained_on_labels(model) and model.batch_labels()
+    labels = data.train.labels if passed else None
+    stats = model.train_step(data.train.images, model.configure_optimizers(1e-3), labels)
     assert math.isfinite(stats["loss"])
     model.eval()
     model.after_training(data)
-    terms = model.evaluate_batch(x)
+    terms = terms_of(model, x)
     assert terms and all(v.shape == (len(x),) and torch.isfinite(v).all() for v in terms.values())
     assert model.val_metric is None or model.val_metric in terms
     samples = model.sample(3)
@@ -248,7 +287,7 @@ def test_every_registered_family_keeps_the_contract(name: str, tmp_path: Path) -
     # A checkpoint round trip gives a model that computes the same.
     save_checkpoint(tmp_path, "last", model, {"epoch": 1})
     torch.manual_seed(1)
-    loaded = family.model(family.config(), SHAPE).eval()
+    loaded = family.model(family.config(**options), SHAPE).eval()
     load_checkpoint(tmp_path, "last", loaded)
     before, after = outputs(model, x), outputs(loaded, x)
     assert before.keys() == after.keys()

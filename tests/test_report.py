@@ -204,6 +204,7 @@ def test_numbers_are_written_as_a_person_writes_them() -> None:
         "1",
     ]
     assert significant(123456.7) == "123457" and significant(float("nan")) == "nan"
+    assert significant(9999.7) == "10000" and significant(-9999.96) == "-10000"  # no 1e+04
 
 
 def test_page_leads_with_the_answer(run: Path) -> None:
@@ -395,7 +396,8 @@ def test_run_and_study_pages_fit_a_phone_and_a_desktop(run: Path, tmp_path: Path
     assert probe["width"] == width and probe["overflow"] == 0
     loaded, total = probe["images"].split("/")
     assert loaded == total
-    assert probe["scrolling"] >= (1 if width == PHONE else 0)
+    if width == PHONE:  # too wide for a phone: the table scrolls in its box, not the page
+        assert probe["scrolling"] >= 1
 
 
 def test_study_table_shows_a_dash_where_an_arm_has_no_figure() -> None:

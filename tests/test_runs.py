@@ -125,7 +125,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(
     write_bytes = Path.write_bytes
 
     def no_space(path: Path, data: bytes) -> int:
-        if path.name.endswith(".state.pt.tmp"):
+        if ".state.pt." in path.name and path.name.endswith(".tmp"):
             write_bytes(path, data[:10])
             raise OSError(errno.ENOSPC, "No space left on device")
         return write_bytes(path, data)
@@ -173,3 +173,17 @@ def test_a_second_writer_is_refused_with_the_first_ones_pid(
             lock_run(tmp_path)
     lock_run(tmp_path)
     unlock_run(tmp_path)
+
+
+def test_two_writers_of_one_file_never_write_into_each_others_temporary_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "eval.json"
+
+    def first(tmp: Path) -> None:  # a second writer finishes while the first is writing
+        tmp.write_text("first")
+        files.atomic_write(path, lambda other: other.write_text("second"))
+
+    files.atomic_write(path, first)
+    assert path.read_text() == "first"  # the last rename wins, and neither write failed
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]

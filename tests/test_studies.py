@@ -33,13 +33,19 @@ def big_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module's tests: the feature net is trained on the fake digits once."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def data(big_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def data(big_data: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     register(monkeypatch, "mnist", big_data / "mnist")
     monkeypatch.setenv("GENZOO_DATA", str(big_data))
-    monkeypatch.setenv("GENZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GENZOO_CACHE", str(cache))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    # The feature net of the quality scores, trained briefly on the fake digits, once.
+    # The feature net of the quality scores, trained briefly on the fake digits.
     quality.load_or_train_feature_net(epochs=1, val_size=500)
     return big_data
 
@@ -163,3 +169,13 @@ def test_an_arms_own_evaluation_flags_follow_the_studys_in_the_full_protocol() -
     assert "1000" in full  # the study's own, overridden
     quick = recipe.eval_command(study, Path("run"), quick=True, arm=arm)
     assert quick == recipe.eval_command(study, Path("run"), quick=True)
+
+
+def test_quick_evaluation_estimates_no_likelihood_where_the_full_protocol_estimates_none() -> None:
+    def iw_samples(study: str) -> str:
+        command = recipe.eval_command(STUDIES[study], Path("run"), quick=True)
+        return command[command.index("--iw-samples") + 1]
+
+    assert STUDIES["sampling-steps"].evaluate[:2] == ("--iw-samples", "0")
+    assert iw_samples("sampling-steps") == "0"
+    assert iw_samples("latent-size") == recipe.QUICK_EVAL[1] != "0"

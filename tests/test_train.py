@@ -250,6 +250,25 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_weights(
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("kernels", [True, False])
+def test_auto_precision_is_chosen_for_the_device_and_recorded(
+    data_dir: Path,
+    tmp_path: Path,
+    tiny_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    kernels: bool,
+) -> None:
+    monkeypatch.setattr(gtrain, "has_bf16_kernels", lambda device: kernels)
+    tiny_config.train.epochs, tiny_config.train.precision = 1, "auto"
+    gtrain.train(tmp_path / "auto", tiny_config, device="cpu")
+    chosen = load_run_config(tmp_path / "auto").train.precision
+    assert chosen == ("bf16" if kernels else "fp32")
+    monkeypatch.setattr(gtrain, "has_bf16_kernels", lambda device: not kernels)
+    resumed = resume_config(tmp_path / "auto", epochs=2)  # elsewhere: the same arithmetic
+    gtrain.train(tmp_path / "auto", resumed, "cpu", resume=True)
+    assert load_run_config(tmp_path / "auto").train.precision == chosen
+
+
 def test_compiled_objectives_take_the_same_steps(
     data_dir: Path, tmp_path: Path, tiny_config: RunConfig
 ) -> None:

@@ -14,7 +14,7 @@ The modules behind them are ``genzoo.training``, ``genzoo.evaluation`` and
 
 from importlib.metadata import PackageNotFoundError, version
 
-from genzoo.api import Comparison, compare, evaluate, load, sample, train
+from genzoo.api import Comparison, compare, evaluate, load, resume, sample, train
 from genzoo.errors import GenzooError
 
 try:
@@ -22,4 +22,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["Comparison", "GenzooError", "compare", "evaluate", "load", "sample", "train"]
+__all__ = [
+    "Comparison",
+    "GenzooError",
+    "compare",
+    "evaluate",
+    "load",
+    "resume",
+    "sample",
+    "train",
+]

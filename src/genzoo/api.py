@@ -7,6 +7,7 @@
     images = model.sample(16)                          # (16, 1, 28, 28) in [0, 1]
     genzoo.evaluate(run, iw_samples=1000)              # test figures, kept in RUN/eval.json
     genzoo.compare([run, other])                       # their tables, and one figure
+    genzoo.resume(run, epochs=10)                      # train on from its last checkpoint
 
 Each function is what its ``genzoo`` command runs (cli.py is a thin layer over this
 module), so a run trained here is the run the command trains: the same folder,
@@ -43,10 +44,17 @@ from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError
 from genzoo.evaluation import ESTIMATORS, evaluate_run
 from genzoo.files import write_array
-from genzoo.models import MODELS, GenerativeModel
-from genzoo.models.base import Conditional, MixtureSampler, Tempered
+from genzoo.models import MODELS, GenerativeModel, find_preset
+from genzoo.models.base import Conditional, MixtureSampler, Tempered, trained_on_labels
 from genzoo.rng import isolated_rng
-from genzoo.runs import RunConfig, check_run_dir, load_run_config, load_trained, new_run_dir
+from genzoo.runs import (
+    RunConfig,
+    check_run_dir,
+    load_run_config,
+    load_trained,
+    new_run_dir,
+    resume_config,
+)
 from genzoo.training import train as train_run
 
 PathLike = str | os.PathLike[str]
@@ -158,6 +166,8 @@ def run_config(model: str, settings: Mapping[str, Any]) -> RunConfig:
     family = MODELS[model]
     given = {name: value for name, value in settings.items() if value is not None}
     refuse_unknown_settings(model, given)
+    if "preset" in given:  # its settings, then the flags given beside it
+        given = {**find_preset(model, given["preset"]).settings, **given}
     train = {k: v for k, v in given.items() if k in field_names(TrainConfig)}
     own = {k: v for k, v in given.items() if k in field_names(family.config)}
     cfg = RunConfig(
@@ -244,6 +254,25 @@ def train(
     return folder
 
 
+def resume(
+    run: PathLike,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    device: str | None = "auto",
+    data_dir: PathLike | None = None,
+) -> Path:
+    """Continue ``run`` from its last checkpoint, as ``genzoo resume RUN`` does: a run
+    stopped (Ctrl-C, a kernel restart) goes on exactly as if it had not been; ``epochs``
+    trains a finished run further, at the base rate ``lr`` if given. Returns its folder."""
+    folder = run_folder(run)
+    check_fields(Runtime(device))
+    cfg = resume_config(folder, epochs, lr)
+    tune_process()
+    train_run(folder, cfg, device, data_dir, resume=True)
+    return folder
+
+
 def load(
     run: PathLike,
     *,
@@ -298,9 +327,10 @@ def refuse_missing_abilities(
     model: GenerativeModel, label: int | None, standard_normal: bool, temperature: float | None
 ) -> None:
     """The ways of sampling that the model's family does not have."""
-    if label is not None and not isinstance(model, Conditional):
+    if label is not None and not trained_on_labels(model):
         raise GenzooError(
-            f"--class applies to class-conditional models ({families_with(Conditional)}) only"
+            f"--class applies to class-conditional models ({families_with(Conditional)}) "
+            "trained on labels (--conditional; vae also --labels) only"
         )
     if standard_normal and not isinstance(model, MixtureSampler):
         raise GenzooError(

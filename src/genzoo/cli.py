@@ -45,7 +45,6 @@ from genzoo.runs import (
     resume_config,
 )
 from genzoo.studies import STUDIES, run_study
-from genzoo.training import train
 
 positive_int = bounded(int)
 
@@ -365,6 +364,19 @@ def add_study(commands: argparse._SubParsersAction) -> None:
     study_p.add_argument(
         "--seeds", type=bounded(int, max=100), default=1, help="seeds per arm (default: 1)"
     )
+    study_p.add_argument(
+        "--arms",
+        type=lambda text: tuple(text.split(",")),
+        metavar="ARM,ARM",
+        help="run only these arms (the table also shows those an earlier run of the study "
+        "finished; default: every arm)",
+    )
+    study_p.add_argument(
+        "--max-minutes",
+        type=bounded(float, max=1e6),
+        metavar="M",
+        help="each arm's training budget in minutes, instead of the study's own",
+    )
     _add_runtime_flags(study_p)
 
 
@@ -472,11 +484,11 @@ def _resume(
     argv: list[str],
 ) -> None:
     run_dir = check_run_dir(run)
-    cfg = resume_config(run_dir, epochs, lr)
     if (nproc or 1) > 1 and not distributed.launched_by_torchrun():
+        resume_config(run_dir, epochs, lr)  # its errors before any process starts
         launch(nproc, argv, run_dir)
         return
-    train(run_dir, cfg, device, data_dir, resume=True)
+    api.resume(run_dir, epochs=epochs, lr=lr, device=device, data_dir=data_dir)
 
 
 def launch(nproc: int, argv: list[str], run_dir: Path) -> None:
@@ -634,7 +646,17 @@ def cmd_study(args: argparse.Namespace) -> None:
     out = args.out or Path("studies") / (args.name + ("-quick" if args.quick else ""))
     study = STUDIES[args.name]
     device = args.device or "auto"
-    page = run_study(study, out, args.quick, args.seeds, device, args.data_dir, run_command=main)
+    page = run_study(
+        study,
+        out,
+        args.quick,
+        args.seeds,
+        device,
+        args.data_dir,
+        run_command=main,
+        arms=args.arms,
+        max_minutes=args.max_minutes,
+    )
     rows = read_json(out / "study.json")
     print(f"{study.name}: {rows['answer']}")
     print(f"page: {page}")

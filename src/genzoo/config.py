@@ -51,6 +51,13 @@ class TrainConfig:
     val_size: int = field(
         default=10000, metadata={"help": "training images held out for validation"}
     )
+    train_on_val: bool = field(
+        default=False,
+        metadata={
+            "help": "also train on the validation images (all 60,000 of MNIST's, as papers "
+            "that hold none out did); validation then measures images trained on"
+        },
+    )
     train_size: int | None = field(
         default=None,
         metadata={"help": "train on the first N training images only (quick trials; default: all)"},
@@ -141,9 +148,11 @@ class TrainConfig:
     precision: str = field(
         default="fp32",
         metadata={
-            "help": "arithmetic of the training steps: fp32, or bf16 autocast (matrix products "
-            "in bfloat16; evaluation stays fp32)",
-            "choices": ("fp32", "bf16"),
+            "help": "arithmetic of the training steps: fp32, bf16 autocast (matrix products "
+            "in bfloat16; evaluation stays fp32), or auto: bf16 where the device has "
+            "bfloat16 kernels (a CUDA GPU that supports it, a CPU with AVX-512), else fp32 "
+            "(recorded as chosen)",
+            "choices": ("auto", "fp32", "bf16"),
         },
     )
     compile: bool = field(
@@ -151,6 +160,14 @@ class TrainConfig:
         metadata={"help": "compile the model's objectives with torch.compile (minutes at first)"},
     )
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0, "max": 2**32 - 1})
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "a paper's protocol in one flag (hvae: burda-1l, burda-2l, vampprior): "
+            "every setting it names, printed and kept in config.json; a flag given beside it "
+            "wins and is marked there and on the run's page as a deviation (default: none)"
+        },
+    )
     ema: float = field(
         default=0.0,
         metadata={
@@ -164,6 +181,59 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def comparable(value: Any) -> Any:
+    """A setting as config.json gives it back (tuples as lists), for comparing values."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A paper's protocol in one flag, ``--preset NAME`` of a family: ``settings`` of the
+    run, training and model ones alike, by field name; ``notes``, what the protocol holds
+    beyond them (the test's K, what could not be followed). A flag given beside the preset
+    wins; where it sets one of its settings otherwise, that is a deviation."""
+
+    paper: str
+    settings: Mapping[str, Any]
+    notes: tuple[str, ...] = ()
+
+    def deviations(self, values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The settings that the run's ``values`` (by field name) set otherwise than the
+        preset: name -> {"preset": its value, "run": the run's}."""
+        return {
+            name: {"preset": comparable(value), "run": comparable(values[name])}
+            for name, value in self.settings.items()
+            if comparable(values[name]) != comparable(value)
+        }
+
+    def record(self, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """What config.json keeps of the preset of a run with ``values``."""
+        return {
+            "name": name,
+            "paper": self.paper,
+            "settings": {k: comparable(v) for k, v in self.settings.items()},
+            "notes": list(self.notes),
+            "deviations": self.deviations(values),
+        }
+
+    def lines(self, name: str, values: Mapping[str, Any]) -> list[str]:
+        """The preset in words, as training prints it: every setting, then the notes and
+        the deviations."""
+        shown = ", ".join(f"{k}={value_words(v)}" for k, v in self.settings.items())
+        lines = [f"preset {name} ({self.paper}): {shown}", *(f"  {n}" for n in self.notes)]
+        for setting, pair in self.deviations(values).items():
+            lines.append(
+                f"  deviation: {_flag(setting)} {value_words(pair['run'])} "
+                f"(the preset's {value_words(pair['preset'])})"
+            )
+        return lines
+
+
+def value_words(value: Any) -> str:
+    """A setting as a flag takes it: 100,50 for a tuple or list."""
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
 
 
 MAX_INT = 10**6  # a bound for counts and sizes that no field states itself
@@ -219,6 +289,11 @@ def check_fields(config: Any) -> None:
                 raise ValueError(
                     f"must be whole numbers from {f.metadata.get('min', 1)} to {MAX_INT}, "
                     f"got {value}"
+                )
+            shortest, longest = f.metadata.get("length", (0, math.inf))
+            if kind == tuple[int, ...] and not shortest <= len(value) <= longest:
+                raise ValueError(
+                    f"takes {shortest} to {longest} values, got {','.join(map(str, value))}"
                 )
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:

@@ -381,6 +381,7 @@ def load_data(
     train_size: int | None = None,
     channels: int = 1,
     image_size: int | None = None,
+    train_on_val: bool = False,
 ) -> Data:
     """Load a dataset into memory as train / validation / test splits.
 
@@ -389,7 +390,8 @@ def load_data(
     (their own 50k/10k/10k split, no labels). ``folder:PATH``: the images of PATH as
     ``channels`` (1 grey, 3 RGB), resized to ``image_size`` if given, split by
     ``folders.folder_splits``. ``train_size`` keeps only the first that many training images
-    (validation and test stay whole).
+    (validation and test stay whole). ``train_on_val``: the validation images are trained on
+    too (after the others), as papers that held none out did.
     """
     check_dataset_name(dataset)
     if is_folder_dataset(dataset):
@@ -397,11 +399,11 @@ def load_data(
             raise GenzooError("--binarize static exists only for --dataset mnist")
         root = Path(dataset[len(FOLDER_PREFIX) :]).expanduser()
         splits = (Split(x, y) for x, y in folder_splits(root, channels, image_size, val_size))
-        data = _binarized(Data(*splits, "none"), binarize)
+        data = _binarized(_val_trained_on(Data(*splits, "none"), train_on_val), binarize)
     elif channels != 1 or image_size is not None:
         raise GenzooError("--channels and --image-size apply to --dataset folder:PATH only")
     else:
-        data = _load_splits(dataset, binarize, val_size, resolve_data_dir(data_dir))
+        data = _load_splits(dataset, binarize, val_size, resolve_data_dir(data_dir), train_on_val)
     if train_size is not None:
         if not 0 < train_size <= len(data.train):
             raise GenzooError(
@@ -411,7 +413,20 @@ def load_data(
     return data
 
 
-def _load_splits(dataset: str, binarize: str, val_size: int, root: Path) -> Data:
+def _val_trained_on(data: Data, train_on_val: bool) -> Data:
+    """With ``train_on_val``, the training split followed by the validation images (before
+    any binarization: dynamic draws them afresh like the rest)."""
+    if not train_on_val:
+        return data
+    val, train = data.val, data.train
+    labels = None if train.labels is None else torch.cat([train.labels, val.labels])
+    train = Split(torch.cat([train.images, val.images]), labels)
+    return Data(train, val, data.test, data.binarize)
+
+
+def _load_splits(
+    dataset: str, binarize: str, val_size: int, root: Path, train_on_val: bool = False
+) -> Data:
     if binarize not in BINARIZE_MODES:
         raise GenzooError(f"unknown binarization {binarize!r}; choose one of {BINARIZE_MODES}")
     if binarize == "static":
@@ -427,7 +442,7 @@ def _load_splits(dataset: str, binarize: str, val_size: int, root: Path) -> Data
             )
             for s in ("train", "valid", "test")
         ]
-        return Data(*splits, binarize=binarize)
+        return _val_trained_on(Data(*splits, binarize=binarize), train_on_val)
 
     paths = dataset_paths(dataset, root)
     full, test = _idx_split(paths, "train"), _idx_split(paths, "t10k")
@@ -436,7 +451,7 @@ def _load_splits(dataset: str, binarize: str, val_size: int, root: Path) -> Data
     cut = len(full) - val_size
     train = Split(full.images[:cut], full.labels[:cut])
     val = Split(full.images[cut:], full.labels[cut:])
-    return _binarized(Data(train, val, test, "none"), binarize)
+    return _binarized(_val_trained_on(Data(train, val, test, "none"), train_on_val), binarize)
 
 
 def _binarized(data: Data, binarize: str) -> Data:
@@ -446,6 +461,34 @@ def _binarized(data: Data, binarize: str) -> Data:
     val = _binarize_once(data.val, binarize, EVAL_BINARIZE_SEEDS["val"])
     test = _binarize_once(data.test, binarize, EVAL_BINARIZE_SEEDS["test"])
     return Data(train, val, test, binarize)
+
+
+def balanced_subset(labels: torch.Tensor, n: int, classes: int, seed: int) -> torch.Tensor:
+    """The indices (n,), ascending, of ``n`` examples, ``n / classes`` of each class
+    0 .. classes - 1, drawn from ``labels`` (N,) with a generator seeded by ``seed``: the
+    labelled images of a semi-supervised run (``vae --labels N``), the same for a seed."""
+    if n > len(labels):
+        raise GenzooError(
+            f"--labels {n} is more than the {len(labels)} training images: give at most "
+            f"{len(labels)}, or --labels all"
+        )
+    if n % classes:
+        raise GenzooError(
+            f"--labels {n} does not divide among the {classes} classes: give a multiple of "
+            f"{classes} (the same number of labelled images of each class)"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    chosen = []
+    for c in range(classes):
+        members = (labels == c).nonzero().squeeze(1)
+        if len(members) < n // classes:
+            raise GenzooError(
+                f"--labels {n} needs {n // classes} images of each class, and the training "
+                f"set has {len(members)} of class {c}: give fewer labels or more images"
+            )
+        chosen.append(members[torch.randperm(len(members), generator=generator)[: n // classes]])
+    return torch.cat(chosen).sort().values
 
 
 def batches(

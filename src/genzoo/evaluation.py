@@ -36,7 +36,7 @@ from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
 from genzoo.files import read_json_object, write_json
 from genzoo.models import GenerativeModel
-from genzoo.models.base import Conditional, Likelihood, PixelMeans
+from genzoo.models.base import Likelihood, PixelMeans, trained_on_labels
 from genzoo.report import trained_epochs, write_run_report
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import RunConfig, load_data_of, load_trained, read_metrics
@@ -51,11 +51,14 @@ QUALITY_SAMPLES = 10000  # samples scored by default, as many as the test images
 def per_example_terms(
     model: GenerativeModel, split: Split, batch_size: int = 1000
 ) -> dict[str, torch.Tensor]:
-    """``evaluate_batch`` over a whole split, concatenated: each term (N,) on the CPU."""
+    """``evaluate_batch`` over a whole split, concatenated: each term (N,) on the CPU; for
+    a model trained on labels, ``evaluate_labelled`` with the split's labels."""
     model.eval()
+    labelled = trained_on_labels(model) and split.labels is not None
     parts: dict[str, list[torch.Tensor]] = {}
-    for x in batches(split, batch_size):
-        for name, value in model.evaluate_batch(x).items():
+    for batch in batches(split, batch_size, labels=labelled):
+        terms = model.evaluate_labelled(*batch) if labelled else model.evaluate_batch(batch)
+        for name, value in terms.items():
             parts.setdefault(name, []).append(value.double().cpu())
     return {name: torch.cat(values) for name, values in parts.items()}
 
@@ -151,10 +154,6 @@ def balanced_labels(n: int, classes: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device) % classes
 
 
-def draws_classes(model: GenerativeModel) -> bool:
-    return isinstance(model, Conditional) and model.takes_labels()
-
-
 @torch.no_grad()
 def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.Tensor:
     """What the sample-quality scores see of a model: (n, C, H, W) in [0, 1]. For models
@@ -162,7 +161,7 @@ def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> to
     trained on grey levels, and a 0/1 draw of every pixel is noise it punishes, which
     the real images would not carry; for a class-conditional model samples of every class
     in turn (``balanced_labels``); for the others their samples."""
-    if draws_classes(model):
+    if trained_on_labels(model):
         device = next(model.parameters()).device
         labels = balanced_labels(n, model.class_count(), device)
         return torch.cat(
@@ -177,8 +176,9 @@ def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
     """The sample-quality protocol in words, for eval.json and the pages (the number of
     real images is eval.json's n_test)."""
     what = "pixel means of p(x|z), z ~ p(z)" if isinstance(model, PixelMeans) else "samples"
-    if draws_classes(model):
-        what = f"samples ({n // model.class_count()} or more of each class)"
+    if trained_on_labels(model):
+        kind = "pixel means" if isinstance(model, PixelMeans) else "samples"
+        what = f"{kind} ({n // model.class_count()} or more of each class)"
     how = f" ({model.sampling_note()})" if model.sampling_note() else ""
     return f"{n} {what}{how} against the grey-level {split} images"
 
@@ -224,7 +224,7 @@ def sample_quality(
     net = quality.load_or_train_feature_net(data_dir, device)
     samples = quality_images(model, n_samples)
     scores = quality.quality_scores(samples, real.images, sigma_images, net)
-    if draws_classes(model) and real.labels is not None:
+    if trained_on_labels(model) and real.labels is not None:
         labels = balanced_labels(n_samples, model.class_count(), device)
         scores.update(quality.class_fidelity(net, samples, labels, real.images, real.labels))
     return scores
@@ -441,7 +441,8 @@ def evaluate_run(
         dataset=cfg.train.dataset,
         binarize=binarization_note(cfg.train.binarize, split),
         units=model.units,
-        terms=model.eval_terms,
+        # The labels of the terms measured (an unconditional VAE has no classifier's error).
+        terms={k: v for k, v in model.eval_terms.items() if k in figures},
         checkpoint="best",
         epoch=epoch,
         run_epochs=run_epochs,

@@ -17,13 +17,13 @@ from torch.distributions import Normal
 from genzoo import plots
 from genzoo.data import Split
 from genzoo.models.base import (
-    Conditional,
     Encodes,
     FigureContext,
     GenerativeModel,
     HasPrior,
     PixelMeans,
     Reconstructs,
+    trained_on_labels,
 )
 
 CLASS_ROW = 10  # samples per class in classes.png
@@ -41,7 +41,9 @@ def means_and_samples(
 
 
 def has_2d_gaussian_prior(model: GenerativeModel) -> bool:
-    if not (isinstance(model, HasPrior) and isinstance(model, Encodes)):
+    """A 2-D Gaussian prior whose z is the whole code (a conditional model's code holds
+    its label too: no manifold of z alone)."""
+    if not (isinstance(model, HasPrior) and isinstance(model, Encodes)) or trained_on_labels(model):
         return False
     prior = model.prior()
     base = getattr(prior, "base_dist", prior)  # Independent(Normal) or Normal
@@ -87,7 +89,7 @@ def draw_run_figures(
         if has_2d_gaussian_prior(model):
             device = next(model.parameters()).device
             draw("manifold.png", plots.draw_manifold, model.decode, device)
-    if isinstance(model, Conditional) and model.takes_labels():
+    if trained_on_labels(model):
         classes = model.class_count()
         device = next(model.parameters()).device
         labels = torch.arange(classes, device=device).repeat_interleave(CLASS_ROW)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -43,11 +44,16 @@ class WriteFailed(GenzooError):
     """A file could not be written (full disk, no permission); nothing half-written stays."""
 
 
+_write_numbers = itertools.count()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` then rename tmp to ``path`` (atomic on POSIX and Windows). If
     either fails or is interrupted (Ctrl-C), the temporary file is removed and the old
-    ``path`` stays as it was."""
-    tmp = path.with_name(path.name + ".tmp")
+    ``path`` stays as it was. Each write has a temporary name of its own (process id and
+    a count), so two writers of one file (two ``genzoo eval`` of one run) never write into
+    each other's."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{next(_write_numbers)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)

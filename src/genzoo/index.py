@@ -132,7 +132,7 @@ def link(target: Path, inner: Html, base: Path) -> Html:
 
 
 def marked(cell: Sortable, moved_on: Any) -> Sortable:
-    """The cell marked (compare.MOVED_ON) when its figure predates the run's last epoch."""
+    """The cell marked (comparison.MOVED_ON) when its figure predates the run's last epoch."""
     return Sortable(cell.text + MOVED_ON, cell.key) if moved_on else cell
 
 
@@ -148,7 +148,7 @@ def headline_test_figure(shown: dict[str, Any]) -> Cell:
 
 
 def samples_cell(shown: dict[str, Any]) -> Cell:
-    """The samples per image behind the run's NLL (compare.nll_samples: K, "exact", or
+    """The samples per image behind the run's NLL (comparison.nll_samples: K, "exact", or
     steps of a bound), sorted by their number (an exact likelihood above any)."""
     text = nll_samples(shown)
     if text == NONE:
@@ -202,9 +202,16 @@ def run_cells(run_dir: Path, folder: Path, base: Path) -> list[Cell]:
 
 
 def samples_thumbnail(run_dir: Path, base: Path) -> Cell:
-    """A small copy of the run's samples linking to its page, "-" before any."""
+    """A small copy of the run's samples linking to its page, "-" before any; a file
+    that is no image (cut short by a crash) is said so, and the rest of the page stands."""
     samples = samples_figure(run_dir)
-    return link(run_dir / "report.html", thumbnail(samples), base) if samples else NONE
+    if not samples:
+        return NONE
+    try:
+        image = thumbnail(samples)
+    except OSError:  # PIL's errors for a truncated or unrecognised file are OSErrors
+        return f"unreadable {samples.name}"
+    return link(run_dir / "report.html", image, base)
 
 
 STUDY_HEADERS = ["study", "question", "answer", "arms"]

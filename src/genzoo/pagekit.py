@@ -43,7 +43,8 @@ def significant(value: float, digits: int = SIGNIFICANT) -> str:
     but every digit of a whole part longer than that (123457, not 1.235e+05)."""
     if not math.isfinite(value):
         return str(value)
-    if 10**digits <= abs(value) < 1e15:
+    # On the rounded value: 9999.7 to four figures is 10000, not 1e+04.
+    if 10**digits <= abs(float(f"{value:.{digits}g}")) and abs(value) < 1e15:
         return f"{value:.0f}"
     return f"{value:.{digits}g}"
 

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -23,11 +24,13 @@ import numpy as np
 import torch
 from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.ticker import MaxNLocator
-from sklearn.decomposition import PCA
 from torch.distributions import Normal
 
 from genzoo.data import Split
 from genzoo.files import atomic_write
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 # A model's encode, decode or reconstruct: images or codes in, images or codes out.
 Mapping = Callable[[torch.Tensor], torch.Tensor]
@@ -334,6 +337,9 @@ def codes_in_2d(codes: np.ndarray) -> tuple[np.ndarray, PCA | None, str]:
         return np.hstack([codes, np.zeros_like(codes)]), None, "z"
     if codes.shape[1] == 2:
         return codes, None, "z"
+    # Imported here: scikit-learn (and scipy.stats with it) adds 1.4 s to every command's start.
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=2, random_state=0).fit(codes)  # its solver may be randomized
     return (
         pca.transform(codes),

@@ -64,16 +64,45 @@ def _plain(value: Any) -> str:
 
 
 def config_table(config: dict[str, Any]) -> Html:
-    """config.json as one table: its model name, then every training and model setting."""
+    """config.json as one table: its model name, then every training and model setting
+    (a setting given against the run's preset says so), then the preset's notes."""
     groups = {"train": "training", "model_config": "model"}
+    preset = config.get("preset") or {}
+    deviations = preset.get("deviations", {})
     rows: list[list[Cell]] = []
     for key, value in config.items():
-        if isinstance(value, dict):
+        if key == "preset":
+            rows += [["preset", "paper", preset.get("paper", "?")]]
+            rows += [["preset", "note", note] for note in preset.get("notes", [])]
+        elif isinstance(value, dict):
             group = groups.get(key, key)
-            rows += [[group, name, value_text(v)] for name, v in value.items()]
+            rows += [[group, name, setting_text(name, v, deviations)] for name, v in value.items()]
         else:
             rows.append(["run", key, value_text(value)])
     return table(["group", "setting", "value"], rows)
+
+
+def setting_text(name: str, value: Any, deviations: dict[str, Any]) -> str:
+    """A setting's value, and the preset's where the run deviates from it."""
+    if name not in deviations:
+        return value_text(value)
+    return f"{value_text(value)} (deviation: the preset's {value_text(deviations[name]['preset'])})"
+
+
+def preset_text(config: dict[str, Any]) -> str:
+    """The run's preset in words, for the lead: " Preset burda-2l (paper), deviating in
+    --epochs 1 (the preset's 3280)."; empty without one."""
+    preset = config.get("preset")
+    if not isinstance(preset, dict):
+        return ""
+    deviations = preset.get("deviations") or {}
+    how = "; ".join(
+        f"--{name.replace('_', '-')} {value_text(pair['run'])} "
+        f"(the preset's {value_text(pair['preset'])})"
+        for name, pair in deviations.items()
+    )
+    tail = f", deviating in {how}" if how else ", with none of its settings changed"
+    return f" Preset {preset.get('name')} ({preset.get('paper')}){tail}."
 
 
 def metrics_table(metrics: list[dict[str, Any]]) -> Html:
@@ -477,6 +506,7 @@ def run_lead(run: RunFiles) -> Html:
     what = f"{run.config.get('model', '?')} on {train.get('dataset', '?')}"
     what += f", binarize={train.get('binarize', '?')}"
     facts = f"{what}: {state_text(run)}; {duration(training_seconds(run.metrics))} of training."
+    facts += preset_text(run.config)
     samples = samples_figure(run.run_dir)
     return Html(
         f'<p class="lead">{escape(facts)}</p><div class="headline">'

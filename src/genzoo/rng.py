@@ -29,6 +29,14 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return torch.device(name)
 
 
+def has_bf16_kernels(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on the device's own bfloat16 kernels: a CUDA GPU that
+    supports bfloat16 natively, or a CPU whose oneDNN has them (AVX-512 and later)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @contextmanager
 def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block on a freshly seeded generator and restore the training generator after."""

@@ -36,7 +36,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from genzoo.config import TrainConfig, check_fields, config_from_dict, sampling_field_names
+from genzoo.config import (
+    Preset,
+    TrainConfig,
+    check_fields,
+    config_from_dict,
+    sampling_field_names,
+)
 from genzoo.data import Data, load_data
 from genzoo.errors import GenzooError
 from genzoo.files import (
@@ -49,7 +55,7 @@ from genzoo.files import (
     write_json,
     write_problem,
 )
-from genzoo.models import MODELS, GenerativeModel
+from genzoo.models import MODELS, GenerativeModel, find_preset
 from genzoo.rng import resolve_device
 
 
@@ -112,13 +118,33 @@ class RunConfig:
             raise GenzooError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         check_fields(self.train)
         check_fields(self.model_config)
+        if self.train.preset is not None:
+            self.preset()  # one of the family's
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        config = {
             "model": self.model,
             "train": dataclasses.asdict(self.train),
             "model_config": dataclasses.asdict(self.model_config),
         }
+        if self.train.preset is not None:  # its settings, notes and the deviations from it
+            config["preset"] = self.preset().record(self.train.preset, self.values())
+        return config
+
+    def values(self) -> dict[str, Any]:
+        """Every setting, training and model ones alike, by field name."""
+        return {**dataclasses.asdict(self.train), **dataclasses.asdict(self.model_config)}
+
+    def preset(self) -> Preset:
+        """The preset the run was made with (``train.preset`` is set)."""
+        return find_preset(self.model, self.train.preset)
+
+    def preset_lines(self) -> list[str]:
+        """The preset's settings, notes and the run's deviations from it, as printed
+        when training starts; [] without a preset."""
+        if self.train.preset is None:
+            return []
+        return self.preset().lines(self.train.preset, self.values())
 
 
 def check_run_dir(run_dir: Path) -> Path:
@@ -178,6 +204,7 @@ def load_data_of(cfg: RunConfig, device: torch.device, data_dir: str | Path | No
         tc.train_size,
         tc.channels,
         tc.image_size,
+        tc.train_on_val,
     ).to(device)
 
 

@@ -7,6 +7,9 @@ The rate of optimizer step ``step`` (0-based, counted over the whole run) is
                   steps after warm-up already taken (per batch; Loshchilov & Hutter 2017)
     step          lr * lr_decay ** floor(epoch / lr_step_epochs)         (per epoch)
     exponential   lr * lr_decay ** epoch                                 (per epoch)
+    burda         lr * 10 ** (-i / 7) in stage i, which lasts 3 ** i epochs  (per epoch)
+                  (Burda et al. 2016: i = 0 .. 7, 3280 epochs in all; the last stage's
+                  rate after them)
 
 times a linear warm-up (step + 1) / warmup_steps over the first ``warmup_epochs``. A pure
 function, not torch's chained schedulers, because a resumed run then needs nothing but
@@ -22,7 +25,17 @@ from dataclasses import dataclass
 
 from torch.optim import Optimizer
 
-SCHEDULES = ("constant", "cosine", "step", "exponential")
+SCHEDULES = ("constant", "cosine", "step", "exponential", "burda")
+BURDA_STAGES = 8  # i = 0 .. 7: 3 ** i epochs each, (3 ** 8 - 1) / 2 = 3280 in all
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage i of 0-based ``epoch`` in Burda et al.'s schedule: stage i holds epochs
+    (3 ** i - 1) / 2 .. (3 ** (i + 1) - 1) / 2 - 1; capped at the last stage."""
+    stage = 0
+    while stage < BURDA_STAGES - 1 and epoch >= (3 ** (stage + 1) - 1) // 2:
+        stage += 1
+    return stage
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class LRSchedule:
             lr = self.lr * self.lr_decay ** (epoch // self.lr_step_epochs)
         elif self.kind == "exponential":
             lr = self.lr * self.lr_decay**epoch
+        elif self.kind == "burda":
+            lr = self.lr * 10 ** (-burda_stage(epoch) / 7)
         else:
             lr = self.lr
         if step < warmup_steps:

@@ -27,6 +27,7 @@ continues (interrupts.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -51,10 +52,10 @@ from genzoo.files import WriteFailed, read_json, write_json
 from genzoo.folders import is_folder_dataset
 from genzoo.interrupts import on_stop_signals, sigterm_as_ctrl_c
 from genzoo.models import MODELS, GenerativeModel
-from genzoo.models.base import Conditional, check_values
+from genzoo.models.base import check_values, trained_on_labels
 from genzoo.quality import QualityProbe
 from genzoo.report import write_run_report
-from genzoo.rng import EVAL_SEED, isolated_rng, rng_state, set_rng_state
+from genzoo.rng import EVAL_SEED, has_bf16_kernels, isolated_rng, rng_state, set_rng_state
 from genzoo.runs import (
     RunConfig,
     append_metrics,
@@ -70,6 +71,9 @@ from genzoo.runs import (
     unlock_run,
 )
 from genzoo.schedule import LRSchedule
+
+# Batches between a data-parallel run's agreements on a stop or a checkpoint.
+ASK_EVERY = 10
 
 
 def validate(
@@ -164,13 +168,16 @@ class Trainer:
         self.board = Board(run_dir) if tc.tensorboard and world.is_main else None
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, data.image_shape).to(dev)
-        self.takes_labels = isinstance(self.model, Conditional) and self.model.takes_labels()
-        if self.takes_labels and data.train.labels is None:
+        conditional = trained_on_labels(self.model)
+        if conditional and data.train.labels is None:
+            flags = labels_flags(cfg.model_config)
             raise GenzooError(
-                f"{cfg.model} --conditional is trained on the class labels, and "
-                f"{tc.dataset} has none (a folder needs a subfolder per class): train "
-                "without --conditional"
+                f"{cfg.model} {flags} is trained on the class labels, and "
+                f"{without_labels(tc.dataset, tc.binarize)}: train without {flags}"
             )
+        self.model.before_training(data, tc.seed)  # M2 takes its labelled images here
+        # Labels with every batch, unless the model holds its own few (M2).
+        self.takes_labels = conditional and self.model.batch_labels()
         self.data_rng = torch.Generator(dev).manual_seed(tc.seed)
         if tc.compile:
             self.model.compile()  # its forward: every objective that train_step computes
@@ -330,7 +337,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{stats['loss']:.2f}")
             now = time.perf_counter()
             # After the epoch's last batch end_epoch validates, then checkpoints.
-            if progress.step < self.steps_per_epoch:
+            if progress.step < self.steps_per_epoch and self.ranks_may_ask(progress.step):
                 stopping = self.stop_asked()
                 if stopping or self.checkpoint_due(now - last_save):
                     progress.seconds += now - start
@@ -345,7 +352,17 @@ class Trainer:
         """Ctrl-C and SIGTERM while training: noted, and acted on at the next batch boundary
         (``stop_asked``), where the state is whole. A further one is noted alike: a rank
         may get one from torchrun and one from a scheduler that signals every process."""
+        if self.stop_signal is None and self.world.is_main:
+            tqdm.write(
+                "stopping after this batch, with a checkpoint (validation or sampling "
+                "under way finishes first)"
+            )
         self.stop_signal = signum
+
+    def ranks_may_ask(self, step: int) -> bool:
+        """Whether this batch may ask for a stop or a checkpoint. A data-parallel run asks
+        every ASK_EVERY batches: each asking is a collective (on a GPU, a wait for it)."""
+        return not self.world.parallel or step % ASK_EVERY == 0
 
     def stop_asked(self) -> bool:
         """Has Ctrl-C or SIGTERM come to this rank or any other? (A collective: every rank
@@ -359,14 +376,12 @@ class Trainer:
 
     def checkpoint_due(self, seconds_since_last: float) -> bool:
         """Time for a checkpoint within the epoch? In a data-parallel run rank 0's clock
-        decides, asked every 50 batches (the answer is a collective)."""
+        decides (the answer is a collective)."""
         minutes = self.cfg.train.checkpoint_minutes
         if not minutes:
             return False
         due = seconds_since_last >= 60 * minutes
-        if not self.world.parallel:
-            return due
-        return self.progress.step % 50 == 0 and self.world.agree(due)
+        return self.world.agree(due) if self.world.parallel else due
 
     def end_epoch(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         """Validation, metrics, checkpoints and grids after epoch ``epoch``."""
@@ -532,6 +547,19 @@ class Trainer:
         return summary
 
 
+def labels_flags(model_config: Any) -> str:
+    """The flags that make a model train on labels, as its config sets them."""
+    given = [name for name in ("conditional", "labels") if getattr(model_config, name, None)]
+    return " ".join("--" + name for name in given) or "--conditional"
+
+
+def without_labels(dataset: str, binarize: str) -> str:
+    """That the dataset has no labels, as the message refusing a conditional model says."""
+    if binarize == "static":
+        return "the static binarized MNIST (--binarize static) has none"
+    return f"{dataset} has none (a folder needs a subfolder per class)"
+
+
 def draws_samples_after(epoch: int, every: int, epochs: tuple[int, ...]) -> bool:
     """Sample grids after the chosen ``epochs`` if given (0: before training), else
     after epoch 1 and every ``every`` epochs."""
@@ -568,11 +596,15 @@ def draw_progress(
 def describe(cfg: RunConfig, data: Data, run_dir: Path, dev: torch.device, world: World) -> str:
     tc = cfg.train
     subset = f" (the first {tc.train_size}: --train-size)" if tc.train_size else ""
+    among = " (among the train images: --train-on-val)" if tc.train_on_val else ""
     where = f"{world.size} processes ({dev.type})" if world.parallel else str(dev)
-    return (
-        f"training {cfg.model} in {run_dir} on {where}: {len(data.train)} train{subset} / "
-        f"{len(data.val)} validation images, binarize={tc.binarize}, lr {tc.lr:g} "
-        f"({tc.lr_schedule})"
+    return "\n".join(
+        [
+            *cfg.preset_lines(),
+            f"training {cfg.model} in {run_dir} on {where}: {len(data.train)} train{subset} / "
+            f"{len(data.val)} validation images{among}, binarize={tc.binarize}, lr {tc.lr:g} "
+            f"({tc.lr_schedule})",
+        ]
     )
 
 
@@ -599,6 +631,7 @@ def _train(
 ) -> dict[str, Any]:
     world, dev = distributed.start(device)
     try:
+        cfg = with_precision_chosen(cfg, dev)
         tc = cfg.train
         allowed = MODELS[cfg.model].binarize
         if tc.binarize not in allowed:
@@ -625,6 +658,15 @@ def _train(
                 unlock_run(run_dir)
     finally:
         distributed.stop()
+
+
+def with_precision_chosen(cfg: RunConfig, dev: torch.device) -> RunConfig:
+    """``--precision auto`` made bf16 or fp32 for the device, so config.json records the
+    arithmetic the run trains with and a resume elsewhere keeps it."""
+    if cfg.train.precision != "auto":
+        return cfg
+    precision = "bf16" if has_bf16_kernels(dev) else "fp32"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
 def watch_quality(

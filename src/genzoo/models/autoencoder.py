@@ -20,14 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.patches import Ellipse
-from sklearn.mixture import GaussianMixture
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from genzoo import plots
@@ -42,6 +41,9 @@ from genzoo.models.base import (
     Reconstructs,
 )
 from genzoo.nets import activation_field, mlp
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 
 @dataclass
@@ -116,6 +118,9 @@ class Autoencoder(GenerativeModel, Encodes, Reconstructs, MixtureSampler):
     @torch.no_grad()
     def fit_mixture(self, codes: torch.Tensor, seed: int = 0) -> GaussianMixture:
         """Fit the mixture to codes (N, L) and store it in the buffers."""
+        # Imported here: scikit-learn (and scipy.stats with it) adds 1.4 s to every start.
+        from sklearn.mixture import GaussianMixture
+
         gmm = GaussianMixture(self.cfg.gmm_components, covariance_type="full", random_state=seed)
         gmm.fit(codes.double().cpu().numpy())
         for name, value in (

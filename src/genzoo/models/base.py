@@ -21,7 +21,8 @@ its loss, the wrapper-owns-the-loss pattern of nanoGPT and the Flax examples:
 - ``sample(n, temperature=1.0)`` (abstract): n images (n, C, H, W) in [0, 1].
 - Hooks with defaults: ``ready_to_sample()`` (False where the sampler is made when
   training ends, so no grids are drawn while training), ``epoch_diagnostics(x)`` on a fixed
-  training batch after every epoch, ``after_training(data)`` once on the best weights,
+  training batch after every epoch, ``before_training(data, seed)`` once before training
+  (fresh or resumed), ``after_training(data)`` once on the best weights,
   and ``figures(context)``: the family's own figures, beyond the common ones of plots.py.
 
 Generic presentation facts stay declared data: ``val_metric`` (the ``evaluate_batch``
@@ -45,10 +46,13 @@ defining its methods (it fails when instantiated):
   family's ``likelihood_estimator``, which says what it is (an importance-sampled
   estimate, a bound, an exact value), what ``samples`` counts and its units;
 - ``MixtureSampler``: ``mixture()`` and ``sample_standard_normal(n)`` (the autoencoder);
-- ``Conditional``: ``takes_labels()`` (as configured: then the loop passes each batch's
-  labels to ``train_step`` and its objectives), ``sample_classes(labels)``, samples of
-  chosen classes, and ``class_count()`` (diffusion with ``--conditional``: then the
-  figures get a row per class and the quality scores the accuracy per class);
+- ``Conditional``: ``takes_labels()`` (as configured: trained on the labels; the loop
+  then passes each batch's labels to ``train_step`` and its objectives unless
+  ``batch_labels()`` says no: a semi-supervised model holds its own few labelled images),
+  ``sample_classes(labels)``, samples of chosen classes, ``class_count()`` and
+  ``evaluate_labelled(x, labels)``, the per-example terms of labelled images (diffusion,
+  vae and gan with ``--conditional``, vae with ``--labels``: then the figures get a row
+  per class and the quality scores the accuracy per class);
 - ``Tempered``: ``sample`` honours its ``temperature``, and ``figure_temperatures()``
   are the ones the figures show (the flow).
 
@@ -72,6 +76,7 @@ from torch.distributions import Distribution, MixtureSameFamily
 from torch.optim import Adam, Optimizer
 
 from genzoo.data import Data, Split
+from genzoo.errors import GenzooError
 
 # A figure of a family: writes its file at the path it is given.
 Figure = Callable[[Path], None]
@@ -165,6 +170,10 @@ class GenerativeModel(nn.Module, ABC):
     def epoch_diagnostics(self, x: torch.Tensor) -> dict[str, float]:
         """Figures measured on a fixed training batch after every epoch (none here)."""
         return {}
+
+    def before_training(self, data: Data, seed: int) -> None:
+        """Runs once before training, fresh or resumed, with the run's data and seed
+        (nothing here; M2 takes its labelled images from the data)."""
 
     def after_training(self, data: Data) -> None:
         """Runs once on the best weights when training ends (nothing here)."""
@@ -276,6 +285,36 @@ class Conditional(ABC):
     @abstractmethod
     def class_count(self) -> int:
         """The number of classes, labelled 0 .. class_count() - 1."""
+
+    def batch_labels(self) -> bool:
+        """Whether the loop passes each training batch's labels (where ``takes_labels()``);
+        no for a semi-supervised model, which draws its labelled images from the few it
+        holds and sees the loop's batches as unlabelled."""
+        return self.takes_labels()
+
+    def evaluate_labelled(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``evaluate_batch``'s per-example terms (B,) of images x with their labels (B,),
+        which a model trained on labels may use (the discriminator's verdict on x as its
+        class, a classifier's error); by default the terms of x alone."""
+        return self.evaluate_batch(x)  # the GenerativeModel's method
+
+
+def check_classes(
+    labels: torch.Tensor, classes: int, conditional: bool, flags: str = "--conditional"
+) -> None:
+    """Refuse, in one line, samples of given classes from a model trained without labels
+    (``conditional`` False; ``flags`` name what would have trained it on them) or labels
+    outside 0 .. classes - 1."""
+    if not conditional:
+        raise GenzooError(f"sampling given classes needs a model trained with {flags}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise GenzooError(f"--class must be a class of the run, 0 to {classes - 1}")
+
+
+def trained_on_labels(model: object) -> bool:
+    """A ``Conditional`` model that, as configured, is trained on labels and samples
+    chosen classes."""
+    return isinstance(model, Conditional) and model.takes_labels()
 
 
 class Tempered(ABC):

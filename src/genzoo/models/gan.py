@@ -20,6 +20,14 @@ The third pair of losses (``hinge``; Lim & Ye 2017, "Geometric GAN"; Miyato et a
 "Spectral normalization for generative adversarial networks") treats l as a score: D
 descends max(0, 1 - l(x)) + max(0, 1 + l(G(z))), G descends -l(G(z)). V(D, G) is still
 reported, for the D = sigmoid(l) that the scores define.
+
+Class-conditional (``--conditional``; Mirza & Osindero 2014, "Conditional generative
+adversarial nets"): G(z, y) takes the one-hot label beside z, every term above is taken
+given y (fakes drawn with the labels of the real batch), and D sees the label by
+projection (Miyato & Koyama 2018, "cGANs with projection discriminator"):
+l(x, y) = psi(phi(x)) + embed(y) . phi(x), with phi(x) D's last hidden features and psi
+its output layer; or by concatenation (``--d-conditioning concat``): the one-hot label as
+extra inputs of the MLP D, as constant extra channels of the convolutional one.
 """
 
 from __future__ import annotations
@@ -37,12 +45,20 @@ from torch.nn.utils.parametrizations import spectral_norm
 from torch.optim import Adam, Optimizer
 
 from genzoo.errors import GenzooError
-from genzoo.models.base import GenerativeModel, HasPrior, check_stats, fused_adam_available
+from genzoo.models.base import (
+    Conditional,
+    GenerativeModel,
+    HasPrior,
+    check_classes,
+    check_stats,
+    fused_adam_available,
+)
 
 EQUILIBRIUM_VALUE = -math.log(4.0)
 DEFAULT_D_DROPOUT = {"mlp": 0.3, "conv": 0.0}  # what --d-dropout unset means, per --arch
 GEN_LOSSES = ("minimax", "nonsaturating", "hinge")
 D_NORMS = ("none", "spectral", "batch")
+D_CONDITIONINGS = ("projection", "concat")
 
 
 @dataclass
@@ -105,6 +121,20 @@ class GANConfig:
             "max": 0.5,
         },
     )
+    conditional: bool = field(
+        default=False,
+        metadata={"help": "condition G and D on the class label (needs labels)"},
+    )
+    d_conditioning: str = field(
+        default="projection",
+        metadata={
+            "help": "how D sees the label of --conditional: projection (Miyato & Koyama "
+            "2018: a class embedding's inner product with D's features, added to its "
+            "logit) or concat (the one-hot label as extra inputs, or constant channels)",
+            "choices": D_CONDITIONINGS,
+        },
+    )
+    num_classes: int = field(default=10, metadata={"help": "classes of --conditional"})
 
 
 def generator_net(noise_dim: int, hidden: tuple[int, ...], data_dim: int) -> nn.Sequential:
@@ -186,18 +216,25 @@ def conv_generator_net(noise_dim: int, width: int, image_shape: tuple[int, ...])
 
 
 def conv_discriminator_net(
-    width: int, image_shape: tuple[int, ...], dropout: float = 0.0, norm: str = "none"
+    width: int,
+    image_shape: tuple[int, ...],
+    dropout: float = 0.0,
+    norm: str = "none",
+    label_channels: int = 0,
 ) -> nn.Sequential:
-    """Images (C, H, W) -> one logit: two strided convolutions with LeakyReLU (and the
-    chosen normalization and dropout). With ``norm="batch"`` D's verdict on an image
-    depends on its batch; real and generated images go through D in separate batches."""
+    """Images (C, H, W), flattened, -> one logit: two strided convolutions with
+    LeakyReLU (and the chosen normalization and dropout). With ``norm="batch"`` D's
+    verdict on an image depends on its batch; real and generated images go through D in
+    separate batches. ``label_channels``: constant channels after the image's (a one-hot
+    label, concatenated)."""
     channels, height, width_px = image_shape
+    channels += label_channels
     convs = [
         nn.Conv2d(channels, width, 4, stride=2, padding=1),  # (width, H/2, W/2)
         nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),  # (2 width, H/4, W/4)
     ]
     return nn.Sequential(
-        nn.Unflatten(1, image_shape),
+        nn.Unflatten(1, (channels, height, width_px)),
         *discriminator_blocks(convs, norm, dropout),
         nn.Flatten(),
         discriminator_head(2 * width * (height // 4) * (width_px // 4), norm),
@@ -232,7 +269,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     return F.softplus(-fake_logits)
 
 
-class GAN(GenerativeModel, HasPrior):
+class GAN(GenerativeModel, HasPrior, Conditional):
     # No likelihood to validate or stop early on: the "best" checkpoint is the one of the
     # lowest FID of --quality-every (on by default), else the last one.
     val_metric = None
@@ -268,19 +305,25 @@ class GAN(GenerativeModel, HasPrior):
                 "margins instead: drop --label-smoothing or choose another --gen-loss"
             )
         d_dropout = DEFAULT_D_DROPOUT[cfg.arch] if cfg.d_dropout is None else cfg.d_dropout
+        k = cfg.num_classes if cfg.conditional else 0  # G's one-hot input beside z
+        concat = k if cfg.d_conditioning == "concat" else 0  # D's, beside the image
         if cfg.arch == "conv":
             if len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4:
                 raise GenzooError(
                     f"gan --arch conv needs (C, H, W) images with sides divisible by 4, got "
                     f"{tuple(image_shape)}: resize them (--image-size) or use --arch mlp"
                 )
-            self.generator = conv_generator_net(cfg.noise_dim, cfg.conv_width, self.image_shape)
+            self.generator = conv_generator_net(cfg.noise_dim + k, cfg.conv_width, self.image_shape)
             self.discriminator = conv_discriminator_net(
-                cfg.conv_width, self.image_shape, d_dropout, cfg.d_norm
+                cfg.conv_width, self.image_shape, d_dropout, cfg.d_norm, concat
             )
         else:
-            self.generator = generator_net(cfg.noise_dim, cfg.gen_hidden, data_dim)
-            self.discriminator = discriminator_net(data_dim, cfg.disc_hidden, d_dropout, cfg.d_norm)
+            self.generator = generator_net(cfg.noise_dim + k, cfg.gen_hidden, data_dim)
+            self.discriminator = discriminator_net(
+                data_dim + concat, cfg.disc_hidden, d_dropout, cfg.d_norm
+            )
+        if cfg.conditional and cfg.d_conditioning == "projection":
+            self.class_embedding = class_embedding(k, self.discriminator[-1], cfg.d_norm)
         self.register_buffer("noise_loc", torch.zeros(cfg.noise_dim))
         self.register_buffer("noise_scale", torch.ones(cfg.noise_dim))
         # Counts discriminator steps, so that every d_steps-th one is followed by a
@@ -290,30 +333,67 @@ class GAN(GenerativeModel, HasPrior):
     def prior(self) -> Independent:
         return Independent(Normal(self.noise_loc, self.noise_scale), 1)
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) in (0, 1) for noise z (N, noise_dim); with gradients."""
-        return torch.sigmoid(self.generator(z)).view(-1, *self.image_shape)
+    def noise(self, n: int) -> torch.Tensor:
+        return self.prior().sample((n,))  # (n, noise_dim)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(x.flatten(1)).squeeze(-1)  # (B,)
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels, self.cfg.num_classes).float()  # (B, K)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (N, C, H, W) in (0, 1) for noise z (N, noise_dim), of the classes
+        ``labels`` (N,) where conditional; with gradients."""
+        inputs = z if labels is None else torch.cat([z, self.one_hot(labels)], 1)
+        return torch.sigmoid(self.generator(inputs)).view(-1, *self.image_shape)
+
+    def logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """D's logit of images x (B, C, H, W), given their labels (B,) where conditional:
+        (B,)."""
+        flat = x.flatten(1)
+        if labels is None:
+            return self.discriminator(flat).squeeze(-1)
+        if self.cfg.d_conditioning == "concat":
+            return self.discriminator(torch.cat([flat, self.label_inputs(labels)], 1)).squeeze(-1)
+        features = self.discriminator[:-1](flat)  # (B, F): phi(x)
+        projection = (self.class_embedding(labels) * features).sum(-1)  # (B,)
+        return self.discriminator[-1](features).squeeze(-1) + projection
+
+    def label_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """The one-hot labels as D's extra inputs, flattened: (B, K) for the MLP, (B, K H W)
+        (a constant channel per class) for the convolutional D."""
+        one_hot = self.one_hot(labels)
+        if self.cfg.arch == "mlp":
+            return one_hot
+        return one_hot[:, :, None, None].expand(-1, -1, *self.image_shape[1:]).flatten(1)
+
+    def checked_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The batch's labels where conditional (refused if missing), else None."""
+        if not self.cfg.conditional:
+            return None
+        if labels is None:
+            raise GenzooError("gan --conditional is trained on labelled batches")
+        return labels
 
     # ------------------------------------------------------------------ model contract
 
     def configure_optimizers(self, lr: float) -> list[Optimizer]:
         # beta1 = 0.5, the usual setting for adversarial training (Radford et al. 2016).
         fused = fused_adam_available(self)
+        d_params = [p for name, p in self.named_parameters() if not name.startswith("generator.")]
         return [
             Adam(self.generator.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
-            Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999), fused=fused),
+            Adam(d_params, lr=lr, betas=(0.5, 0.999), fused=fused),
         ]
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The discriminator's loss (-V(D, G), with label smoothing if set, or the hinge
-        loss) on real batch ``x`` and as many generated images, and its statistics
-        (``"loss"``: that value)."""
+        loss) on real batch ``x`` (of the classes ``labels`` where conditional) and as many
+        generated images of the same classes, and its statistics (``"loss"``: that value)."""
+        labels = self.checked_labels(labels)
         with torch.no_grad():
-            fake = self.generate(self.prior().sample((x.shape[0],)))
-        real_logits, fake_logits = self.logits(x), self.logits(fake)  # (B,) each
+            fake = self.generate(self.noise(x.shape[0]), labels)
+        real_logits, fake_logits = self.logits(x, labels), self.logits(fake, labels)  # (B,)
         if self.cfg.gen_loss == "hinge":
             d_loss = hinge_discriminator_loss(real_logits, fake_logits).mean()
         else:
@@ -328,9 +408,13 @@ class GAN(GenerativeModel, HasPrior):
         }
         return d_loss, stats
 
-    def generator_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The generator's loss on as many fresh samples as batch ``x`` holds images."""
-        fake_logits = self.logits(self.generate(self.prior().sample((x.shape[0],))))
+    def generator_objective(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's loss on as many fresh samples as batch ``x`` holds images (of
+        its classes where conditional)."""
+        labels = self.checked_labels(labels)
+        fake_logits = self.logits(self.generate(self.noise(x.shape[0]), labels), labels)
         g_loss = generator_loss(fake_logits, self.cfg.gen_loss).mean()
         return g_loss, {"g_loss": g_loss.item()}
 
@@ -338,14 +422,14 @@ class GAN(GenerativeModel, HasPrior):
         self, x: torch.Tensor, optimizers: list[Optimizer], labels: torch.Tensor | None = None
     ) -> dict[str, float]:
         opt_g, opt_d = optimizers
-        d_loss, stats = self.objective(x)
+        d_loss, stats = self.objective(x, labels=labels)
         check_stats(stats)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         self.d_step_count += 1
         if self.d_step_count % self.cfg.d_steps == 0:
-            g_loss, g_stats = self.objective(x, "generator_objective")
+            g_loss, g_stats = self.objective(x, "generator_objective", labels)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()  # D's gradients too, but they are cleared before D's next step
             opt_g.step()
@@ -354,9 +438,21 @@ class GAN(GenerativeModel, HasPrior):
 
     @torch.no_grad()
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """D(x), D(G(z)) and the pair's term of V(D, G), one fresh z per image: each (B,)."""
-        real_logits = self.logits(x)
-        fake_logits = self.logits(self.generate(self.prior().sample((x.shape[0],))))
+        """D(x), D(G(z)) and the pair's term of V(D, G), one fresh z per image: each (B,).
+        A conditional D judges an image given its class: ``evaluate_labelled``."""
+        if self.cfg.conditional:
+            raise GenzooError("gan --conditional scores images with their labels")
+        return self.evaluate_labelled(x, None)
+
+    @torch.no_grad()
+    def evaluate_labelled(
+        self, x: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """D(x | y), D(G(z, y) | y) and the pair's term of V(D, G) for images x of the
+        classes ``labels`` (B,) (None: unconditional), one fresh z per image: each (B,)."""
+        labels = labels if self.cfg.conditional else None
+        real_logits = self.logits(x, labels)
+        fake_logits = self.logits(self.generate(self.noise(x.shape[0]), labels), labels)
         return {
             "d_real": torch.sigmoid(real_logits),
             "d_fake": torch.sigmoid(fake_logits),
@@ -365,5 +461,30 @@ class GAN(GenerativeModel, HasPrior):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """Generated images (n, C, H, W) in (0, 1) (``temperature`` unused)."""
-        return self.generate(self.prior().sample((n,)))
+        """Generated images (n, C, H, W) in (0, 1), of uniformly drawn classes where
+        conditional (``temperature`` unused)."""
+        if self.cfg.conditional:
+            device = self.noise_loc.device
+            return self.sample_classes(torch.randint(self.cfg.num_classes, (n,), device=device))
+        return self.generate(self.noise(n))
+
+    def takes_labels(self) -> bool:
+        return self.cfg.conditional
+
+    def class_count(self) -> int:
+        return self.cfg.num_classes
+
+    @torch.no_grad()
+    def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """One generated image (n, C, H, W) in (0, 1) of each label of ``labels`` (n,)."""
+        check_classes(labels, self.cfg.num_classes, self.cfg.conditional)
+        return self.generate(self.noise(len(labels)), labels)
+
+
+def class_embedding(classes: int, head: nn.Linear, norm: str) -> nn.Module:
+    """The projection discriminator's embedding of the classes, one vector per class as
+    wide as D's last features (the input of its output layer ``head``), initialised as
+    Miyato & Koyama's (Glorot uniform) and normalized as D's layers are."""
+    embedding = nn.Embedding(classes, head.in_features)
+    nn.init.xavier_uniform_(embedding.weight)
+    return spectral_norm(embedding) if norm == "spectral" else embedding

@@ -86,28 +86,55 @@ class LatentVariableModel(GenerativeModel, Encodes, Reconstructs, HasPrior, Pixe
         torch's Bernoulli-Bernoulli KL does not broadcast."""
         return kl_divergence(q, self.prior().expand(q.batch_shape))
 
+    def code(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's input for z (..., B, L): z itself here; a conditional model
+        appends its labels (B,), one-hot."""
+        return z
+
     def elbo_terms(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction term -E_q log p(x|z) and KL(q||p), each (B,), in nats.
+        """Reconstruction term -E_q log p(x|z) and KL(q||p), each (B,), in nats."""
+        return self.bound_terms(self.posterior(x), x, n_samples)
+
+    def bound_terms(
+        self,
+        q: Distribution,
+        x: torch.Tensor,
+        n_samples: int = 1,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-E_q log p(x|z) (given ``labels`` where conditional) and KL(q||p), each (B,),
+        for the encoder's q of images x.
 
         The expectation uses ``n_samples`` reparameterized draws where q has them, so it
         can be differentiated; the KL is in closed form.
         """
-        q = self.posterior(x)
         z = q.rsample((n_samples,)) if q.has_rsample else q.sample((n_samples,))  # (S, B, L)
-        recon = -self.log_px_given_z(z, x.flatten(1)).mean(0)  # (B,)
+        recon = -self.log_px_given_z(self.code(z, labels), x.flatten(1)).mean(0)  # (B,)
         return recon, self.kl(q)
 
     def log_weights(self, x: torch.Tensor, k: int, proposal: str = "posterior") -> torch.Tensor:
         """log p(x, z_i) - log r(z_i), z_i ~ r, for r = q(z|x) or p(z); shape (k, B)."""
+        return self.proposal_weights(self.posterior(x), x, k, proposal)
+
+    def proposal_weights(
+        self,
+        q: Distribution,
+        x: torch.Tensor,
+        k: int,
+        proposal: str = "posterior",
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log p(x, z_i) - log r(z_i) (given ``labels`` where conditional), z_i ~ r, for
+        r = the encoder's q or p(z); shape (k, B)."""
         prior = self.prior()
         if proposal == "posterior":
-            r = self.posterior(x)
+            r = q
         elif proposal == "prior":
             r = prior.expand((x.shape[0],))
         else:
             raise ValueError(f"unknown proposal {proposal!r}")
         z = r.rsample((k,)) if r.has_rsample else r.sample((k,))  # (k, B, L)
-        log_px_z = self.log_px_given_z(z, x.flatten(1))  # (k, B)
+        log_px_z = self.log_px_given_z(self.code(z, labels), x.flatten(1))  # (k, B)
         return log_px_z + prior.log_prob(z) - r.log_prob(z)
 
     @torch.no_grad()
@@ -146,12 +173,16 @@ class LatentVariableModel(GenerativeModel, Encodes, Reconstructs, HasPrior, Pixe
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def prior_codes(self, n: int) -> torch.Tensor:
+        """n decoder inputs drawn from the generative model: z ~ p(z) here (n, L)."""
+        return self.prior().sample((n,))
+
     @torch.no_grad()
     def sample_means(self, n: int) -> torch.Tensor:
         """Bernoulli means of p(x|z), z ~ p(z): (n, C, H, W)."""
-        return self.decode(self.prior().sample((n,)))
+        return self.decode(self.prior_codes(n))
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """Pixels drawn from p(x|z), z ~ p(z): (n, C, H, W) of 0/1 (``temperature`` unused)."""
-        return self.likelihood(self.prior().sample((n,))).sample().view(-1, *self.image_shape)
+        return self.likelihood(self.prior_codes(n)).sample().view(-1, *self.image_shape)

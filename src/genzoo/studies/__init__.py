@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from genzoo.studies import (
     autoencoder_generative,
+    burda,
     discrete_latents,
     families,
+    few_labels,
     gan_losses,
     latent_size,
     likelihood_estimators,
     sampling_steps,
+    vampprior,
 )
 from genzoo.studies.recipe import Arm, Study, run_study
 
@@ -27,6 +30,9 @@ STUDIES: dict[str, Study] = {
         autoencoder_generative.STUDY,
         families.STUDY,
         sampling_steps.STUDY,
+        few_labels.STUDY,
+        burda.STUDY,
+        vampprior.STUDY,
     )
 }
 

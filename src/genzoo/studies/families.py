@@ -25,6 +25,7 @@ ARMS = (
             "8",
             "--channel-mults",
             "1,2",
+            "--no-attention",
             "--sample-steps",
             "5",
             "--quality-samples",

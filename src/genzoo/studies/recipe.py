@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,9 @@ from genzoo.report import training_seconds
 from genzoo.runs import load_trained, read_metrics
 from genzoo.studies.page import write_study_report
 
-# --quick: one epoch on 1,000 images, evaluation on 200: the whole study in minutes.
+# --quick: one epoch on 1,000 images, the likelihood on 100: the whole study in minutes.
 QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500")
-QUICK_EVAL = ("--iw-samples", "20", "--limit", "200")
+QUICK_EVAL = ("--iw-samples", "20", "--limit", "100")
 QUICK_SAMPLES = 200  # samples scored by --quality under --quick (10,000 in full)
 
 
@@ -84,6 +84,8 @@ class StudyRun:
     data_dir: Path | None
     run_command: Command
     runs: dict[str, list[Path]] = field(default_factory=dict)
+    arms: tuple[Arm, ...] = ()  # the arms to run now (the study's, or those --arms names)
+    max_minutes: float | None = None  # --max-minutes: each arm's budget, not the study's
 
     @property
     def figures(self) -> Path:
@@ -100,11 +102,14 @@ def run_dir(out: Path, arm: Arm, seed: int, seeds: int) -> Path:
     return out / (arm.name if seeds == 1 else f"{arm.name}-seed{seed}")
 
 
-def train_command(study: Study, arm: Arm, run: Path, seed: int, quick: bool) -> list[str]:
+def train_command(
+    study: Study, arm: Arm, run: Path, seed: int, quick: bool, max_minutes: float | None = None
+) -> list[str]:
     protocol = QUICK_TRAIN if quick else study.train
     extra = arm.quick if quick else ()
+    budget = () if max_minutes is None else ("--max-minutes", f"{max_minutes:g}")
     return [
-        "train", arm.model, *protocol, *arm.flags, *extra, "--seed", str(seed),
+        "train", arm.model, *protocol, *arm.flags, *extra, *budget, "--seed", str(seed),
         "--run-dir", str(run),
     ]  # fmt: skip
 
@@ -112,10 +117,17 @@ def train_command(study: Study, arm: Arm, run: Path, seed: int, quick: bool) -> 
 def eval_command(study: Study, run: Path, quick: bool, arm: Arm | None = None) -> list[str]:
     """``genzoo eval`` of a run; the arm's own flags follow the study's, so they win."""
     own = () if quick or arm is None else arm.evaluate
-    command = ["eval", str(run), *(QUICK_EVAL if quick else study.evaluate), *own]
+    command = ["eval", str(run), *(quick_evaluation(study) if quick else study.evaluate), *own]
     if study.quality:
         command += ["--quality", "--n-samples", str(QUICK_SAMPLES if quick else 10000)]
     return command
+
+
+def quick_evaluation(study: Study) -> tuple[str, ...]:
+    """QUICK_EVAL, without the likelihood where the study's own protocol estimates none."""
+    flags = study.evaluate
+    no_likelihood = "--iw-samples" in flags and flags[flags.index("--iw-samples") + 1] == "0"
+    return ("--iw-samples", "0", *QUICK_EVAL[2:]) if no_likelihood else QUICK_EVAL
 
 
 def _genzoo(state: StudyRun, argv: list[str]) -> None:
@@ -135,7 +147,11 @@ def run_arm(state: StudyRun, arm: Arm, seed: int) -> Path:
     run = run_dir(state.out, arm, seed, state.seeds)
     if not (run / "summary.json").exists():
         resumable = (run / "config.json").exists()
-        command = ["resume", str(run)] if resumable else train_command(study, arm, run, seed, quick)
+        command = (
+            ["resume", str(run)]
+            if resumable
+            else train_command(study, arm, run, seed, quick, state.max_minutes)
+        )
         _genzoo(state, command)
     evaluated = run / "eval.json"
     if not evaluated.exists() or read_json(evaluated).get("epoch") is None:
@@ -167,6 +183,31 @@ def arm_row(study: Study, arm: Arm, runs: list[Path], device: str) -> dict[str, 
     return row
 
 
+def chosen_arms(study: Study, names: Sequence[str] | None) -> tuple[Arm, ...]:
+    """The study's arms that ``names`` names (every arm for None), in the study's order;
+    a name it lacks is refused, with the names it has."""
+    if names is None:
+        return study.arms
+    known = {arm.name for arm in study.arms}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise GenzooError(
+            f"--arms: {study.name} has no arm {', '.join(unknown) or '(none given)'}; its arms: "
+            f"{', '.join(arm.name for arm in study.arms)}"
+        )
+    return tuple(arm for arm in study.arms if arm.name in names)
+
+
+def add_finished_arms(state: StudyRun) -> None:
+    """The arms an earlier run of the study (with other --arms) trained and evaluated in
+    its folder, for every seed, into ``state.runs``: the table shows them too."""
+    for arm in state.study.arms:
+        runs = [run_dir(state.out, arm, seed, state.seeds) for seed in range(state.seeds)]
+        done = all((r / "summary.json").exists() and (r / "eval.json").exists() for r in runs)
+        if arm.name not in state.runs and done:
+            state.runs[arm.name] = runs
+
+
 def check_plan(out: Path, plan: dict[str, Any]) -> None:
     """Record what the study folder is for; a folder holding another study, or the same
     one with --quick or --seeds changed, is refused (its runs would be mixed in)."""
@@ -192,12 +233,26 @@ def run_study(
     data_dir: Path | None = None,
     *,
     run_command: Command,
+    arms: Sequence[str] | None = None,
+    max_minutes: float | None = None,
 ) -> Path:
-    """Run every arm of ``study`` into ``out`` (resuming what a killed run left), then its
-    analysis, study.json and the page; returns the page's path. ``run_command`` runs each
-    ``genzoo train|resume|eval`` command of the arms (the CLI passes its ``main``).
+    """Run every arm of ``study`` (or the ``arms`` named) into ``out`` (resuming what a
+    killed run left), then its analysis, study.json and the page; returns the page's path.
+    ``run_command`` runs each ``genzoo train|resume|eval`` command of the arms (the CLI
+    passes its ``main``); ``max_minutes`` replaces the study's training budget per arm.
     Ctrl-C or SIGTERM stops it, saying the command that continues it."""
-    state = StudyRun(study, out, quick, seeds, device, data_dir, run_command)
+    chosen = chosen_arms(study, arms)
+    state = StudyRun(
+        study,
+        out,
+        quick,
+        seeds,
+        device,
+        data_dir,
+        run_command,
+        arms=chosen,
+        max_minutes=max_minutes,
+    )
     with sigterm_as_ctrl_c():
         try:
             return _run_study(state)
@@ -208,33 +263,44 @@ def run_study(
 
 def continue_command(state: StudyRun) -> str:
     """The command that continues a stopped study: its folder, with the same --quick and
-    --seeds (check_plan refuses others)."""
+    --seeds (check_plan refuses others) and the same device (a run resumes exactly on
+    the device it was trained on)."""
     argv = ["study", state.study.name, "--out", str(state.out)]
     argv += ["--quick"] if state.quick else []
+    argv += ["--device", state.device] if state.device != "auto" else []
     argv += ["--seeds", str(state.seeds)] if state.seeds > 1 else []
+    if state.arms != state.study.arms:
+        argv += ["--arms", ",".join(arm.name for arm in state.arms)]
+    argv += ["--max-minutes", f"{state.max_minutes:g}"] if state.max_minutes else []
     argv += ["--data-dir", str(state.data_dir)] if state.data_dir else []
     return "genzoo " + shlex.join(argv)
 
 
 def _run_study(state: StudyRun) -> Path:
     study, out, quick, seeds = state.study, state.out, state.quick, state.seeds
-    check_plan(out, {"study": study.name, "quick": quick, "seeds": seeds})
-    plan = [(arm, seed) for seed in range(seeds) for arm in study.arms]
+    budget = {} if state.max_minutes is None else {"max_minutes": state.max_minutes}
+    check_plan(out, {"study": study.name, "quick": quick, "seeds": seeds, **budget})
+    plan = [(arm, seed) for seed in range(seeds) for arm in state.arms]
     for i, (arm, seed) in enumerate(plan, start=1):
         print(f"[{i}/{len(plan)}] {study.name}: {arm.name} (seed {seed})", flush=True)
         state.runs.setdefault(arm.name, []).append(run_arm(state, arm, seed))
-    rows = [arm_row(study, arm, state.runs[arm.name], state.device) for arm in study.arms]
+    add_finished_arms(state)
+    shown = [arm for arm in study.arms if arm.name in state.runs]
+    rows = [arm_row(study, arm, state.runs[arm.name], state.device) for arm in shown]
     with torch.no_grad():
         analysis = study.analyse(state) if study.analyse else {}
     answer = study.answer(rows, analysis) if study.answer else ""
     commands = (
         [
-            "genzoo " + shlex.join(train_command(study, arm, run_dir(out, arm, 0, seeds), 0, quick))
-            for arm in study.arms
+            "genzoo "
+            + shlex.join(
+                train_command(study, arm, run_dir(out, arm, 0, seeds), 0, quick, state.max_minutes)
+            )
+            for arm in shown
         ]
         + [
             "genzoo " + shlex.join(eval_command(study, Path(arm.name), quick, arm))
-            for arm in study.arms
+            for arm in shown
             if arm.evaluate and not quick
         ]
         + ["genzoo " + shlex.join(eval_command(study, Path("RUN"), quick))]
@@ -247,6 +313,7 @@ def _run_study(state: StudyRun) -> Path:
             "answer": answer,
             "quick": quick,
             "seeds": seeds,
+            **budget,
             "columns": study.columns,
             "rows": rows,
             "figures": list(study.figures),

@@ -1,0 +1,174 @@
+"""Class-conditional VAE (Sohn et al. 2015) and GAN (projection discriminator, Miyato &
+Koyama 2018; or the label concatenated), MLP and convolutional: the label reaches every
+network, the loop passes it, and the CLI trains, samples a chosen class, plots and
+evaluates them; --class and --conditional refused in one line where they cannot apply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genzoo import quality
+from genzoo.cli import main
+from genzoo.errors import GenzooError
+from genzoo.models.gan import GAN, GANConfig
+from genzoo.models.vae import VAE, VAEConfig
+
+SHAPE = (1, 28, 28)
+COMMON = ["--batch-size", "16", "--val-size", "20", "--device", "cpu", "--epochs", "2"]
+FLAGS = {
+    "vae": ["--conditional", "--hidden", "16", "--latent-dim", "2"],
+    "gan-mlp": ["--conditional", "--noise-dim", "4", "--gen-hidden", "8,8", "--disc-hidden", "8"],
+    "gan-conv": [
+        *("--conditional", "--arch", "conv", "--conv-width", "4", "--noise-dim", "4"),
+        *("--d-conditioning", "concat", "--quality-every", "0"),
+    ],
+}
+GANS = [
+    GANConfig(conditional=True, arch=arch, d_conditioning=how, d_norm=norm, conv_width=8)
+    for arch in ("mlp", "conv")
+    for how in ("projection", "concat")
+    for norm in ("none", "spectral")
+]
+
+
+def labels_seen(monkeypatch: pytest.MonkeyPatch, family: type) -> list:
+    """The labels the loop passes to ``family.loss``, batch by batch, as training goes."""
+    seen = []
+    real_loss = family.loss
+
+    def recording_loss(self, x, labels=None):
+        seen.append(labels)
+        return real_loss(self, x, labels)
+
+    monkeypatch.setattr(family, "loss", recording_loss)
+    return seen
+
+
+def same_noise(draw, *args) -> torch.Tensor:
+    torch.manual_seed(0)
+    return draw(*args)
+
+
+@pytest.mark.parametrize("cfg", GANS, ids=lambda c: f"{c.arch}-{c.d_conditioning}-{c.d_norm}")
+def test_the_class_reaches_the_generator_and_the_discriminator(cfg: GANConfig) -> None:
+    torch.manual_seed(0)
+    model = GAN(cfg, SHAPE).eval()
+    threes, fives = torch.full((4,), 3), torch.full((4,), 5)
+    assert not torch.equal(
+        same_noise(model.sample_classes, threes), same_noise(model.sample_classes, fives)
+    )
+    x = torch.rand(4, *SHAPE)
+    assert not torch.allclose(model.logits(x, threes), model.logits(x, fives))
+    stats = model.train_step(x, model.configure_optimizers(1e-3), threes)
+    assert {"d_loss", "g_loss"} <= stats.keys()
+    with pytest.raises(GenzooError, match="labelled batches"):
+        model.loss(x)
+
+
+def test_projection_is_the_embedding_times_the_features() -> None:
+    torch.manual_seed(0)
+    model = GAN(GANConfig(conditional=True, disc_hidden=(8,)), SHAPE).eval()
+    x, labels = torch.rand(3, *SHAPE), torch.tensor([0, 4, 9])
+    features = model.discriminator[:-1](x.flatten(1))  # phi(x)
+    unconditional = model.discriminator[-1](features).squeeze(-1)  # psi(phi(x))
+    inner = (model.class_embedding.weight[labels] * features).sum(-1)
+    assert torch.allclose(model.logits(x, labels), unconditional + inner)
+
+
+def test_the_class_reaches_the_conditional_vae() -> None:
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(conditional=True, latent_dim=2, hidden=(16,)), SHAPE).eval()
+    threes, fives = torch.full((4,), 3), torch.full((4,), 5)
+    assert not torch.equal(
+        same_noise(model.sample_classes, threes), same_noise(model.sample_classes, fives)
+    )
+    x = torch.bernoulli(torch.rand(4, *SHAPE))
+    assert not torch.equal(model.posterior(x, threes).mean, model.posterior(x, fives).mean)
+    code = model.encode(x)  # the decoder's input: z and the one-hot class of q(y|x)
+    assert code.shape == (4, 2 + 10) and torch.equal(code[:, 2:].sum(1), torch.ones(4))
+    assert model.decode(code).shape == x.shape
+
+
+@pytest.mark.parametrize("name", FLAGS)
+def test_a_conditional_run_trains_samples_a_class_plots_and_evaluates(
+    name: str, data_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    model = name.split("-")[0]
+    seen = labels_seen(monkeypatch, {"vae": VAE, "gan": GAN}[model])
+    if model == "gan":  # its default --quality-every probe needs the feature net
+        quality.load_or_train_feature_net(epochs=1, val_size=20)  # briefly, on the tiny data
+    run = tmp_path / name
+    assert main(["train", model, *FLAGS[name], *COMMON, "--run-dir", str(run)]) == 0
+    # The loop passed each batch's labels (the fake digits' class: index mod 10).
+    assert seen and all(y is not None and y.shape == (16,) for y in seen[:-1])
+    figures = {p.name for p in (run / "figures").iterdir()}
+    assert "classes.png" in figures
+    if model == "vae":
+        assert {"analogies.png", "interpolation.png"} <= figures
+        assert "manifold.png" not in figures  # z = 2, but the code holds the class too
+    draws = {}
+    for label in (3, 5):
+        out = tmp_path / f"{name}-{label}.npy"
+        assert main(["sample", str(run), "-n", "3", "--class", str(label), "-o", str(out)]) == 0
+        draws[label] = np.load(out)
+    assert not np.array_equal(draws[3], draws[5])  # the same noise (seed), another class
+    quality.load_or_train_feature_net(epochs=1, val_size=20)
+    capsys.readouterr()
+    argv = ["eval", str(run), "--iw-samples", "2", "--limit", "10", "--quality"]
+    assert main([*argv, "--n-samples", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "samples of the class asked for, classified as it" in printed
+    result = json.loads((run / "eval.json").read_text())
+    assert len(result["class_accuracies"]) == 10 == len(result["class_fids"])
+    kind = "pixel means" if model == "vae" else "samples"
+    assert f"{kind} (2 or more of each class)" in result["quality_protocol"]
+    if model == "vae":
+        assert 0 <= result["class_error"] <= 1  # q(y|x), trained beside the cVAE
+    else:
+        assert 0 < result["d_real"] < 1  # D's verdict on the test images, given their class
+
+
+def test_class_on_an_unconditional_run_or_outside_the_classes_is_refused(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    plain, conditional = tmp_path / "plain", tmp_path / "conditional"
+    flags = ["--hidden", "8", "--latent-dim", "2", *COMMON]
+    assert main(["train", "vae", *flags, "--run-dir", str(plain)]) == 0
+    assert main(["train", "vae", "--labels", "all", *flags, "--run-dir", str(conditional)]) == 0
+    capsys.readouterr()
+    out = str(tmp_path / "s.png")
+    for run, label, message in (
+        (plain, "3", "trained on labels (--conditional; vae also --labels) only"),
+        (conditional, "10", "--class must be a class of the run, 0 to 9"),
+        (conditional, "-1", "must be >= 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:  # argparse's refusals exit themselves
+            raise SystemExit(main(["sample", str(run), "--class", label, "-o", out]))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["vae", "--conditional"], ["vae", "--labels", "10"], ["gan", "--conditional"]]
+)
+def test_labels_needed_from_an_unlabelled_folder_are_refused(
+    argv: list[str], tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((28, 28), 20 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    flags = ["--dataset", f"folder:{folder}", "--val-size", "2", "--epochs", "1"]
+    assert main(["train", *argv, *flags, "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    flags_named = " ".join(a for a in argv if not a.isdigit())  # e.g. "vae --labels"
+    assert f"{flags_named} is trained on the class labels" in err
+    assert "has none (a folder needs a subfolder per class)" in err
+    assert len(err.strip().splitlines()) == 1
