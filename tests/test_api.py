@@ -22,7 +22,8 @@ from genzoo.config import TrainConfig
 from genzoo.errors import GenzooError
 from genzoo.models import MODELS
 from genzoo.models.diffusion import DiffusionConfig
-from genzoo.models.vae import VAEConfig
+from genzoo.models.vae import VAE, VAEConfig
+from genzoo.rng import isolated_rng
 from genzoo.runs import RunConfig, checkpoint_files, save_run_config
 
 # The tests' tiny VAE, as keywords and as the command's flags.
@@ -117,6 +118,27 @@ def test_sampling_asks_the_run_for_abilities_it_has(run: Path) -> None:
         genzoo.sample(run, 4, label=1)
     with pytest.raises(GenzooError, match=r"^--temperature applies to flows"):
         genzoo.sample(run, 4, temperature=0.5)
+
+
+def test_many_samples_are_drawn_in_batches_and_a_few_in_one_draw(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60,000 samples of a diffusion model in one batch would not fit in memory: sample
+    draws a thousand at a time; up to a thousand, the very images of one seeded draw."""
+    model = genzoo.load(run)
+    with isolated_rng(3, torch.device("cpu")):
+        one_draw = model.sample(9)
+    assert torch.equal(genzoo.sample(run, 9, seed=3), one_draw)
+    sizes = []
+    real_sample = VAE.sample
+
+    def recording_sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        sizes.append(n)
+        return real_sample(self, n, temperature)
+
+    monkeypatch.setattr(VAE, "sample", recording_sample)
+    assert genzoo.sample(run, 2500, seed=3).shape == (2500, 1, 28, 28)
+    assert sizes == [1000, 1000, 500]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -237,10 +259,30 @@ BAD_INPUT: list[tuple[str, Call, list[str] | None, str | None]] = [
         "--sample-steps: must be positive",
     ),
     (
-        "an unknown sampling setting",
+        "a keyword like none of evaluate's",
         lambda tmp: genzoo.evaluate(vae_run(tmp / "v"), steps=3),
         None,
-        "unknown setting 'steps'; the settings of sampling are sampler, sample_steps, guidance",
+        "unknown keyword 'steps' of genzoo.evaluate; its keywords: run, iw_samples, limit, "
+        "split, estimator, quality, n_samples, output, device, data_dir, sampler, "
+        "sample_steps, guidance",
+    ),
+    (
+        "a misspelt keyword of evaluate",
+        lambda tmp: genzoo.evaluate(vae_run(tmp / "v"), iw_sample=100),
+        None,
+        "unknown keyword 'iw_sample' of genzoo.evaluate (did you mean iw_samples?); ",
+    ),
+    (
+        "a misspelt keyword of sample",
+        lambda tmp: genzoo.sample(vae_run(tmp / "v"), 4, temprature=0.5),
+        None,
+        "unknown keyword 'temprature' of genzoo.sample (did you mean temperature?); ",
+    ),
+    (
+        "a misspelt keyword of load",
+        lambda tmp: genzoo.load(vae_run(tmp / "v"), devce="cpu"),
+        None,
+        "unknown keyword 'devce' of genzoo.load (did you mean device?); ",
     ),
     (
         "an image format sample does not write",

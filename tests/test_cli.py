@@ -203,6 +203,26 @@ def test_sample_writes_into_the_run_folder_and_keeps_a_users_file(
     assert np.load(mine)["samples"].shape == (3, 1, 28, 28)
 
 
+def test_the_default_sample_file_is_named_by_every_flag_that_changes_the_draw(
+    run_dir: Path,
+) -> None:
+    """Without -o, samples of another class, temperature or sampler go to a file of
+    their own rather than over each other's."""
+
+    def named(*flags: str) -> str:
+        args = build_parser().parse_args(["sample", str(run_dir), "-n", "4", *flags])
+        return cli.default_samples_file(args).relative_to(run_dir).as_posix()
+
+    assert named() == "samples-n4-seed0.png"
+    assert named("--class", "3") == "samples-n4-seed0-class3.png"
+    assert named("--temperature", "0.7", "--standard-normal") == (
+        "samples-n4-seed0-temperature0.7-standard-normal.png"
+    )
+    assert named("--sampler", "ddim", "--sample-steps", "10", "--guidance", "2") == (
+        "samples-n4-seed0-sampler-ddim-sample-steps10-guidance2.png"
+    )
+
+
 def test_an_interrupted_sample_write_leaves_the_old_file_whole(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 from genzoo import quality
 from genzoo.cli import main
 from genzoo.errors import GenzooError
+from genzoo.evaluation import quality_images
 from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.vae import VAE, VAEConfig
 
@@ -132,6 +133,56 @@ def test_a_conditional_run_trains_samples_a_class_plots_and_evaluates(
         assert 0 <= result["class_error"] <= 1  # q(y|x), trained beside the cVAE
     else:
         assert 0 < result["d_real"] < 1  # D's verdict on the test images, given their class
+
+
+def test_quality_images_return_the_labels_they_were_drawn_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The labels that score class fidelity are those the samples were drawn for, batch
+    by batch: every class in turn."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(conditional=True, latent_dim=2, hidden=(16,)), SHAPE).eval()
+    asked = []
+    real_draw = VAE.sample_classes
+
+    def recording_draw(self, labels):
+        asked.append(labels)
+        return real_draw(self, labels)
+
+    monkeypatch.setattr(VAE, "sample_classes", recording_draw)
+    images, labels = quality_images(model, 25, batch_size=10)
+    assert images.shape == (25, *SHAPE) and [len(batch) for batch in asked] == [10, 10, 5]
+    assert torch.equal(labels, torch.cat(asked)) and torch.equal(labels, torch.arange(25) % 10)
+
+
+def test_a_quick_quality_check_of_a_conditional_run_leaves_out_the_class_fids(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """12 samples of 10 classes, one of most: `genzoo eval --quality` gives every other
+    score and says why the FID per class is left out, where it crashed."""
+    run = tmp_path / "cvae"
+    assert main(["train", "vae", *FLAGS["vae"], *COMMON, "--run-dir", str(run)]) == 0
+    quality.load_or_train_feature_net(epochs=1, val_size=20)  # briefly, on the tiny data
+    capsys.readouterr()
+    argv = ["eval", str(run), "--iw-samples", "0", "--quality", "--n-samples", "12"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "FID per class: left out: a class's FID needs 2 or more samples" in printed
+    result = json.loads((run / "eval.json").read_text())
+    assert "fid" in result and len(result["class_accuracies"]) == 10
+    assert "class_fids" not in result
+    assert result["class_fids_left_out"].endswith("samples of class 2: 1 (more: --n-samples)")
+
+
+def test_samples_of_two_classes_keep_their_own_default_files(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "cvae"
+    assert main(["train", "vae", *FLAGS["vae"], *COMMON, "--run-dir", str(run)]) == 0
+    for label in ("3", "5"):
+        assert main(["sample", str(run), "-n", "4", "--class", label]) == 0
+    threes, fives = (run / f"samples-n4-seed0-class{c}.png" for c in (3, 5))
+    assert threes.read_bytes() != fives.read_bytes()
 
 
 def test_class_on_an_unconditional_run_or_outside_the_classes_is_refused(

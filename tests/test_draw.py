@@ -14,6 +14,7 @@ from PIL import Image
 from torch.distributions import Bernoulli, Normal
 
 from conftest import fake_digits
+from genzoo.api import run_config
 from genzoo.cli import main
 from genzoo.errors import GenzooError
 from genzoo.models import draw
@@ -266,3 +267,19 @@ def test_grey_levels_are_refused(data_dir: Path, tmp_path: Path, capsys) -> None
     argv = ["train", "draw", "--run-dir", str(tmp_path / "r"), *TRAIN, "--binarize", "none"]
     assert main(argv) == 2
     assert "binarize" in capsys.readouterr().err
+
+
+def test_the_default_is_the_measured_recipe_and_the_papers_model_one_preset_away() -> None:
+    default = run_config("draw", {})
+    assert (default.model_config.steps, default.model_config.read_size) == (16, 5)
+    assert (default.train.lr_schedule, default.train.epochs, default.train.ema) == (
+        "cosine",
+        58,
+        0.999,
+    )
+    paper = run_config("draw", {"preset": "gregor2015"})
+    m = paper.model_config
+    assert (m.steps, m.read_size, m.write_size, m.attention) == (64, 2, 5, "gaussian")
+    assert paper.train.binarize == "static" and paper.to_dict()["preset"]["deviations"] == {}
+    shorter = run_config("draw", {"preset": "gregor2015", "steps": 16}).to_dict()["preset"]
+    assert shorter["deviations"] == {"steps": {"preset": 64, "run": 16}}

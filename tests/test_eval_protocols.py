@@ -1,21 +1,30 @@
 """What `genzoo eval` measures against and what it keeps: --limit limits the model's side
-only, Parzen's bandwidth never comes from the images it scores, and eval.json keeps each
-evaluation by its protocol, showing the best (an older eval.json included)."""
+only, Parzen's bandwidth never comes from the images it scores, the samples are scored
+with the feature net of the run's dataset, and eval.json keeps each evaluation by its
+protocol, showing the best (an older eval.json included; two evaluations at once keep
+both)."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from genzoo import quality
+from conftest import register, write_fake_idx_dataset
+from genzoo import evaluation, quality
 from genzoo.cli import main
 from genzoo.data import Data, load_data
-from genzoo.evaluation import evaluate_run
+from genzoo.evaluation import evaluate_run, keep_evaluation
 from genzoo.quality import FeatureNet
+from genzoo.runs import load_run_config
+from genzoo.training import watch_quality
 
 TINY_VAE = [
     "--epochs", "2", "--hidden", "8", "--latent-dim", "2", "--batch-size", "16",
@@ -186,3 +195,109 @@ def test_an_older_eval_json_is_kept_as_one_evaluation(run: Path, net: FeatureNet
     assert "fid" not in legacy_figures and legacy_figures["nll"] == 97.0
     assert scores[legacy["quality_protocol"]]["quality_epoch"] == 2
     assert list(figures)[1] == "test split, 10 images" and len(scores) == 2
+
+
+def test_a_runs_samples_are_scored_with_the_feature_net_of_its_dataset(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Fashion-MNIST run: `genzoo eval --quality` asks for the Fashion-MNIST feature net,
+    as the training probe does (never MNIST's)."""
+    write_fake_idx_dataset(data_dir / "fashion-mnist")
+    register(monkeypatch, "fashion-mnist", data_dir / "fashion-mnist")
+    run = tmp_path / "fashion"
+    argv = ["train", "vae", "--dataset", "fashion-mnist", "--run-dir", str(run), *TINY_VAE]
+    assert main(argv) == 0
+    torch.manual_seed(0)
+    net, asked = FeatureNet(feature_dim=16).eval(), []
+
+    def loader(data_dir=None, device="cpu", cache_dir=None, dataset="mnist", **kwargs):
+        asked.append(dataset)
+        return net
+
+    monkeypatch.setattr(quality, "load_or_train_feature_net", loader)
+    evaluate_run(run, iw_samples=0, quality=True, n_samples=20)
+    watch_quality(load_run_config(run), torch.device("cpu"), None)
+    assert asked == ["fashion-mnist", "fashion-mnist"]
+
+
+def test_quality_of_a_folder_dataset_is_refused_in_one_line(
+    data_dir: Path, tmp_path: Path, net: FeatureNet, capsys
+) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "own").mkdir()
+    for i in range(20):
+        pixels = rng.integers(0, 256, size=(28, 28), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "own" / f"{i}.png")
+    run = tmp_path / "folder-run"
+    flags = ["--dataset", f"folder:{tmp_path / 'own'}", "--epochs", "1", "--hidden", "8"]
+    assert main(["train", "vae", *flags, "--latent-dim", "2", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--iw-samples", "0", "--quality"]) == 2
+    err = capsys.readouterr().err
+    assert "classifier of MNIST-like datasets" in err and "leave out --quality" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (run / "eval.json").exists()  # refused before any figure was measured
+
+
+def figures_record(protocol: str) -> dict[str, Any]:
+    return {"protocol": protocol, "split": "test", "n_examples": 10, "epoch": 1}
+
+
+def test_two_evaluations_at_once_each_keep_the_others_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `genzoo eval` of one run finishing together: each reads eval.json, adds its
+    record and writes it back. The reads are slowed down, so that without a lock both
+    would read the file before either wrote, and the later write would drop the other's
+    record."""
+    read = evaluation.kept_evaluations
+
+    def slow_read(path: Path) -> evaluation.Evaluations:
+        kept = read(path)
+        time.sleep(0.3)
+        return kept
+
+    monkeypatch.setattr(evaluation, "kept_evaluations", slow_read)
+    output = tmp_path / "run" / "eval.json"
+    start = threading.Barrier(2)
+
+    def evaluate(protocol: str) -> None:
+        start.wait()
+        keep_evaluation(output, {"figures": figures_record(protocol)})
+
+    threads = [threading.Thread(target=evaluate, args=(p,)) for p in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept = json.loads(output.read_text())["evaluations"]["figures"]
+    assert sorted(kept) == ["first", "second"]
+
+
+def quality_record(sampling: dict[str, Any]) -> dict[str, Any]:
+    steps = sampling.get("sample_steps", 1000)
+    return {
+        "fid": 5.0 if steps == 1000 else 40.0,
+        "quality_protocol": f"10000 samples (ddpm, {steps} steps) against the test images",
+        "sampling": sampling,
+        "quality_split": "test",
+        "n_test": 10000,
+        "n_samples": 10000,
+        "quality_epoch": 7,
+    }
+
+
+def test_a_sampler_other_than_the_runs_own_never_replaces_the_shown_quality(
+    tmp_path: Path,
+) -> None:
+    """After the run's own 1000-step sampler scored 10k samples, a quick check of 10
+    steps on as many samples is kept beside it, not shown in its place; with no record
+    of the run's own sampler, the other sampler's is shown."""
+    output = tmp_path / "eval.json"
+    own, quick = quality_record({}), quality_record({"sample_steps": 10})
+    keep_evaluation(output, {"figures": figures_record("f"), "quality": own})
+    shown = keep_evaluation(output, {"figures": figures_record("f"), "quality": quick})
+    assert shown["fid"] == 5.0 and shown["sampling"] == {}
+    assert len(shown["evaluations"]["quality"]) == 2
+    alone = keep_evaluation(tmp_path / "other.json", {"quality": quick})
+    assert alone["fid"] == 40.0

@@ -10,7 +10,12 @@ import pytest
 from matplotlib.animation import FuncAnimation
 from PIL import Image
 
-from genzoo import plots
+from genzoo import figures, plots
+from genzoo.models.binary_vae import BinaryVAE, BinaryVAEConfig
+from genzoo.models.hvae import HVAE, HVAEConfig
+from genzoo.models.vae import VAE, VAEConfig
+
+SHAPE = (1, 28, 28)
 
 
 @pytest.fixture
@@ -69,3 +74,22 @@ def test_an_animation_is_whole_or_not_written(tmp_path: Path, monkeypatch) -> No
         plots.save_gif(*animation(4), 4, path, fps=5)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]
+
+
+@pytest.mark.parametrize(
+    ("family", "cfg", "manifold"),
+    [
+        (VAE, VAEConfig(latent_dim=2, hidden=(8,)), True),
+        (VAE, VAEConfig(latent_dim=3, hidden=(8,)), False),
+        (HVAE, HVAEConfig(latent_dims=(2,), hidden=(8,)), True),
+        (HVAE, HVAEConfig(latent_dims=(2,), hidden=(8,), prior="vamp", pseudo_inputs=3), False),
+        (BinaryVAE, BinaryVAEConfig(latent_dim=2, hidden=(8,)), False),
+    ],
+    ids=["vae-z2", "vae-z3", "hvae-z2", "vampprior-z2", "bvae-z2"],
+)
+def test_the_manifold_is_drawn_for_a_2d_gaussian_prior_alone(
+    family: type, cfg: object, manifold: bool
+) -> None:
+    """The figure of p(x|z) over a grid of N(0, I)'s quantiles needs z ~ N(0, I) in 2-D:
+    not a VampPrior (a mixture), not Bernoulli latents."""
+    assert figures.has_2d_gaussian_prior(family(cfg, SHAPE)) is manifold

@@ -568,6 +568,28 @@ def test_class_fidelity_counts_the_samples_of_their_class() -> None:
         quality.class_fidelity(net, images, labels[:10], images, labels)
 
 
+def test_class_fids_are_left_out_with_a_reason_where_a_class_has_one_image() -> None:
+    """12 samples of 10 classes (`genzoo eval --quality --n-samples 12`): every class's
+    accuracy, and no class FID, which needs two images of each class on both sides; the
+    reason names the side that is short."""
+    torch.manual_seed(0)
+    net = FeatureNet(feature_dim=8).eval()
+    real, real_labels = digits(30, 1), torch.arange(30) % 10  # 3 real images a class
+    samples, labels = digits(12, 2), torch.arange(12) % 10  # 2 of classes 0, 1; 1 of the rest
+    few = quality.class_fidelity(net, samples, labels, real, real_labels)
+    assert "class_fids" not in few and len(few["class_accuracies"]) == 10
+    assert few["class_fids_left_out"] == (
+        "a class's FID needs 2 or more samples and real images of each class; "
+        "samples of class 2: 1 (more: --n-samples)"
+    )
+    json.dumps(few)  # plain numbers and words, for eval.json
+    samples, labels = digits(20, 2), torch.arange(20) % 10  # 2 of each class
+    enough = quality.class_fidelity(net, samples, labels, real, real_labels)
+    assert len(enough["class_fids"]) == 10 and "class_fids_left_out" not in enough
+    short_real = quality.class_fidelity(net, samples, labels, real[:15], real_labels[:15])
+    assert short_real["class_fids_left_out"].endswith("real images of class 5: 1")
+
+
 def test_quality_scores_reject_images_outside_the_unit_interval() -> None:
     net, test = FeatureNet(feature_dim=16), digits(10, 1)
     with pytest.raises(GenzooError, match=r"samples must hold values in \[0, 1\]"):

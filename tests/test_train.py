@@ -310,7 +310,7 @@ def test_samples_gone_to_nan_are_a_divergence_not_a_probe_error(
 ) -> None:
     monkeypatch.setattr(gtrain, "watch_quality", lambda cfg, dev, data_dir: lambda x: {})
     monkeypatch.setattr(
-        gtrain, "quality_images", lambda model, n: torch.full((n, 1, 28, 28), math.nan)
+        gtrain, "quality_images", lambda model, n: (torch.full((n, 1, 28, 28), math.nan), None)
     )
     train = TrainConfig(epochs=2, batch_size=16, val_size=20, quality_every=1)
     cfg = RunConfig("gan", train, GANConfig(noise_dim=4, gen_hidden=(8,), disc_hidden=(8,)))

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from genzoo.config import (
 )
 from genzoo.cpu import tune_process
 from genzoo.errors import GenzooError
-from genzoo.evaluation import ESTIMATORS, evaluate_run
+from genzoo.evaluation import ESTIMATORS, draw_many, evaluate_run
 from genzoo.files import write_array
 from genzoo.models import MODELS, GenerativeModel, find_preset
 from genzoo.models.base import Conditional, MixtureSampler, Tempered, trained_on_labels
@@ -61,9 +62,6 @@ PathLike = str | os.PathLike[str]
 
 MAX_GRID_IMAGES = 4096  # a 64 x 64 grid, 3,900 pixels a side; more as an array
 ARRAY_SUFFIXES = (".npy", ".npz")
-# DRAW's attention windows read and write one grey canvas; models/draw.py refuses other
-# images only once the data is loaded, so the setting that fixes it is named before that.
-GREY_ONLY = {"draw": "DRAW"}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -175,10 +173,13 @@ def run_config(model: str, settings: Mapping[str, Any]) -> RunConfig:
         checked_config(TrainConfig, {**family.training_defaults(), **train}),
         checked_config(family.config, own),
     )
-    if model in GREY_ONLY and cfg.train.channels == 3:
+    # A family refuses other images only once the data is loaded (models/draw.py), so the
+    # setting that fixes it is named before that. Every family takes grey images (MNIST's).
+    if cfg.train.channels not in family.channels:
+        takes = " or ".join(str(c) for c in family.channels)
         raise GenzooError(
-            f"{GREY_ONLY[model]} takes grey images: use --channels 1 (RGB images are "
-            "then read as grey)"
+            f"model {model} is defined for --channels {takes}, not {cfg.train.channels}: "
+            "use --channels 1 (RGB images are then read as grey)"
         )
     return cfg
 
@@ -195,15 +196,32 @@ def sampling_fields() -> dict[str, tuple[dataclasses.Field, Any, str]]:
     return found
 
 
+def refuse_unknown_keywords(function: Callable[..., Any], given: Mapping[str, Any]) -> None:
+    """A keyword of ``function``'s ``**sampling`` that no family samples with is a slip of
+    the keyboard, not a sampling setting (``iw_sample=100`` for ``iw_samples``): refused,
+    as Python refuses an unknown keyword, naming the closest of all its keywords."""
+    sampling = sampling_fields()
+    unknown = sorted(given.keys() - sampling.keys())
+    if not unknown:
+        return
+    keywords = [
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is not parameter.VAR_KEYWORD
+    ] + list(sampling)
+    close = difflib.get_close_matches(unknown[0], keywords, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise GenzooError(
+        f"unknown keyword {unknown[0]!r} of genzoo.{function.__name__}{hint}; its keywords: "
+        + ", ".join(keywords)
+    )
+
+
 def sampling_settings(run_dir: Path, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The sampling settings given (None: not given), refused where no family has such a
-    setting or the run's family has not, and checked against the setting's bounds."""
+    """The sampling settings given (None: not given; each a setting of some family's
+    sampling: ``refuse_unknown_keywords``), refused where the run's family has not
+    such a setting, and checked against the setting's bounds."""
     known = sampling_fields()
-    unknown = sorted(given.keys() - known.keys())
-    if unknown:
-        raise GenzooError(
-            f"unknown setting {unknown[0]!r}; the settings of sampling are {', '.join(known)}"
-        )
     settings = {name: value for name, value in given.items() if value is not None}
     cfg = load_run_config(run_dir)
     foreign = sorted(settings.keys() - sampling_field_names(cfg.model_config))
@@ -283,6 +301,7 @@ def load(
     """The trained model of ``run`` with its best weights, in eval mode: ``model.sample(n)``
     draws n images (n, C, H, W) in [0, 1]. ``sampling`` replaces settings of how it
     samples (a diffusion model's ``sampler``, ``sample_steps``, ``guidance``)."""
+    refuse_unknown_keywords(load, sampling)
     folder = run_folder(run)
     check_fields(Runtime(device))
     model, _ = trained_model(folder, device, data_dir, sampling)
@@ -352,15 +371,18 @@ def draw_samples(
     label: int | None,
     standard_normal: bool,
 ) -> torch.Tensor:
-    """``n`` samples (n, C, H, W) on the CPU, from their own seeded generator."""
+    """``n`` samples (n, C, H, W) on the CPU, from their own seeded generator, drawn in
+    batches (``draw_many``): 60,000 diffusion samples in one batch would not fit in
+    memory."""
     device = next(model.parameters()).device
     with isolated_rng(seed, device):
         if standard_normal:
-            samples = model.sample_standard_normal(n)
+            samples = draw_many(model, n, draw=model.sample_standard_normal)
         elif label is not None:
-            samples = model.sample_classes(torch.full((n,), label, device=device))
+            samples = draw_many(model, n, labels=torch.full((n,), label, device=device))
         else:
-            samples = model.sample(n, temperature=1.0 if temperature is None else temperature)
+            t = 1.0 if temperature is None else temperature
+            samples = draw_many(model, n, draw=lambda m: model.sample(m, temperature=t))
     return samples.cpu()
 
 
@@ -395,6 +417,7 @@ def sample(
     grid, or a .npy or .npz array) they are also written there; an existing file only
     with ``force``.
     """
+    refuse_unknown_keywords(sample, sampling)
     folder = run_folder(run)
     check_fields(SampleOptions(device=device, n=n, seed=seed, temperature=temperature, label=label))
     target = None if output is None else Path(output)
@@ -437,6 +460,7 @@ def evaluate(
     or "prior" p(z); ``quality``: also score ``n_samples`` samples (FID, Inception score,
     precision/recall, Parzen), drawn with the ``sampling`` settings where given.
     """
+    refuse_unknown_keywords(evaluate, sampling)
     folder = run_folder(run)
     check_fields(
         EvalOptions(

@@ -277,7 +277,8 @@ def add_sample(commands: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         help=f"a .png grid (at most {api.MAX_GRID_IMAGES:,} images), or a .npy or .npz array "
-        "(default: RUN/samples-nN-seedS.png)",
+        "(default: RUN/samples-nN-seedS.png, with --class, --temperature and the sampling "
+        "flags given in the name too)",
     )
     sample_p.add_argument(
         "--force", action="store_true", help="replace the file -o names if it exists"
@@ -532,7 +533,10 @@ def print_quality(r: dict) -> None:
     )
     if "class_accuracy" in r:
         per_class = " ".join(f"{a:.3f}" for a in r["class_accuracies"])
-        fids = " ".join(f"{f:.1f}" for f in r["class_fids"])
+        if "class_fids" in r:
+            fids = " ".join(f"{f:.1f}" for f in r["class_fids"])
+        else:
+            fids = f"left out: {r['class_fids_left_out']}"
         print(
             f"  samples of the class asked for, classified as it: {r['class_accuracy']:.4f}\n"
             f"    per class 0..{len(r['class_accuracies']) - 1}: {per_class}\n"
@@ -597,9 +601,29 @@ def cmd_quality_net(args: argparse.Namespace) -> None:
     )
 
 
+def default_samples_file(args: argparse.Namespace) -> Path:
+    """Where samples go without -o: a file of the run's own, which a rerun with the same
+    flags replaces, named by every flag that changes the draw, so that ``--class 3`` and
+    ``--class 5`` (or two samplers) each keep their own: e.g.
+    RUN/samples-n64-seed0-class3.png, RUN/samples-n64-seed0-sampler-ddim-sample-steps10.png."""
+    given = {
+        "class": args.label,
+        "temperature": args.temperature,
+        **{name.replace("_", "-"): value for name, value in sampling_flags(args).items()},
+    }
+    parts = [f"n{args.n}", f"seed{args.seed}"]
+    for flag, value in given.items():
+        if value is not None:  # numbers follow their flag, words after a dash
+            parts.append(
+                f"{flag}{value:g}" if isinstance(value, int | float) else f"{flag}-{value}"
+            )
+    if args.standard_normal:
+        parts.append("standard-normal")
+    return check_run_dir(args.run) / f"samples-{'-'.join(parts)}.png"
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
-    # Without -o the samples go to a file of the run's own, which a rerun replaces.
-    output = args.output or check_run_dir(args.run) / f"samples-n{args.n}-seed{args.seed}.png"
+    output = args.output or default_samples_file(args)
     api.sample(
         args.run,
         args.n,

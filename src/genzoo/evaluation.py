@@ -34,7 +34,8 @@ from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 from genzoo import plots, quality
 from genzoo.data import Data, Split, batches, binarization_note, load_data
 from genzoo.errors import GenzooError
-from genzoo.files import read_json_object, write_json
+from genzoo.files import read_json_object, updating, write_json
+from genzoo.folders import is_folder_dataset
 from genzoo.models import GenerativeModel
 from genzoo.models.base import Likelihood, PixelMeans, trained_on_labels
 from genzoo.report import trained_epochs, write_run_report
@@ -142,11 +143,18 @@ def draw_many(
     n: int,
     batch_size: int = 1000,
     draw: Callable[[int], torch.Tensor] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``n`` images drawn in batches by ``draw(m)`` (default: the model's ``sample``):
+    """``n`` images drawn ``batch_size`` at a time, so that tens of thousands fit in
+    memory: by ``draw(m)`` (default: the model's ``sample``), or, given ``labels`` (n,),
+    by the class-conditional model's ``sample_classes`` of each batch's labels.
     (n, C, H, W) on the model's device."""
     draw = draw or model.sample
-    return torch.cat([draw(min(batch_size, n - i)) for i in range(0, n, batch_size)])
+    parts = []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        parts.append(draw(m) if labels is None else model.sample_classes(labels[start : start + m]))
+    return torch.cat(parts)
 
 
 def balanced_labels(n: int, classes: int, device: torch.device) -> torch.Tensor:
@@ -155,21 +163,22 @@ def balanced_labels(n: int, classes: int, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quality_images(model: GenerativeModel, n: int, batch_size: int = 1000) -> torch.Tensor:
-    """What the sample-quality scores see of a model: (n, C, H, W) in [0, 1]. For models
-    with Bernoulli pixels the pixel means of p(x|z), z ~ p(z): the feature net was
-    trained on grey levels, and a 0/1 draw of every pixel is noise it punishes, which
-    the real images would not carry; for a class-conditional model samples of every class
-    in turn (``balanced_labels``); for the others their samples."""
+def quality_images(
+    model: GenerativeModel, n: int, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the sample-quality scores see of a model: (n, C, H, W) in [0, 1], and the
+    (n,) labels they were drawn for (None for an unconditional model). For models with
+    Bernoulli pixels the pixel means of p(x|z), z ~ p(z): the feature net was trained on
+    grey levels, and a 0/1 draw of every pixel is noise it punishes, which the real
+    images would not carry; for a class-conditional model samples of every class in turn
+    (``balanced_labels``); for the others their samples."""
     if trained_on_labels(model):
         device = next(model.parameters()).device
         labels = balanced_labels(n, model.class_count(), device)
-        return torch.cat(
-            [model.sample_classes(labels[i : i + batch_size]) for i in range(0, n, batch_size)]
-        )
+        return draw_many(model, n, batch_size, labels=labels), labels
     if not isinstance(model, PixelMeans):
-        return draw_many(model, n, batch_size)
-    return draw_many(model, n, batch_size, model.sample_means)
+        return draw_many(model, n, batch_size), None
+    return draw_many(model, n, batch_size, model.sample_means), None
 
 
 def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
@@ -183,15 +192,49 @@ def quality_protocol(model: GenerativeModel, n: int, split: str) -> str:
     return f"{n} {what}{how} against the grey-level {split} images"
 
 
+def grey_dataset(dataset: str, binarize: str) -> str:
+    """The grey-level dataset of images of ``dataset`` binarized as ``binarize``: the
+    real images sample quality is scored against, and the dataset of the feature net
+    that scores it. Static binarized MNIST has no grey version: MNIST stands in for it."""
+    return "mnist" if binarize == "static" else dataset
+
+
+def feature_net(
+    dataset: str,
+    binarize: str,
+    device: torch.device,
+    data_dir: str | Path | None,
+    val_size: int = 10000,
+) -> quality.FeatureNet:
+    """The feature net that scores samples of ``dataset`` binarized as ``binarize``: that
+    of its ``grey_dataset`` (trained and cached first if need be, on its training images
+    less ``val_size``). A folder of images has none (any size, colour and classes, or no
+    labels at all to train one on): refused."""
+    if is_folder_dataset(dataset):
+        raise GenzooError(
+            f"sample quality is scored with a classifier of MNIST-like datasets; "
+            f"{dataset} has none: leave out --quality"
+        )
+    grey = grey_dataset(dataset, binarize)
+    return quality.load_or_train_feature_net(data_dir, device, dataset=grey, val_size=val_size)
+
+
+def run_feature_net(
+    cfg: RunConfig, device: torch.device, data_dir: str | Path | None
+) -> quality.FeatureNet:
+    """The feature net that scores the run's samples (``feature_net``), the same for the
+    training probe and for ``genzoo eval --quality``."""
+    tc = cfg.train
+    return feature_net(tc.dataset, tc.binarize, device, data_dir, tc.val_size)
+
+
 def grey_data(cfg: RunConfig, device: torch.device, data_dir: str | Path | None) -> Data:
-    """The run's dataset in grey levels, the real images of the sample-quality scores
-    (the feature net's own kind). Static binarized MNIST has no grey version: MNIST's
-    own splits stand in for it."""
+    """The run's dataset in grey levels (``grey_dataset``), the real images of the
+    sample-quality scores (the feature net's own kind)."""
     tc = cfg.train
     if tc.binarize == "none":
         return load_data_of(cfg, device, data_dir)
-    dataset = "mnist" if tc.binarize == "static" else tc.dataset
-    grey = dataclasses.replace(tc, binarize="none", dataset=dataset)
+    grey = dataclasses.replace(tc, binarize="none", dataset=grey_dataset(tc.dataset, tc.binarize))
     return load_data_of(dataclasses.replace(cfg, train=grey), device, data_dir)
 
 
@@ -213,19 +256,16 @@ def sample_quality(
     real: Split,
     sigma_images: torch.Tensor,
     n_samples: int,
-    data_dir: str | Path | None,
+    net: quality.FeatureNet,
 ) -> dict[str, Any]:
     """FID, Inception score, precision/recall, density/coverage and Parzen log-likelihood
-    of ``n_samples`` ``quality_images`` against the grey ``real`` images, with the cached
-    feature net; the Parzen bandwidth is chosen on ``sigma_images``. For a
+    of ``n_samples`` ``quality_images`` against the grey ``real`` images, with the
+    feature net ``net``; the Parzen bandwidth is chosen on ``sigma_images``. For a
     class-conditional model also how well its samples are of their class
     (``quality.class_fidelity``)."""
-    device = real.images.device
-    net = quality.load_or_train_feature_net(data_dir, device)
-    samples = quality_images(model, n_samples)
+    samples, labels = quality_images(model, n_samples)
     scores = quality.quality_scores(samples, real.images, sigma_images, net)
-    if trained_on_labels(model) and real.labels is not None:
-        labels = balanced_labels(n_samples, model.class_count(), device)
+    if labels is not None and real.labels is not None:
         scores.update(quality.class_fidelity(net, samples, labels, real.images, real.labels))
     return scores
 
@@ -236,13 +276,14 @@ def measure_quality(
     split: str,
     n_samples: int,
     sampling: dict[str, Any] | None,
+    net: quality.FeatureNet,
     data_dir: str | Path | None,
 ) -> dict[str, Any]:
     """The sample-quality part of an evaluation: the scores, their protocol, and the
     ``sampling`` settings the samples were drawn with."""
     device = next(model.parameters()).device
     real, sigma_images = quality_reference(grey_data(cfg, device, data_dir), split)
-    scores = sample_quality(model, real, sigma_images, n_samples, data_dir)
+    scores = sample_quality(model, real, sigma_images, n_samples, net)
     protocol = quality_protocol(model, n_samples, split)
     return {**scores, "quality_protocol": protocol, "sampling": sampling or {}}
 
@@ -258,8 +299,8 @@ def reference_quality(
     """The ideal row of a sample-quality table: ``n_samples`` training images scored as if
     they were a model's samples, against the test images."""
     dev = resolve_device(device)
+    net = feature_net(dataset, binarize, dev, data_dir, val_size)
     data = load_data(dataset, binarize, val_size, data_dir).to(dev)
-    net = quality.load_or_train_feature_net(data_dir, dev)
     scores = quality.reference_quality_scores(data, net, n_samples)
     return {**scores, "reference": "training images", "dataset": dataset, "binarize": binarize}
 
@@ -299,9 +340,13 @@ def figures_rank(figures: dict[str, Any]) -> tuple:
 
 
 def quality_rank(scores: dict[str, Any]) -> tuple:
-    """How good the protocol of sample-quality scores is, for ``max``: against the test
-    images, then against more real images, then of more samples, then of later weights."""
+    """How good the protocol of sample-quality scores is, for ``max``: of samples drawn
+    with the run's own sampling settings (none replaced: the model as trained, not a
+    cheaper sampler that a quick check tried, e.g. 10 steps of diffusion's 1000), then
+    against the test images, then against more real images, then of more samples, then
+    of later weights."""
     return (
+        not scores.get("sampling"),
         scores.get("quality_split") == "test",
         scores.get("n_test", 0),
         scores.get("n_samples", 0),
@@ -357,13 +402,14 @@ def keep_evaluation(output: Path, parts: dict[str, dict[str, Any]]) -> dict[str,
     """Add an evaluation's ``parts`` (kind -> record) to the eval.json at ``output`` by
     their protocols (moved last, so that they win ties), rewrite its top level, and
     return that top level."""
-    evaluations = kept_evaluations(output)
-    for kind, record in parts.items():
-        protocol = record["protocol" if kind == "figures" else "quality_protocol"]
-        evaluations[kind].pop(protocol, None)
-        evaluations[kind][protocol] = record
-    shown = shown_evaluations(evaluations)
-    write_json(output, shown)
+    with updating(output):  # two evaluations of one run at once each keep the other's
+        evaluations = kept_evaluations(output)
+        for kind, record in parts.items():
+            protocol = record["protocol" if kind == "figures" else "quality_protocol"]
+            evaluations[kind].pop(protocol, None)
+            evaluations[kind][protocol] = record
+        shown = shown_evaluations(evaluations)
+        write_json(output, shown)
     return shown
 
 
@@ -413,6 +459,9 @@ def evaluate_run(
     if estimator not in ESTIMATORS:
         raise GenzooError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     cfg, model, data, epoch = load_trained(run_dir, device, data_dir, sampling=sampling)
+    # Before the figures, which may take minutes: a dataset without a feature net is
+    # refused at once, and a feature net to train is trained first.
+    net = run_feature_net(cfg, data.test.images.device, data_dir) if quality else None
     images = {"test": data.test, "val": data.val}[split].head(limit)
     n_samples = n_samples or min(QUALITY_SAMPLES, limit or QUALITY_SAMPLES)
     run_epochs = trained_epochs(read_metrics(run_dir))
@@ -427,8 +476,8 @@ def evaluate_run(
                 iw_samples = model.likelihood_estimator.default_samples
             if iw_samples > 0:
                 figures.update(likelihood_result(model, images, iw_samples, estimator))
-        if quality:
-            scores = measure_quality(model, cfg, split, n_samples, sampling, data_dir)
+        if net is not None:
+            scores = measure_quality(model, cfg, split, n_samples, sampling, net, data_dir)
             parts["quality"] = {
                 **scores,
                 "quality_split": split,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributions import Normal
+from torch.distributions import Independent, Normal
 
 from genzoo import plots
 from genzoo.data import Split
@@ -45,9 +45,12 @@ def has_2d_gaussian_prior(model: GenerativeModel) -> bool:
     its label too: no manifold of z alone)."""
     if not (isinstance(model, HasPrior) and isinstance(model, Encodes)) or trained_on_labels(model):
         return False
-    prior = model.prior()
-    base = getattr(prior, "base_dist", prior)  # Independent(Normal) or Normal
-    return isinstance(base, Normal) and prior.event_shape == (2,)
+    prior = model.prior()  # a Gaussian one is Independent(Normal) in every family
+    return (
+        isinstance(prior, Independent)
+        and isinstance(prior.base_dist, Normal)
+        and prior.event_shape == (2,)
+    )
 
 
 def averaging_note(ema: float | None) -> str | None:

@@ -1,6 +1,6 @@
 """Generic file work, in one low-level home: atomic writes, JSON, arrays, bytes and
-safetensors weights, file digests, and where genzoo keeps what it builds once (the cache
-folder).
+safetensors weights, file digests, a lock for read-modify-writes, and where genzoo keeps
+what it builds once (the cache folder).
 
 Every writer here goes through ``atomic_write``: the file is written to a temporary name
 and renamed, so a reader never sees half a file. A write that fails (a full disk, no
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import itertools
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,25 @@ def _mount_point(path: Path) -> str:
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return str(path)
+
+
+@contextlib.contextmanager
+def updating(path: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (flock) for ``path``'s read-modify-write inside the block:
+    another process or thread updating it waits, so that neither writes over what the
+    other has just added. The lock is on a hidden side file (``.NAME.lock``, left in
+    place): ``path`` itself is replaced by each atomic write, and a lock on the file
+    replaced would not exclude a writer that opened the new one. A killed holder
+    releases it."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")  # noqa: SIM115 - closed below, which releases the lock
+    except OSError as err:
+        raise WriteFailed(write_problem(path, err)) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits for the other writer
+        yield
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:

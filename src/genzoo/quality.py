@@ -66,6 +66,7 @@ PARZEN_VAL_SIZE = 1000  # validation images for the bandwidth, as in Goodfellow 
 IS_SPLITS = 10  # the Inception score's splits, as Salimans et al. report it
 PR_K = 3  # neighbours of precision and recall (Kynkäänniemi et al.'s choice)
 DC_K = 5  # neighbours of density and coverage (Naeem et al.'s choice)
+CLASS_FID_MIN = 2  # images of a class its FID needs, each side: a covariance needs two
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -412,22 +413,42 @@ def class_fidelity(
     """How well the samples (N, 1, 28, 28) of a conditional model drawn for ``labels``
     (N,) are of their class: the share the feature net classifies as their label, overall
     and per class, and the FID of each class's samples against the ``real`` images (M, 1,
-    28, 28) of that class (``real_labels`` (M,)). Classes run 0 .. max label."""
+    28, 28) of that class (``real_labels`` (M,)). Classes run 0 .. max label.
+
+    The FIDs only where every class has ``CLASS_FID_MIN`` samples and real images or
+    more: a quick check of a few samples still gets its other scores, and
+    ``class_fids_left_out`` says why there are none (all or none, so that the figures
+    of one evaluation stay comparable class by class)."""
     _check_images("samples", samples)
     if labels.shape != samples.shape[:1] or real_labels.shape != real.shape[:1]:
         raise GenzooError("one label per sample and one per real image are needed")
     feats, probs = features_and_probs(net, samples, batch_size)
-    real_feats, _ = features_and_probs(net, real, batch_size)
     labels, real_labels = labels.to(probs.device), real_labels.to(probs.device)
     correct = (probs.argmax(1) == labels).double()  # (N,)
-    classes = range(int(labels.max()) + 1)
-    return {
+    classes = int(labels.max()) + 1
+    scores: dict[str, Any] = {
         "class_accuracy": correct.mean().item(),
-        "class_accuracies": [correct[labels == c].mean().item() for c in classes],
-        "class_fids": [
-            frechet_distance(real_feats[real_labels == c], feats[labels == c]) for c in classes
-        ],
+        "class_accuracies": [correct[labels == c].mean().item() for c in range(classes)],
     }
+    short = [
+        f"{what} of class {int(counts.argmin())}: {int(counts.min())}{hint}"
+        for counts, what, hint in (
+            (torch.bincount(labels, minlength=classes), "samples", " (more: --n-samples)"),
+            (torch.bincount(real_labels, minlength=classes)[:classes], "real images", ""),
+        )
+        if counts.min() < CLASS_FID_MIN
+    ]
+    if short:
+        scores["class_fids_left_out"] = (
+            f"a class's FID needs {CLASS_FID_MIN} or more samples and real images of "
+            f"each class; {' and '.join(short)}"
+        )
+        return scores
+    real_feats, _ = features_and_probs(net, real, batch_size)
+    scores["class_fids"] = [
+        frechet_distance(real_feats[real_labels == c], feats[labels == c]) for c in range(classes)
+    ]
+    return scores
 
 
 class QualityProbe:

@@ -41,13 +41,13 @@ import torch
 from torch.optim import Optimizer
 from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 
-from genzoo import distributed, figures, plots, quality
+from genzoo import distributed, figures, plots
 from genzoo.averaging import WeightAverage
 from genzoo.board import Board
 from genzoo.data import Data, Split, batches
 from genzoo.distributed import ONE_PROCESS, DataParallel, World
 from genzoo.errors import GenzooError, TrainingDiverged
-from genzoo.evaluation import grey_data, per_example_terms, quality_images
+from genzoo.evaluation import grey_data, per_example_terms, quality_images, run_feature_net
 from genzoo.files import WriteFailed, read_json, write_json
 from genzoo.folders import is_folder_dataset
 from genzoo.interrupts import on_stop_signals, sigterm_as_ctrl_c
@@ -402,8 +402,9 @@ class Trainer:
             # The same noise every time (seeded): the scores follow the model, not the draw.
             # Every rank scores the same samples, so that all take the same best epoch.
             with self.evaluated(), isolated_rng(tc.seed, self.dev):
-                samples = check_values("a sample", quality_images(model, tc.quality_samples))
-                record.update(self.quality_probe(samples), quality_samples=tc.quality_samples)
+                samples, _ = quality_images(model, tc.quality_samples)
+                scores = self.quality_probe(check_values("a sample", samples))
+                record.update(scores, quality_samples=tc.quality_samples)
         main = self.world.is_main
         if main:
             with isolated_rng(EVAL_SEED, self.dev):
@@ -678,9 +679,9 @@ def watch_quality(
     if is_folder_dataset(tc.dataset):
         print("--quality-every is off: the feature net is for MNIST-like datasets")
         return None
-    dataset = "mnist" if tc.binarize == "static" else tc.dataset
-    net = quality.load_or_train_feature_net(data_dir, dev, dataset=dataset, val_size=tc.val_size)
-    return QualityProbe(net, grey_data(cfg, dev, data_dir).val.images)
+    return QualityProbe(
+        run_feature_net(cfg, dev, data_dir), grey_data(cfg, dev, data_dir).val.images
+    )
 
 
 def _train_locked(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from genzoo import quality
-from genzoo.evaluation import grey_data
+from genzoo.evaluation import grey_data, run_feature_net
 from genzoo.models.base import MixtureSampler
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import load_trained
@@ -35,7 +35,7 @@ def analyse(state: StudyRun) -> dict[str, Any]:
         device = next(model.parameters()).device
         if probe is None:  # one feature net and one set of grey test images for every arm
             real = grey_data(cfg, device, state.data_dir).test.images[:n]
-            net = quality.load_or_train_feature_net(state.data_dir, device)
+            net = run_feature_net(cfg, device, state.data_dir)
             probe = quality.QualityProbe(net, real)
         with isolated_rng(EVAL_SEED, device):
             normal = probe(model.sample_standard_normal(n))["quality_fid"]

@@ -17,7 +17,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from genzoo import plots, quality
-from genzoo.evaluation import draw_many, grey_data
+from genzoo.evaluation import draw_many, grey_data, run_feature_net
 from genzoo.models.diffusion import SAMPLERS
 from genzoo.rng import EVAL_SEED, isolated_rng
 from genzoo.runs import load_trained
@@ -64,7 +64,7 @@ def analyse(state: StudyRun) -> dict[str, Any]:
                 device = next(model.parameters()).device
                 if probe is None:  # one feature net and one set of real images for all
                     real = grey_data(cfg, device, state.data_dir).test.images[:n]
-                    net = quality.load_or_train_feature_net(state.data_dir, device)
+                    net = run_feature_net(cfg, device, state.data_dir)
                     probe = quality.QualityProbe(net, real)
                 start = time.perf_counter()
                 with isolated_rng(EVAL_SEED, device):
