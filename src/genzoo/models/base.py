@@ -286,6 +286,11 @@ class Conditional(ABC):
     def class_count(self) -> int:
         """The number of classes, labelled 0 .. class_count() - 1."""
 
+    def sample_uniform_classes(self, n: int, device: torch.device) -> torch.Tensor:
+        """n images (n, C, H, W) of classes drawn uniformly: a conditional model's
+        ``sample``."""
+        return self.sample_classes(torch.randint(self.class_count(), (n,), device=device))
+
     def batch_labels(self) -> bool:
         """Whether the loop passes each training batch's labels (where ``takes_labels()``);
         no for a semi-supervised model, which draws its labelled images from the few it

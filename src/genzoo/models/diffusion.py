@@ -434,7 +434,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             raise GenzooError(f"diffusion samples at temperature 1 only, got {temperature}")
         device = self.alpha_bar.device
         if self.cfg.conditional:
-            return self.sample_classes(torch.randint(self.cfg.num_classes, (n,), device=device))
+            return self.sample_uniform_classes(n, device)
         return to_images(self.generate(torch.randn(n, *self.image_shape, device=device)))
 
     def sampling_note(self) -> str:

@@ -464,8 +464,7 @@ class GAN(GenerativeModel, HasPrior, Conditional):
         """Generated images (n, C, H, W) in (0, 1), of uniformly drawn classes where
         conditional (``temperature`` unused)."""
         if self.cfg.conditional:
-            device = self.noise_loc.device
-            return self.sample_classes(torch.randint(self.cfg.num_classes, (n,), device=device))
+            return self.sample_uniform_classes(n, self.noise_loc.device)
         return self.generate(self.noise(n))
 
     def takes_labels(self) -> bool:
