@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
 from PIL import Image
 from torch import nn
@@ -234,6 +236,27 @@ def test_samplers_give_images_and_chains(objective: str, sampler: str, variance:
     assert len(chain) == 3 and all(x.shape == (3, *SHAPE) for x in chain)
 
 
+@pytest.mark.parametrize(
+    ("objective", "sampler", "steps", "evaluations"),
+    [
+        ("flow-matching", "auto", 25, 50),  # auto: heun, two evaluations a step
+        ("flow-matching", "euler", 50, 50),
+        ("eps", "ddpm", T, T),  # 50 at most T
+    ],
+)
+def test_unset_steps_spend_fifty_network_evaluations(
+    monkeypatch, objective: str, sampler: str, steps: int, evaluations: int
+) -> None:
+    m = model(objective=objective, sampler=sampler, sample_steps=None)
+    calls = []
+    monkeypatch.setattr(m.net, "forward", lambda x, *_: calls.append(1) or torch.zeros_like(x))
+    chain: list[torch.Tensor] = []
+    with torch.no_grad():
+        m.generate(torch.randn(2, *SHAPE), chain=chain)
+    assert (len(chain), len(calls)) == (steps, evaluations)
+    assert m.sampling_note().startswith(f"{m.sampler}, {steps} steps")
+
+
 @pytest.mark.parametrize("objective", ["eps", "flow-matching"])
 def test_bf16_sampling_follows_the_fp32_chain_from_the_same_noise(objective: str) -> None:
     noise = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(2))
@@ -259,6 +282,33 @@ def test_validation_terms_are_the_same_every_time() -> None:
     first = m.evaluate_batch(x)["loss"]
     torch.manual_seed(123)
     assert first.shape == (3,) and torch.equal(first, m.evaluate_batch(x)["loss"])
+
+
+def test_logit_normal_times_follow_their_distribution() -> None:
+    """Flow matching: logit(t) is a standard normal (Kolmogorov-Smirnov); discrete: step i
+    has the logit-normal's mass over ((i-1)/T, i/T] (chi-square), every step in 1..T."""
+    flow, n = model(), 20_000
+    generator = torch.Generator().manual_seed(5)
+    t = flow.draw_times(n, torch.device("cpu"), generator, logit_normal=True).double()
+    assert scipy.stats.kstest(torch.logit(t).numpy(), "norm").pvalue > 1e-3
+    uniform = flow.draw_times(n, torch.device("cpu"), generator).numpy()
+    assert scipy.stats.kstest(uniform, "uniform").pvalue > 1e-3
+    steps = model(objective="eps").draw_times(n, torch.device("cpu"), generator, logit_normal=True)
+    counts = torch.bincount(steps, minlength=T + 1)
+    assert counts[0] == 0 and len(counts) == T + 1
+    edges = scipy.special.logit(np.arange(T + 1) / T)  # -inf ... inf
+    expected = n * np.diff(scipy.stats.norm.cdf(edges))
+    assert scipy.stats.chisquare(counts[1:].numpy(), expected).pvalue > 1e-3
+    assert not np.allclose(expected, n / T, rtol=0.2)  # far from uniform: the test can fail
+
+
+def test_training_at_logit_normal_times_samples_them(monkeypatch) -> None:
+    m = model(time_sampling="logit-normal")
+    seen = []
+    monkeypatch.setattr(m, "draw_times", lambda *a, **k: seen.append(k) or torch.rand(a[0]))
+    m.loss(grey(2))
+    m.evaluate_batch(grey(2))
+    assert seen == [{"logit_normal": True}, {}]  # training logit-normal, validation uniform
 
 
 # ---------------------------------------------------------------------- guidance
