@@ -19,7 +19,7 @@ from PIL import Image
 
 from genzoo.cli import main
 from genzoo.pagekit import nice_ticks, significant, with_error
-from genzoo.report import write_run_report
+from genzoo.report import RunFiles, time_text, write_run_report
 from genzoo.runs import append_metrics, lock_run, unlock_run
 from genzoo.studies.page import study_table, write_study_report
 
@@ -122,7 +122,23 @@ def test_page_holds_the_runs_numbers(run: Path) -> None:
     environment = dict(parsed.tables[-1])  # no header row
     seconds = sum(m["seconds"] for m in metrics)
     assert environment["training seconds (all epochs)"] == significant(seconds)
+    # The command's time: each epoch's pass with its validation, then the figures.
+    summary = json.loads((run / "summary.json").read_text())
+    assert all(m["wall_seconds"] >= m["seconds"] for m in metrics)
+    wall = sum(m["wall_seconds"] for m in metrics) + summary["finishing_seconds"]
+    assert summary["finishing_seconds"] > 0
+    assert environment["seconds of the command (validation, probes, figures)"] == significant(wall)
     assert {"genzoo", "torch", "python", "device", "page written"} <= environment.keys()
+
+
+def test_the_lead_gives_the_commands_minutes_and_the_passes_where_they_differ(
+    tmp_path: Path,
+) -> None:
+    metrics = [{"epoch": e, "seconds": 600.0, "wall_seconds": 660.0} for e in (1, 2)]
+    probed = RunFiles(tmp_path, {}, metrics, None, {"finishing_seconds": 120.0})
+    assert time_text(probed) == "24 min (training passes 20 min)"
+    older = [{"epoch": 1, "seconds": 30.0}]  # before wall_seconds was recorded: the pass
+    assert time_text(RunFiles(tmp_path, {}, older, None, {})) == "30 s"
 
 
 def test_figures_measured_before_the_run_moved_on_are_marked(run: Path) -> None:

@@ -47,7 +47,7 @@ from genzoo.report import (
     run_state,
     samples_figure,
     train_settings,
-    training_seconds,
+    wall_seconds,
     write_run_report,
 )
 from genzoo.runs import load_run_config
@@ -191,7 +191,7 @@ def run_cells(run_dir: Path, folder: Path, base: Path) -> list[Cell]:
         cfg.model,
         state,
         epochs_cell(run, state, shown),
-        training_seconds(run.metrics) / 60,
+        wall_seconds(run.metrics, run.summary) / 60,
         estimate(best.value, label=best.name) if best else NONE,
         headline_test_figure(shown),
         samples_cell(shown),
@@ -234,7 +234,8 @@ def study_cells(study_dir: Path, folder: Path, base: Path) -> list[Cell]:
 COLUMNS_NOTE = (
     "state: done, training (a process holds the run's lock now) or stopped (killed, or "
     "not trained to its end: genzoo resume RUN continues it); minutes: of the training "
-    "passes; validation: the best validation figure (what picks the best checkpoint); "
+    "command (its passes, validation, quality probes and figures); validation: the best "
+    "validation figure (what picks the best checkpoint); "
     "test figure: the likelihood's, mean ± standard error, with K its samples per image; "
     "classes: the fewest to the most of the samples the classifier calls each class; "
     "settings: those that differ from the family's defaults; "

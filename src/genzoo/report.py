@@ -291,6 +291,24 @@ def training_seconds(metrics: list[dict[str, Any]]) -> float:
     return sum(r["seconds"] for r in metrics if _is_number(r.get("seconds")))
 
 
+def wall_seconds(metrics: list[dict[str, Any]], summary: dict[str, Any]) -> float:
+    """What the training command took: each epoch's pass, validation and quality probe
+    (``wall_seconds``; runs older than it: the pass), then the finishing figures."""
+    epochs = sum(
+        r.get("wall_seconds", r["seconds"]) for r in metrics if _is_number(r.get("seconds"))
+    )
+    return epochs + summary.get("finishing_seconds", 0.0)
+
+
+def time_text(run: RunFiles) -> str:
+    """The command's time, with the training passes' beside it where they differ (by a
+    probe's or the figures' minutes): "34.2 min (training passes 31.8 min)"."""
+    passes, wall = training_seconds(run.metrics), wall_seconds(run.metrics, run.summary)
+    if wall - passes < 0.01 * wall:
+        return duration(passes)
+    return f"{duration(wall)} (training passes {duration(passes)})"
+
+
 def device_of(*records: dict[str, Any]) -> str | None:
     """The device the run trained on, where one of its files records it (``device`` at
     the top, in ``train``, or in a metrics line)."""
@@ -312,6 +330,10 @@ def environment_rows(run: RunFiles, written: datetime) -> list[list[Cell]]:
         ["device", device or "not recorded in the run's files"],
         ["page written", written.isoformat(sep=" ", timespec="seconds")],
         ["training seconds (all epochs)", significant(training_seconds(run.metrics))],
+        [
+            "seconds of the command (validation, probes, figures)",
+            significant(wall_seconds(run.metrics, run.summary)),
+        ],
     ]
 
 
@@ -505,7 +527,7 @@ def run_lead(run: RunFiles) -> Html:
     train = train_settings(run.config)
     what = f"{run.config.get('model', '?')} on {train.get('dataset', '?')}"
     what += f", binarize={train.get('binarize', '?')}"
-    facts = f"{what}: {state_text(run)}; {duration(training_seconds(run.metrics))} of training."
+    facts = f"{what}: {state_text(run)}; {time_text(run)} of training."
     facts += preset_text(run.config)
     samples = samples_figure(run.run_dir)
     return Html(

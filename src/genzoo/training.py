@@ -386,6 +386,7 @@ class Trainer:
     def end_epoch(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         """Validation, metrics, checkpoints and grids after epoch ``epoch``."""
         model, tc, metric = self.model, self.cfg.train, self.model.val_metric
+        begun = time.perf_counter()
         with self.evaluated():
             val = validate(model, self.data.val, self.dev, self.world)
         record = {
@@ -405,6 +406,8 @@ class Trainer:
                 samples, _ = quality_images(model, tc.quality_samples)
                 scores = self.quality_probe(check_values("a sample", samples))
                 record.update(scores, quality_samples=tc.quality_samples)
+        # What the user waits for: the pass, then validation and the probe.
+        record["wall_seconds"] = record["seconds"] + time.perf_counter() - begun
         main = self.world.is_main
         if main:
             with isolated_rng(EVAL_SEED, self.dev):
@@ -533,6 +536,7 @@ class Trainer:
         """Rank 0's finishing steps after the last epoch: the best checkpoint with what
         ``after_training`` sets, the run's figures, summary.json and the report; the summary."""
         model, data, loop, run_dir = self.model, self.data, self.loop, self.run_dir
+        begun = time.perf_counter()
         best_state = load_checkpoint(run_dir, "best", model)
         with isolated_rng(EVAL_SEED, self.dev), self.naming_the_last_good_checkpoint():
             model.after_training(data)
@@ -543,6 +547,7 @@ class Trainer:
         summary = {"run_dir": str(run_dir), "epochs": loop.epoch, "best_epoch": loop.best_epoch}
         if model.val_metric:
             summary[f"best_val_{model.val_metric}"] = loop.best
+        summary["finishing_seconds"] = time.perf_counter() - begun  # figures (the page: next)
         write_json(run_dir / "summary.json", summary)
         print(f"report: {write_run_report(run_dir)}")
         return summary
