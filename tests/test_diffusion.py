@@ -21,6 +21,7 @@ from genzoo import quality
 from genzoo.cli import main
 from genzoo.comparison import nll_samples
 from genzoo.errors import GenzooError
+from genzoo.models import diffusion_process as process
 from genzoo.models.diffusion import Diffusion, DiffusionConfig
 from genzoo.models.diffusion_process import (
     BIN,
@@ -195,6 +196,24 @@ def test_ode_likelihood_of_a_gaussian_is_its_closed_form() -> None:
     probes = 2 * torch.randint(2, (2, 4, 3)).double() - 1
     log_p = ode_log_likelihood(velocity, z, 200, probes)
     torch.testing.assert_close(log_p, Normal(mu, s).log_prob(z).sum(1), rtol=0, atol=1e-4)
+
+
+def test_the_ode_grid_resolves_a_density_as_narrow_as_a_grey_level(monkeypatch) -> None:
+    """Data N(0, s^2) with s half a grey level's bin: the divergence changes within t ~ s
+    of the data, which the grid's steps dense near t = 0 follow and a uniform grid's
+    do not (its error 40 times larger at 100 steps)."""
+    s = 0.004
+
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        return (t - (1 - t) * s**2) / ((1 - t) ** 2 * s**2 + t**2) * x
+
+    z = s * torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    probes = 2 * torch.randint(2, (2, 4, 3)).double() - 1
+    exact = Normal(0.0, s).log_prob(z).sum(1)
+    error = (ode_log_likelihood(velocity, z, 100, probes) - exact).abs().max()
+    monkeypatch.setattr(process, "ode_time_grid", lambda n: torch.linspace(0, 1, n + 1).tolist())
+    uniform_error = (ode_log_likelihood(velocity, z, 100, probes) - exact).abs().max()
+    assert error < 0.05 and uniform_error > 10 * error
 
 
 # ---------------------------------------------------------------------- sampling

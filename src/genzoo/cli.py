@@ -189,7 +189,7 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
         metavar="SAMPLES",
         help="samples per image of the likelihood estimator: importance samples (VAEs, "
         "DRAW; default 5000), timesteps of the diffusion bound (default T, the exact sum) "
-        "or ODE steps of flow matching (default 100); 0 skips the likelihood",
+        "or ODE steps of flow matching (default 200); 0 skips the likelihood",
     )
     eval_p.add_argument(
         "--limit",

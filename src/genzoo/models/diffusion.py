@@ -271,12 +271,12 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
     def likelihood_estimator(self) -> LikelihoodEstimator:
         if self.flow:
             return LikelihoodEstimator(
-                f"probability-flow ODE (Heun), Hutchinson divergence ({self.cfg.ode_probes} "
-                "Rademacher probes, fixed seed), uniform dequantization",
+                "probability-flow ODE (Heun on t = (i/S)^3), Hutchinson divergence "
+                f"({self.cfg.ode_probes} Rademacher probes, fixed seed), uniform dequantization",
                 "lower bound",
                 samples="ODE steps",
                 eight_bit=True,
-                default_samples=100,
+                default_samples=200,
             )
         return LikelihoodEstimator(
             f"variational bound ({self.cfg.variance} variance), stratified timesteps",
@@ -496,7 +496,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             if samples > MAX_ODE_STEPS:
                 raise GenzooError(
                     f"the flow-matching likelihood takes at most {MAX_ODE_STEPS} ODE steps, "
-                    f"not {samples}: pass --iw-samples {MAX_ODE_STEPS} or fewer (e.g. 100)"
+                    f"not {samples}: pass --iw-samples {MAX_ODE_STEPS} or fewer (e.g. 200)"
                 )
             return self.ode_bound(x0, samples)
         if samples > self.cfg.timesteps:
