@@ -22,16 +22,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import RUNNER, register, write_fake_idx_dataset
+from genzoo import training
 from genzoo.cli import main
 from genzoo.interrupts import INTERRUPTED
 from genzoo.models.vae import VAE, VAEConfig
-from genzoo.runs import RunConfig, checkpoint_files, load_checkpoint, load_run_config
+from genzoo.runs import (
+    RunConfig,
+    checkpoint_files,
+    load_checkpoint,
+    load_run_config,
+    read_metrics,
+)
 from genzoo.studies import STUDIES, recipe
 from genzoo.training import train
 
@@ -213,6 +221,55 @@ def test_a_stop_signal_checkpoints_after_the_batch_it_came_in(
     assert f"after epoch 1 and 3 batches of the next. Continue with: genzoo resume {run}\n" in said
     train(run, load_run_config(run), "cpu", resume=True)
     assert same_weights(run, tmp_path / "whole")
+
+
+@pytest.mark.parametrize("where", ["validation", "the last batch"])
+def test_a_stop_abandons_the_epochs_validation_and_the_resume_redoes_it(
+    where: str,
+    data_dir: Path,
+    tmp_path: Path,
+    tiny_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """SIGTERM inside epoch 2's validation (or its last batch, just before it): not
+    waited for, a checkpoint of the finished pass (epoch 1 and all 5 batches of epoch
+    2), no metrics of epoch 2 yet; the resume validates epoch 2 and ends as the whole run."""
+    tiny_config.train.checkpoint_minutes = 0
+    train(tmp_path / "whole", tiny_config, device="cpu")
+    validations, steps = [], []
+    original_validate, original_step = training.validate, VAE.train_step
+
+    def signalled_validation(*args, **kwargs):
+        validations.append(1)
+        if where == "validation" and len(validations) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            validations.append("finished")  # never: the stop comes before this line
+        return original_validate(*args, **kwargs)
+
+    def signalled_step(self, x, optimizers, labels=None):
+        steps.append(1)
+        if where == "the last batch" and len(steps) == 10:  # epoch 2's last
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_step(self, x, optimizers)
+
+    monkeypatch.setattr(training, "validate", signalled_validation)
+    monkeypatch.setattr(VAE, "train_step", signalled_step)
+    run = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train(run, tiny_config, device="cpu")
+    assert "finished" not in validations and len(validations) == (2 if where == "validation" else 1)
+    state = load_checkpoint(run, "last", VAE(tiny_config.model_config, (1, 28, 28)))
+    assert (state["epoch"], state["step"]) == (1, 5)
+    assert [m["epoch"] for m in read_metrics(run)] == [1]
+    assert "after epoch 1 and 5 batches of the next. Continue with" in capsys.readouterr().out
+    monkeypatch.setattr(training, "validate", original_validate)
+    monkeypatch.setattr(VAE, "train_step", original_step)
+    train(run, load_run_config(run), "cpu", resume=True)
+    assert same_weights(run, tmp_path / "whole")
+    assert read_metrics(run) == [
+        {**m, "seconds": ANY, "wall_seconds": ANY} for m in read_metrics(tmp_path / "whole")
+    ]
 
 
 def test_sigterm_stops_a_study_which_then_continues(

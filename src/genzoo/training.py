@@ -203,6 +203,7 @@ class Trainer:
         self.progress = EpochProgress()
         self.saved_at: str | None = None  # the point of training of the last checkpoint
         self.stop_signal: int | None = None  # Ctrl-C or SIGTERM, noted while training
+        self.abandoning = False  # in validation or the probe, which a stop abandons
 
     def arithmetic(self) -> AbstractContextManager:
         """bf16 autocast for the training steps if asked (the weights stay fp32)."""
@@ -352,12 +353,12 @@ class Trainer:
         """Ctrl-C and SIGTERM while training: noted, and acted on at the next batch boundary
         (``stop_asked``), where the state is whole. A further one is noted alike: a rank
         may get one from torchrun and one from a scheduler that signals every process."""
-        if self.stop_signal is None and self.world.is_main:
-            tqdm.write(
-                "stopping after this batch, with a checkpoint (validation or sampling "
-                "under way finishes first)"
-            )
-        self.stop_signal = signum
+        first, self.stop_signal = self.stop_signal is None, signum
+        if self.abandoning:  # validation or the probe: the resume redoes them
+            self.abandoning = False  # a second signal while unwinding is only noted
+            raise KeyboardInterrupt
+        if first and self.world.is_main:
+            tqdm.write("stopping after this batch, with a checkpoint")
 
     def ranks_may_ask(self, step: int) -> bool:
         """Whether this batch may ask for a stop or a checkpoint. A data-parallel run asks
@@ -387,8 +388,10 @@ class Trainer:
         """Validation, metrics, checkpoints and grids after epoch ``epoch``."""
         model, tc, metric = self.model, self.cfg.train, self.model.val_metric
         begun = time.perf_counter()
-        with self.evaluated():
-            val = validate(model, self.data.val, self.dev, self.world)
+        with self.redone_on_resume_if_stopped():
+            with self.evaluated(), self.abandonable():
+                val = validate(model, self.data.val, self.dev, self.world)
+            scores = self.probe_quality(epoch)
         record = {
             "epoch": epoch,
             **{f"train_{k}": v for k, v in train_stats.items()},
@@ -397,15 +400,8 @@ class Trainer:
             "lr": self.optimizers[0].param_groups[0]["lr"],
             "device": str(self.dev),
         }
-        if self.quality_probe is not None and (
-            draws_samples_after(epoch, tc.quality_every, ()) or epoch == tc.epochs
-        ):
-            # The same noise every time (seeded): the scores follow the model, not the draw.
-            # Every rank scores the same samples, so that all take the same best epoch.
-            with self.evaluated(), isolated_rng(tc.seed, self.dev):
-                samples, _ = quality_images(model, tc.quality_samples)
-                scores = self.quality_probe(check_values("a sample", samples))
-                record.update(scores, quality_samples=tc.quality_samples)
+        if scores:
+            record.update(scores, quality_samples=tc.quality_samples)
         # What the user waits for: the pass, then validation and the probe.
         record["wall_seconds"] = record["seconds"] + time.perf_counter() - begun
         main = self.world.is_main
@@ -444,6 +440,47 @@ class Trainer:
             f"lr {record['lr']:.2e}  ({record['seconds']:.1f} s)" + ("  *" if improved else "")
         )
         return record
+
+    def probe_quality(self, epoch: int) -> dict[str, float]:
+        """The quality probe's scores after ``epoch`` where it is due, else {}."""
+        tc = self.cfg.train
+        if self.quality_probe is None or not (
+            draws_samples_after(epoch, tc.quality_every, ()) or epoch == tc.epochs
+        ):
+            return {}
+        # The same noise every time (seeded): the scores follow the model, not the draw.
+        # Every rank scores the same samples, so that all take the same best epoch.
+        with self.evaluated(), isolated_rng(tc.seed, self.dev), self.abandonable():
+            samples, _ = quality_images(self.model, tc.quality_samples)
+            return self.quality_probe(check_values("a sample", samples))
+
+    @contextmanager
+    def redone_on_resume_if_stopped(self) -> Iterator[None]:
+        """Validation and the quality probe, which can take minutes (a diffusion model's
+        probe draws 500 samples): a stop within them (``abandonable``), or one that came
+        in the epoch's last batch, abandons them, with a checkpoint of the finished pass,
+        so that a scheduler's grace period before SIGKILL loses nothing; the resume
+        does them then. Data-parallel ranks finish them: they must stop at one point."""
+        try:
+            if self.stop_signal is not None and not self.world.parallel:
+                raise KeyboardInterrupt
+            yield
+        except KeyboardInterrupt:
+            self.save_last(self.state())  # the weights and generators as the pass left them
+            raise
+
+    @contextmanager
+    def abandonable(self) -> Iterator[None]:
+        """Inside the block a stop raises KeyboardInterrupt at once (``note_stop``). Only
+        inside: the averaged weights and the generators the block runs on are swapped
+        back after it, signals or not (the flag is down while they are)."""
+        self.abandoning = not self.world.parallel
+        try:
+            if self.abandoning and self.stop_signal is not None:  # came just before
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self.abandoning = False
 
     def selection_score(
         self, epoch: int, val: dict[str, float], record: dict[str, Any]
