@@ -321,13 +321,20 @@ def test_logit_normal_times_follow_their_distribution() -> None:
     assert not np.allclose(expected, n / T, rtol=0.2)  # far from uniform: the test can fail
 
 
-def test_training_at_logit_normal_times_samples_them(monkeypatch) -> None:
-    m = model(time_sampling="logit-normal")
-    seen = []
-    monkeypatch.setattr(m, "draw_times", lambda *a, **k: seen.append(k) or torch.rand(a[0]))
-    m.loss(grey(2))
-    m.evaluate_batch(grey(2))
-    assert seen == [{"logit_normal": True}, {}]  # training logit-normal, validation uniform
+def test_training_takes_logit_normal_times_and_validation_uniform_ones(monkeypatch) -> None:
+    m, seen = model(time_sampling="logit-normal"), []
+    original = m.per_example_loss
+    monkeypatch.setattr(
+        m, "per_example_loss", lambda x0, t, *a: seen.append(t) or original(x0, t, *a)
+    )
+    torch.manual_seed(0)
+    for _ in range(50):
+        m.loss(grey(40))
+    trained = torch.cat(seen).double()
+    assert scipy.stats.kstest(torch.logit(trained).numpy(), "norm").pvalue > 1e-3
+    seen.clear()
+    m.evaluate_batch(grey(1000))
+    assert scipy.stats.kstest(seen[0].numpy(), "uniform").pvalue > 1e-3
 
 
 # ---------------------------------------------------------------------- guidance

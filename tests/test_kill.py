@@ -234,8 +234,9 @@ def test_a_stop_abandons_the_epochs_validation_and_the_resume_redoes_it(
 ) -> None:
     """SIGTERM inside epoch 2's validation (or its last batch, just before it): not
     waited for, a checkpoint of the finished pass (epoch 1 and all 5 batches of epoch
-    2), no metrics of epoch 2 yet; the resume validates epoch 2 and ends as the whole run."""
-    tiny_config.train.checkpoint_minutes = 0
+    2), no metrics of epoch 2 yet; the resume validates epoch 2 and ends as the whole run.
+    With averaged weights, which validation swaps in and the stop must swap back out."""
+    tiny_config.train.checkpoint_minutes, tiny_config.train.ema = 0, 0.9
     train(tmp_path / "whole", tiny_config, device="cpu")
     validations, steps = [], []
     original_validate, original_step = training.validate, VAE.train_step

@@ -127,7 +127,9 @@ def test_page_holds_the_runs_numbers(run: Path) -> None:
     assert all(m["wall_seconds"] >= m["seconds"] for m in metrics)
     wall = sum(m["wall_seconds"] for m in metrics) + summary["finishing_seconds"]
     assert summary["finishing_seconds"] > 0
-    assert environment["seconds of the command (validation, probes, figures)"] == significant(wall)
+    assert environment["seconds of training with validation, probes and figures"] == significant(
+        wall
+    )
     assert {"genzoo", "torch", "python", "device", "page written"} <= environment.keys()
 
 

@@ -5,7 +5,8 @@ SIGKILL after a grace period). genzoo treats them alike: under ``sigterm_as_ctrl
 SIGTERM raises KeyboardInterrupt as Ctrl-C does, so that the one path that handles an
 interruption (say what is kept and the command that continues, exit with INTERRUPTED)
 handles both. A training loop takes both over with ``on_stop_signals`` and stops at its
-next batch boundary, after a checkpoint (training.py); the launcher of a data-parallel run
+next batch boundary, or at once within an epoch's validation and quality probe, after a
+checkpoint (training.py); the launcher of a data-parallel run
 passes them on to its processes (distributed.py).
 """
 

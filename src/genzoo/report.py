@@ -292,8 +292,9 @@ def training_seconds(metrics: list[dict[str, Any]]) -> float:
 
 
 def wall_seconds(metrics: list[dict[str, Any]], summary: dict[str, Any]) -> float:
-    """What the training command took: each epoch's pass, validation and quality probe
-    (``wall_seconds``; runs older than it: the pass), then the finishing figures."""
+    """What the training command took, near enough: each epoch's pass, validation and
+    quality probe (``wall_seconds``; runs older than it: the pass), then the finishing
+    figures; not the start (data, a first feature net), checkpoints and grids (seconds)."""
     epochs = sum(
         r.get("wall_seconds", r["seconds"]) for r in metrics if _is_number(r.get("seconds"))
     )
@@ -304,7 +305,7 @@ def time_text(run: RunFiles) -> str:
     """The command's time, with the training passes' beside it where they differ (by a
     probe's or the figures' minutes): "34.2 min (training passes 31.8 min)"."""
     passes, wall = training_seconds(run.metrics), wall_seconds(run.metrics, run.summary)
-    if wall - passes < 0.01 * wall:
+    if wall - passes <= 0.01 * wall:
         return duration(passes)
     return f"{duration(wall)} (training passes {duration(passes)})"
 
@@ -331,7 +332,7 @@ def environment_rows(run: RunFiles, written: datetime) -> list[list[Cell]]:
         ["page written", written.isoformat(sep=" ", timespec="seconds")],
         ["training seconds (all epochs)", significant(training_seconds(run.metrics))],
         [
-            "seconds of the command (validation, probes, figures)",
+            "seconds of training with validation, probes and figures",
             significant(wall_seconds(run.metrics, run.summary)),
         ],
     ]
@@ -527,7 +528,7 @@ def run_lead(run: RunFiles) -> Html:
     train = train_settings(run.config)
     what = f"{run.config.get('model', '?')} on {train.get('dataset', '?')}"
     what += f", binarize={train.get('binarize', '?')}"
-    facts = f"{what}: {state_text(run)}; {time_text(run)} of training."
+    facts = f"{what}: {state_text(run)}; trained for {time_text(run)}."
     facts += preset_text(run.config)
     samples = samples_figure(run.run_dir)
     return Html(

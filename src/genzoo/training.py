@@ -351,7 +351,8 @@ class Trainer:
 
     def note_stop(self, signum: int, frame: FrameType | None) -> None:
         """Ctrl-C and SIGTERM while training: noted, and acted on at the next batch boundary
-        (``stop_asked``), where the state is whole. A further one is noted alike: a rank
+        (``stop_asked``), where the state is whole, or at once within validation and the
+        quality probe (``abandonable``). A further one is noted alike: a rank
         may get one from torchrun and one from a scheduler that signals every process."""
         first, self.stop_signal = self.stop_signal is None, signum
         if self.abandoning:  # validation or the probe: the resume redoes them
@@ -461,12 +462,16 @@ class Trainer:
         in the epoch's last batch, abandons them, with a checkpoint of the finished pass,
         so that a scheduler's grace period before SIGKILL loses nothing; the resume
         does them then. Data-parallel ranks finish them: they must stop at one point."""
+        generators = rng_state(self.dev)  # as the pass left them
         try:
             if self.stop_signal is not None and not self.world.parallel:
                 raise KeyboardInterrupt
             yield
         except KeyboardInterrupt:
-            self.save_last(self.state())  # the weights and generators as the pass left them
+            # A stop may land in a block's own restoring of the generators (validation's
+            # isolated_rng): the checkpoint takes them from before the block.
+            set_rng_state(generators, self.dev)
+            self.save_last(self.state())
             raise
 
     @contextmanager
@@ -537,11 +542,13 @@ class Trainer:
         return None
 
     def run(self) -> None:
-        """The epochs left; Ctrl-C or SIGTERM stops them at the next batch boundary, after
-        a checkpoint, with KeyboardInterrupt."""
+        """The epochs left; Ctrl-C or SIGTERM stops them at the next batch boundary (or
+        within validation and the probe), after a checkpoint, with KeyboardInterrupt."""
         with on_stop_signals(self.note_stop):
             self.train_epochs()
-        self.stop_if_asked()  # one that came in the last validation: before the finishing steps
+        # One that came in the last epoch's checkpoints or grids (or its validation, in a
+        # data-parallel run): before the finishing steps.
+        self.stop_if_asked()
 
     def train_epochs(self) -> None:
         for epoch in range(self.loop.epoch + 1, self.cfg.train.epochs + 1):

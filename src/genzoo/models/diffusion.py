@@ -4,7 +4,8 @@ Discrete diffusion (Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic M
 a fixed forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t = 1..T,
 with the cosine schedule of Nichol & Dhariwal (2021, "Improved DDPM") or Ho et al.'s
 linear one, and a learned reverse process p(x_{t-1} | x_t) = N(mu(x_t, t), sigma_t^2 I).
-The network is trained by regression at a uniformly drawn t on x_t = sqrt(abar_t) x_0 +
+The network is trained by regression at a drawn t (uniform, or logit-normal: Esser et al.
+2024, "Scaling Rectified Flow Transformers", section 3.1) on x_t = sqrt(abar_t) x_0 +
 sqrt(1 - abar_t) eps, the target being
 
 - ``eps``: the noise eps (Ho et al.'s L_simple);
@@ -26,14 +27,15 @@ large terms make it noisy.
 
 Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al.
 2023, "Flow Straight and Fast", rectified flow): the straight path x_t = (1 - t) x_0 +
-t eps, t ~ U(0, 1) (t = 0: data, t = 1: noise, as in Liu et al.; Lipman et al. run time
-the other way), and the network regresses the velocity dx_t/dt = eps - x_0. Samples
-integrate the ODE dx/dt = v(x, t) from t = 1 to 0 (Euler or Heun); the likelihood is the
-change of variables along the same ODE from t = 0 to 1, log p_0(x) = log N(x_1; 0, I) +
-int_0^1 div v(x_t, t) dt, with the divergence by Hutchinson's estimator. It is taken at
-x_0 + u, u uniform on the grey level's bin of width 2/255 (the bins of the DDPM decoder),
-so log P(x_int) >= E_u log p_0(x_0 + u) + D log(2/255): the same 8-bit nats as the bound,
-and bits/dim = NLL / (D ln 2) as for Real NVP.
+t eps, t ~ U(0, 1) or logit-normal (t = 0: data, t = 1: noise, as in Liu et al.; Lipman
+et al. run time the other way), and the network regresses the velocity dx_t/dt = eps -
+x_0. Samples integrate the ODE dx/dt = v(x, t) from t = 1 to 0 (Euler or Heun); the
+likelihood is the change of variables along the same ODE from t = 0 to 1 (Heun's steps
+dense near t = 0), log p_0(x) = log N(x_1; 0, I) + int_0^1 div v(x_t, t) dt, with the
+divergence by Hutchinson's estimator. It is taken at x_0 + u, u uniform on the grey
+level's bin of width 2/255 (the bins of the DDPM decoder), so log P(x_int) >= E_u log
+p_0(x_0 + u) + D log(2/255): the same 8-bit nats as the bound, and bits/dim = NLL /
+(D ln 2) as for Real NVP.
 
 Class conditioning with classifier-free guidance (Ho & Salimans 2022): the label is
 replaced by a null label with probability ``label_dropout`` in training, and the
@@ -134,8 +136,9 @@ class DiffusionConfig:
     time_sampling: str = field(
         default="uniform",
         metadata={
-            "help": "the times of training: uniform, or logit-normal (the logit of t/T a "
-            "standard normal, Esser et al. 2024); validation always scores uniform times",
+            "help": "the times of training: uniform, or logit-normal (the logit of t, of t/T "
+            "for eps and v, a standard normal: Esser et al. 2024); validation always "
+            "scores uniform times",
             "choices": ("uniform", "logit-normal"),
         },
     )
