@@ -21,6 +21,7 @@ from genzoo import quality
 from genzoo.cli import main
 from genzoo.comparison import nll_samples
 from genzoo.errors import GenzooError
+from genzoo.models import diffusion
 from genzoo.models import diffusion_process as process
 from genzoo.models.diffusion import Diffusion, DiffusionConfig
 from genzoo.models.diffusion_process import (
@@ -280,13 +281,27 @@ def test_unset_steps_spend_fifty_network_evaluations(
 def test_bf16_sampling_follows_the_fp32_chain_from_the_same_noise(objective: str) -> None:
     noise = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        exact = model(objective=objective).generate(noise)
+        exact = model(objective=objective, sample_precision="fp32").generate(noise)
         m = model(objective=objective, sample_precision="bf16")
         rounded = m.generate(noise)
     assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)
     # bfloat16 keeps 8 bits of mantissa: each pass's relative error is about 2^-9.
     assert (rounded - exact).abs().mean() < 0.02 * exact.abs().mean()
     assert m.sampling_note().endswith(", bf16")
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_auto_sample_precision_is_bf16_where_the_device_has_its_kernels(
+    monkeypatch, kernels: bool
+) -> None:
+    noise = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(diffusion, "has_bf16_kernels", lambda device: kernels)
+    with torch.no_grad():
+        auto = model().generate(noise)
+        chosen = model(sample_precision="bf16" if kernels else "fp32").generate(noise)
+        other = model(sample_precision="fp32" if kernels else "bf16").generate(noise)
+    assert torch.equal(auto, chosen) and not torch.equal(auto, other)
+    assert model().sampling_note().endswith(", bf16") == kernels
 
 
 def test_training_steps_run_for_every_objective() -> None:
