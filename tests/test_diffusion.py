@@ -221,7 +221,7 @@ def test_the_ode_grid_resolves_a_density_as_narrow_as_a_grey_level(monkeypatch) 
 
 
 def test_ddim_with_every_step_is_the_deterministic_chain() -> None:
-    m = model(objective="eps", sampler="ddim", sample_steps=T)
+    m = model(objective="eps", sampler="ddim", sample_steps=T, sample_precision="fp32")
     torch.manual_seed(3)
     samples = m.sample(2)
     torch.manual_seed(3)
@@ -422,9 +422,11 @@ CLI_TINY = [
 
 @pytest.fixture
 def eps_run(data_dir, tmp_path):
+    """fp32 sampling, so that the notes these tests read are the same on every machine."""
     run = tmp_path / "eps"
     argv = ["train", "diffusion", "--objective", "eps", "--timesteps", "30", "--sample-steps"]
-    assert main([*argv, "5", *CLI_TINY, "--run-dir", str(run)]) == 0
+    fp32 = ("--sample-precision", "fp32")
+    assert main([*argv, "5", *CLI_TINY, *fp32, "--run-dir", str(run)]) == 0
     return run
 
 
