@@ -458,14 +458,12 @@ class Trainer:
     @contextmanager
     def redone_on_resume_if_stopped(self) -> Iterator[None]:
         """Validation and the quality probe, which can take minutes (a diffusion model's
-        probe draws 500 samples): a stop within them (``abandonable``), or one that came
-        in the epoch's last batch, abandons them, with a checkpoint of the finished pass,
+        probe draws 500 samples): a stop within them, or one that came in the epoch's last
+        batch (``abandonable``), abandons them, with a checkpoint of the finished pass,
         so that a scheduler's grace period before SIGKILL loses nothing; the resume
         does them then. Data-parallel ranks finish them: they must stop at one point."""
         generators = rng_state(self.dev)  # as the pass left them
         try:
-            if self.stop_signal is not None and not self.world.parallel:
-                raise KeyboardInterrupt
             yield
         except KeyboardInterrupt:
             # A stop may land in a block's own restoring of the generators (validation's
@@ -481,7 +479,7 @@ class Trainer:
         back after it, signals or not (the flag is down while they are)."""
         self.abandoning = not self.world.parallel
         try:
-            if self.abandoning and self.stop_signal is not None:  # came just before
+            if self.abandoning and self.stop_signal is not None:  # came before the block
                 raise KeyboardInterrupt
             yield
         finally:
