@@ -16,12 +16,14 @@ from html import escape
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import register, write_fake_idx_dataset
 from genzoo import quality
 from genzoo.cli import main
 from genzoo.files import read_json
-from genzoo.studies import STUDIES, recipe
+from genzoo.models.gan import generator_loss
+from genzoo.studies import STUDIES, gan_losses, recipe
 from genzoo.studies.page import write_study_report
 from test_report import PageParser, _chromium
 
@@ -179,3 +181,19 @@ def test_quick_evaluation_estimates_no_likelihood_where_the_full_protocol_estima
     assert STUDIES["sampling-steps"].evaluate[:2] == ("--iw-samples", "0")
     assert iw_samples("sampling-steps") == "0"
     assert iw_samples("latent-size") == recipe.QUICK_EVAL[1] != "0"
+
+
+@pytest.mark.parametrize("d_fake", [0.02, 0.44])
+def test_the_saturation_note_gives_the_gradients_ratio_autograd_finds(d_fake: float) -> None:
+    logit = torch.logit(torch.tensor(d_fake, dtype=torch.float64)).requires_grad_()
+    (minimax,) = torch.autograd.grad(generator_loss(logit, "minimax"), logit)
+    (nonsaturating,) = torch.autograd.grad(generator_loss(logit, "nonsaturating"), logit)
+    rows = [
+        {"arm": "mlp-minimax-k1", "d_fake": d_fake},
+        {"arm": "mlp-nonsaturating-k1", "d_fake": 0.01},
+    ]
+    note = gan_losses.saturation(rows)
+    assert f"gradient was {(minimax / nonsaturating).item():.2f} of" in note
+    assert ("it saturated" in note) == (d_fake < gan_losses.SATURATED_D_FAKE)
+    assert "mlp-nonsaturating-k1" not in note  # only the minimax arms can saturate
+    assert gan_losses.saturation(rows[1:]) == ""

@@ -43,8 +43,42 @@ def analyse(state: StudyRun) -> dict[str, Any]:
     return {}
 
 
+# Below this D(G(z)) the minimax generator's gradient is under a ninth of the
+# non-saturating one's: D rejects the fakes and the loss saturates, as Goodfellow et al.
+# (2014, section 3) warn.
+SATURATED_D_FAKE = 0.1
+
+
+def saturation(rows: list[dict[str, Any]]) -> str:
+    """Whether the minimax arms' generator loss saturated, from their own D(G(z)).
+
+    At D's logit l, with D = sigmoid(l), d/dl log(1 - D) = -D while d/dl -log D = -(1 - D):
+    per fake the minimax gradient is D(G(z)) / (1 - D(G(z))) times the non-saturating
+    one's. It vanishes only where D confidently rejects the fakes, which a discriminator
+    that cannot (the MLP's dropout) never does.
+    """
+    parts = []
+    for row in rows:
+        if "minimax" not in row["arm"] or "d_fake" not in row:
+            continue
+        d_fake = row["d_fake"]
+        ratio = d_fake / (1 - d_fake)
+        verdict = "saturated" if d_fake < SATURATED_D_FAKE else "did not saturate"
+        parts.append(
+            f"{row['arm']}: D(G(z)) {d_fake:.2f}, so its generator's gradient was "
+            f"{ratio:.2f} of the non-saturating loss's at the same D: it {verdict}"
+        )
+    if not parts:
+        return ""
+    return (
+        " The minimax loss stalls only where D rejects the fakes (D(G(z)) near 0): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
-    return f"FID of the best checkpoint, lowest first: {ranked(rows, 'fid')}."
+    return f"FID of the best checkpoint, lowest first: {ranked(rows, 'fid')}." + saturation(rows)
 
 
 STUDY = Study(
