@@ -327,6 +327,18 @@ BAD_INPUT: list[tuple[str, Call, list[str] | None, str | None]] = [
         "give a list of runs, e.g. ['v'], not one",
     ),
     ("no runs", lambda tmp: genzoo.compare([]), None, "give at least one run to compare"),
+    (
+        "resuming a folder that holds no run",
+        lambda tmp: genzoo.resume(tmp / "none"),
+        ["resume", "none"],
+        None,
+    ),
+    (
+        "resuming at a negative rate",
+        lambda tmp: genzoo.resume(vae_run(tmp / "v"), epochs=4, lr=-1.0),
+        ["resume", "v", "--epochs", "4", "--lr", "-1"],
+        "--lr: must be positive",
+    ),
 ]
 
 
@@ -371,3 +383,30 @@ def test_bad_input_raises_the_commands_one_line_message(
         assert message == said
     else:  # argparse words a flag's bounds in its own way: the same words, "argument" first
         assert shared.replace(":", "") in message and shared in said
+
+
+def test_what_python_raises_in_its_own_types_is_the_commands_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("")
+    under_a_file = tmp_path / "file" / "run"  # a NotADirectoryError from mkdir
+    with pytest.raises(GenzooError) as raised:
+        genzoo.train("vae", run_dir=under_a_file, **TINY, device="cpu")
+    said = command_error(["train", "vae", "--run-dir", str(under_a_file), *TINY_FLAGS], capsys)
+    assert str(raised.value) == said and said.endswith("a file is in the way of a folder")
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(api, "train_run", out_of_memory)
+    with pytest.raises(GenzooError) as raised:
+        genzoo.train("vae", run_dir=tmp_path / "r", **TINY, device="cpu")
+    said = command_error(["train", "vae", "--run-dir", str(tmp_path / "r"), *TINY_FLAGS], capsys)
+    assert str(raised.value) == said == "out of memory; choose smaller sizes or batches"
+
+    def a_bug(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(api, "train_run", a_bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # keeps its type
+        genzoo.train("vae", run_dir=tmp_path / "r", **TINY, device="cpu")

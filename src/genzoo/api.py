@@ -42,7 +42,7 @@ from genzoo.config import (
     sampling_field_names,
 )
 from genzoo.cpu import tune_process
-from genzoo.errors import GenzooError
+from genzoo.errors import GenzooError, raises_user_errors
 from genzoo.evaluation import ESTIMATORS, draw_many, evaluate_run
 from genzoo.files import write_array
 from genzoo.models import MODELS, GenerativeModel, find_preset
@@ -247,6 +247,7 @@ def as_list(values: Any, what: str) -> list:
 # ----------------------------------------------------------------------------- train, load
 
 
+@raises_user_errors
 def train(
     model: str,
     *,
@@ -272,6 +273,7 @@ def train(
     return folder
 
 
+@raises_user_errors
 def resume(
     run: PathLike,
     *,
@@ -291,6 +293,7 @@ def resume(
     return folder
 
 
+@raises_user_errors
 def load(
     run: PathLike,
     *,
@@ -394,6 +397,7 @@ def write_samples(samples: torch.Tensor, output: Path, title: str) -> None:
         plots.save_image_grid(samples, output, title)
 
 
+@raises_user_errors
 def sample(
     run: PathLike,
     n: int = 64,
@@ -436,6 +440,7 @@ def sample(
 # ----------------------------------------------------------------------------- evaluate
 
 
+@raises_user_errors
 def evaluate(
     run: PathLike,
     *,
@@ -511,6 +516,7 @@ class Comparison:
         printer.text(str(self))
 
 
+@raises_user_errors
 def compare(
     runs: Sequence[PathLike],
     *,

@@ -16,8 +16,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from genzoo import api, distributed
 from genzoo import data as gdata
 from genzoo.config import (
@@ -28,7 +26,7 @@ from genzoo.config import (
     given_values,
 )
 from genzoo.cpu import tune_process
-from genzoo.errors import GenzooError, RunFailed
+from genzoo.errors import GenzooError, RunFailed, user_errors
 from genzoo.evaluation import ESTIMATORS, QUALITY_SAMPLES, reference_quality
 from genzoo.figures import draw_run_figures
 from genzoo.files import read_json, write_json
@@ -752,11 +750,6 @@ def list_dataset_files(names: list[str], root: Path) -> None:
             print(f"  {name}/{spec.name}: {status}")
 
 
-def out_of_memory(err: Exception) -> bool:
-    """CUDA reports an OutOfMemoryError; the CPU allocator a RuntimeError that says so."""
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     """The command line, or one line (exit 2) that names the fix of a common slip."""
     parser = build_parser()
@@ -812,25 +805,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     tune_process()
     try:
-        args.func(args)
+        with user_errors():
+            args.func(args)
     except GenzooError as err:
         print(f"genzoo: error: {err}", file=sys.stderr)
         return err.exit_code
-    except OSError as err:  # a folder that cannot be made or read: the user's to fix
-        where = f" {err.filename}" if err.filename else ""
-        # mkdir over a file says "File exists": name the real problem
-        why = (
-            "a file is in the way of a folder"
-            if isinstance(err, FileExistsError | NotADirectoryError)
-            else err.strerror or err
-        )
-        print(f"genzoo: error: cannot use{where}: {why}", file=sys.stderr)
-        return 2
-    except (torch.OutOfMemoryError, RuntimeError) as err:
-        if not out_of_memory(err):
-            raise  # a bug: keep its traceback
-        print("genzoo: error: out of memory; choose smaller sizes or batches", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (interrupts.py)
         return INTERRUPTED
     return 0
