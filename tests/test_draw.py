@@ -19,6 +19,7 @@ from genzoo.cli import main
 from genzoo.errors import GenzooError
 from genzoo.models import draw
 from genzoo.models.draw import DRAW, DRAWConfig, GaussianAttention, filterbank
+from genzoo.report import preset_text
 
 SHAPE = (1, 28, 28)
 
@@ -283,3 +284,9 @@ def test_the_default_is_the_measured_recipe_and_the_papers_model_one_preset_away
     assert paper.train.binarize == "static" and paper.to_dict()["preset"]["deviations"] == {}
     shorter = run_config("draw", {"preset": "gregor2015", "steps": 16}).to_dict()["preset"]
     assert shorter["deviations"] == {"steps": {"preset": 64, "run": 16}}
+    # The page's lead says which of the two a run followed.
+    assert "genzoo's default recipe, no preset" in preset_text(default.to_dict())
+    assert "--preset gregor2015: Gregor et al. 2015" in preset_text(default.to_dict())
+    lead = preset_text(paper.to_dict())
+    assert lead.startswith(" Preset gregor2015") and "with none of its settings changed" in lead
+    assert preset_text(run_config("vae", {}).to_dict()) == ""  # a family without presets

@@ -91,10 +91,15 @@ def setting_text(name: str, value: Any, deviations: dict[str, Any]) -> str:
 
 def preset_text(config: dict[str, Any]) -> str:
     """The run's preset in words, for the lead: " Preset burda-2l (paper), deviating in
-    --epochs 1 (the preset's 3280)."; empty without one."""
+    --epochs 1 (the preset's 3280)."; for a family with presets, a run without one says
+    it followed genzoo's defaults and names them; empty for the other families."""
     preset = config.get("preset")
     if not isinstance(preset, dict):
-        return ""
+        family = MODELS.get(config.get("model", ""))
+        if family is None or not family.presets:
+            return ""
+        papers = "; ".join(f"--preset {name}: {p.paper}" for name, p in family.presets.items())
+        return f" genzoo's default recipe, no preset (the papers' protocols: {papers})."
     deviations = preset.get("deviations") or {}
     how = "; ".join(
         f"--{name.replace('_', '-')} {value_text(pair['run'])} "
