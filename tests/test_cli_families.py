@@ -14,7 +14,10 @@ from safetensors.torch import load_file
 from genzoo import quality
 from genzoo.cli import main
 from genzoo.evaluation import grey_data
+from genzoo.index import write_index
+from genzoo.pagekit import with_error
 from genzoo.runs import checkpoint_files, load_run_config
+from test_index import index_rows
 
 COMMON = ["--epochs", "2", "--batch-size", "16", "--val-size", "20", "--device", "cpu"]
 FAMILIES = {
@@ -66,6 +69,25 @@ def test_every_family_trains_evaluates_samples_and_plots(
         "diffusion": ({"loss", "nll", "bpd"}, {"denoising_chain.png", "sample_steps.png"}),
     }[model]
     assert expected[0] <= result.keys() and expected[1] <= figures
+
+    # Its row in the index of the folder: the family's own headline figure, with its label
+    # and standard error, and the samples behind it.
+    row = index_rows(write_index(tmp_path))[model]
+    assert (row["family"], row["state"], row["epochs"]) == (model, "done", "2")
+    headline, samples = {
+        "vae": ("nll", "20"),
+        "bvae": ("nll", "20"),
+        "ae": ("loss", "-"),
+        "realnvp": ("bpd", "exact"),
+        "gan": (None, "-"),
+        "diffusion": ("bpd", "20 bound"),  # uniform dequantization: a bound on P(x)
+    }[model]
+    if headline is None:  # a GAN's answer is its sample quality
+        assert row["test figure"] == "-"
+    else:
+        figure = with_error(result[headline], result.get(f"{headline}_se"))
+        assert row["test figure"] == f"{result['terms'][headline]} {figure}"
+    assert row["K"] == samples
 
 
 @pytest.mark.parametrize("model", ["gan", "realnvp"])
