@@ -289,7 +289,8 @@ def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
 
     def scripted_probe(samples):
         probed.append(samples.shape)
-        return {"quality_fid": next(fids), "quality_class_entropy": 2.0}
+        fid = next(fids)
+        return {"quality_fid": fid, "quality_inception_score": 3.0, "quality_class_entropy": 2.0}
 
     monkeypatch.setattr(gtrain, "watch_quality", lambda cfg, dev, data_dir: scripted_probe)
     train = TrainConfig(
@@ -299,7 +300,12 @@ def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
     summary = gtrain.train(tmp_path / "gan", cfg, device="cpu")
     assert probed == [(30, 1, 28, 28)] * 5
     records = read_metrics(tmp_path / "gan")
-    assert plots.quality_panels(records)["FID (30 samples vs validation)"] == ["quality_fid"]
+    panels = plots.quality_panels(records)
+    assert panels["FID (30 samples vs validation)"] == ["quality_fid"]
+    # The probe's Inception score is one split, never to be taken for the reported ten.
+    assert panels["Inception score (one split)"] == ["quality_inception_score"]
+    page = (tmp_path / "gan" / "report.html").read_text()
+    assert "quality_inception_score (one split)" in page
     assert [r["epoch"] for r in records if "quality_fid" in r] == [1, 2, 4, 6, 7]
     assert summary["best_epoch"] == 2
     gan = GAN(cfg.model_config, (1, 28, 28))

@@ -182,14 +182,15 @@ def curve_panels(
 
 def quality_panels(metrics: list[dict]) -> dict[str, list[str]]:
     """The panels of --quality-every where it ran: FID (titled with the probe's samples,
-    2,000 where the metrics predate --quality-samples), Inception score, class entropy."""
+    2,000 where the metrics predate --quality-samples), Inception score (the probe's one
+    split, not the reported protocol's 10), class entropy."""
     probed = [m for m in metrics if "quality_fid" in m]
     if not probed:
         return {}
     n = probed[-1].get("quality_samples", 2000)
     return {
         f"FID ({n:,} samples vs validation)": ["quality_fid"],
-        "Inception score": ["quality_inception_score"],
+        "Inception score (one split)": ["quality_inception_score"],
         "class entropy of the samples": ["quality_class_entropy"],
     }
 

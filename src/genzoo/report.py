@@ -110,6 +110,10 @@ def preset_text(config: dict[str, Any]) -> str:
     return f" Preset {preset.get('name')} ({preset.get('paper')}){tail}."
 
 
+# Metrics whose key alone would pass for the reported protocol's figure.
+METRIC_NOTES = {"quality_inception_score": "quality_inception_score (one split)"}
+
+
 def metrics_table(metrics: list[dict[str, Any]]) -> Html:
     """Every per-epoch metric, one row per line of metrics.jsonl, sortable by any column."""
     columns = list(dict.fromkeys(k for record in metrics for k in record))
@@ -117,7 +121,7 @@ def metrics_table(metrics: list[dict[str, Any]]) -> Html:
         [v if isinstance(v, int | float | str) or v is None else json.dumps(v) for v in row]
         for row in ([record.get(c) for c in columns] for record in metrics)
     ]
-    return table(columns, rows, sortable=True)
+    return table([METRIC_NOTES.get(c, c) for c in columns], rows, sortable=True)
 
 
 def main_curves(model_name: Any, metrics: list[dict[str, Any]]) -> dict[str, list[tuple]]:

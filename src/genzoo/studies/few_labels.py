@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 
 from genzoo import plots
 from genzoo.files import read_json
+from genzoo.pagekit import with_error
 from genzoo.runs import load_run_config
 from genzoo.studies.recipe import Arm, Study, StudyRun
 
@@ -91,7 +92,8 @@ def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
             paper, spread = PAPER_M2[PAPER[row["arm"]]]
             error, error_spread = 100 * row["class_error"], 100 * row["class_error_spread"]
             parts.append(
-                f"{row['arm']} {error:.2f} ± {error_spread:.2f}% (paper {paper:.2f} ± {spread:.2f})"
+                f"{row['arm']} {with_error(error, error_spread)}% "
+                f"(paper {paper:.2f} ± {spread:.2f})"
             )
     return "Test error of q(y|x): " + "; ".join(parts) + "."
 

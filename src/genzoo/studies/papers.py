@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genzoo.files import read_json
+from genzoo.pagekit import with_error
 from genzoo.runs import read_metrics
 from genzoo.studies.recipe import Arm, Study, StudyRun
 
@@ -69,8 +70,8 @@ def beside_paper(
         difference = found["nll"] - cell.paper
         found_cells.append({"name": cell.name, "paper": cell.paper, "difference": difference})
         found_cells[-1].update(arm=cell.arm, **found)
-        genzoo = f"{found['nll']:.2f} ± {found['se']:.2f}"
-        gap = f"{difference:+.2f} ± {found['se']:.2f}"
+        genzoo = with_error(found["nll"], found["se"])
+        gap = ("+" if difference >= 0 else "") + with_error(difference, found["se"])
         trained = [found["k_test"], found["epochs"], round(found["minutes"], 1), cell.arm]
         rows.append([*cell.labels, cell.paper, genzoo, gap, *trained])
     headers = [*label_headers, "paper NLL", "genzoo NLL", "genzoo - paper", "test K"]
