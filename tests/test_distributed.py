@@ -190,9 +190,17 @@ def test_sigterm_stops_every_rank_with_a_checkpoint_and_the_run_continues_exactl
     out, err = sigterm_once_there(job, stopped / "checkpoints" / "last.json")
     assert job.returncode == INTERRUPTED, err
     assert not re.search(r'File ".*genzoo', err), err  # torchrun's report only, no rank's
-    assert f". Continue with: genzoo resume {stopped} --nproc 2\n" in out
+    said = re.search(
+        r"after epoch (\d+)(?: and (\d+) batches of the next)?\. "
+        r"Continue with: genzoo resume (\S+) --nproc 2$",
+        out,
+        re.MULTILINE,
+    )
+    assert said and said[3] == str(stopped), out
     model = Autoencoder(AutoencoderConfig(4, (32,)), (1, 28, 28))
-    epochs = str(load_checkpoint(stopped, "last", model)["epoch"] + 2)
+    state = load_checkpoint(stopped, "last", model)  # the checkpoint the stop wrote
+    assert (state["epoch"], state["step"]) == (int(said[1]), int(said[2] or 0))
+    epochs = str(state["epoch"] + 2)
     succeeds("resume", str(stopped), "--epochs", epochs, "--nproc", "2")
     succeeds("train", "ae", "--run-dir", str(whole), "--epochs", epochs, *flags)
     assert same_weights(stopped, whole)
