@@ -1,8 +1,11 @@
 """Every family's figures and page from a fixed-seed run, to compare two versions of the
-code: what a refactor that promises "every figure the same" is checked with.
+code: what a refactor that promises "every figure the same" is checked with; and the
+screenshots of the pages that benchmarks/README.md shows.
 
     python benchmarks/snapshot_figures.py take OUT          # train tiny runs, draw, report
     python benchmarks/snapshot_figures.py compare OLD NEW   # which files differ
+    python benchmarks/snapshot_figures.py pages OUT FIGURES # take, a study, the index, and
+                                                            # screenshots into FIGURES
 
 Run ``take`` once on each version (e.g. with PYTHONPATH pointing at each checkout's src/),
 with one thread (OMP_NUM_THREADS=1) so the arithmetic is the same. ``compare`` compares
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,13 @@ RUNS = {  # run name -> (family, its flags): small networks, every family
     "realnvp": ("realnvp", ["--width", "4", "--depth", "1", "--n-couplings", "1"]),
     "gan": ("gan", ["--noise-dim", "4", "--gen-hidden", "16,16", "--disc-hidden", "16"]),
     "draw": ("draw", ["--steps", "4"]),
+    "hvae": ("hvae", ["--hidden", "32", "--hidden-top", "16", "--latent-dims", "8,4"]),
+    "diffusion": (
+        "diffusion",
+        ["--base-channels", "8", "--channel-mults", "1,2", "--sample-steps", "3"],
+    ),
+    "m2": ("vae", ["--hidden", "32", "--latent-dim", "4", "--labels", "100"]),
+    "gan-conditional": ("gan", ["--noise-dim", "4", "--gen-hidden", "16,16", "--conditional"]),
 }
 CLOCK = re.compile(
     r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d)?(\.\d+)?(\+00:00)?"  # dates
@@ -49,6 +61,30 @@ def take(out: Path) -> None:
         assert main(["report", str(run)]) == 0
     runs = [str(out / "vae"), str(out / "bvae")]
     assert main(["compare", *runs, "-o", str(out / "compare.png")]) == 0
+
+
+# The pages shot (folder -> page) at a desktop's and a phone's width, as the page tests
+# look at them.
+PAGES = {"index": "index.html", "run": "vae/report.html", "study": "study/report.html"}
+
+
+def pages(out: Path, figures: Path) -> None:
+    """Every family's run, a quick study beside them, the index over the folder, and
+    screenshots of the index, a run's page and the study's page at both widths."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_report import DESKTOP, PHONE, _chromium
+
+    take(out)
+    study = ["study", "latent-size", "--quick", "--out", str(out / "study"), "--device", "cpu"]
+    assert main(study) == 0
+    assert main(["report", str(out)]) == 0
+    with tempfile.TemporaryDirectory() as profile:
+        for name, page in PAGES.items():
+            for device, width in (("desktop", DESKTOP), ("phone", PHONE)):
+                shot = figures / f"pages-{name}-{device}.png"
+                uri = (out / page).resolve().as_uri()
+                done = _chromium(Path(profile), f"--screenshot={shot}", uri, width=width)
+                assert shot.exists(), done.stderr
 
 
 def same_image(a: Path, b: Path) -> bool:
@@ -93,11 +129,13 @@ def compare(old: Path, new: Path) -> list[str]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("take", "compare"))
+    parser.add_argument("action", choices=("take", "compare", "pages"))
     parser.add_argument("folders", nargs="+", type=Path)
     args = parser.parse_args()
     if args.action == "take":
         take(args.folders[0])
+    elif args.action == "pages":
+        pages(*args.folders[:2])
     else:
         lines = compare(*args.folders[:2])
         print("\n".join(lines) or "every figure and page the same")
