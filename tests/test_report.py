@@ -429,6 +429,6 @@ def test_study_table_shows_a_dash_where_an_arm_has_no_figure() -> None:
     parser = PageParser()
     parser.feed(html)
     header, first, second = parser.tables[0]
-    assert header[:4] == ["arm", "model", "FID", "training minutes"]
-    assert first == ["a", "ae", "65.86", "1.5", "-", "-", "-"]
+    assert header[:4] == ["arm", "model", "FID", "minutes (training command)"]
+    assert first == ["a", "ae", "65.86", "1.5", "-", "-", "-", "-"]
     assert second[:3] == ["b", "vae", "70.00 ± 0.25"]  # to the spread's precision

@@ -23,6 +23,8 @@ from genzoo import quality
 from genzoo.cli import main
 from genzoo.files import read_json
 from genzoo.models.gan import generator_loss
+from genzoo.report import wall_seconds
+from genzoo.runs import read_metrics
 from genzoo.studies import STUDIES, gan_losses, recipe
 from genzoo.studies.page import write_study_report
 from test_report import PageParser, _chromium
@@ -71,7 +73,11 @@ def test_every_study_runs_quick_and_its_page_holds_the_table(
         for key in spec.columns:
             if key in evaluated:
                 assert row[key] == evaluated[key]  # one seed: the run's own figure
-        assert row["parameters"] > 0 and row["minutes"] > 0
+        assert row["parameters"] > 0
+        # The training command's minutes (one seed: its own), the passes part of them.
+        wall = wall_seconds(read_metrics(run), read_json(run / "summary.json"))
+        assert row["minutes"] == pytest.approx(wall / 60)
+        assert 0 < row["pass_minutes"] < row["minutes"]
     assert result["answer"] and result["answer"] in capsys.readouterr().out
     page = (out / "report.html").read_text()
     parsed = PageParser()

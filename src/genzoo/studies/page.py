@@ -39,7 +39,8 @@ def figure_cell(row: dict[str, Any], key: str) -> Cell:
 
 # What the table says of each arm after its figures: study.json key -> column title.
 ARM_FACTS = {
-    "minutes": "training minutes",
+    "minutes": "minutes (training command)",
+    "pass_minutes": "of them training passes",
     "parameters": "parameters",
     "units": "units",
     "protocol": "protocol",

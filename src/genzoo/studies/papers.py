@@ -81,7 +81,10 @@ def beside_paper(
         trained = "one epoch on 1,000 images (--quick: a smoke run, not the protocol)"
     return {
         "cells": found_cells,
-        "table": {"headers": [*headers, "epochs trained", "minutes", "arm"], "rows": rows},
+        "table": {
+            "headers": [*headers, "epochs trained", "training-pass minutes", "arm"],
+            "rows": rows,
+        },
         "note": f"Each arm trained {trained}; ±: the standard error of genzoo's estimate "
         "over the test images (the paper states none); the test NLL by importance sampling "
         "with the K shown (the papers': 5000).",

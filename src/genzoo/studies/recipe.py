@@ -22,6 +22,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from genzoo import plots
 from genzoo.errors import GenzooError
 from genzoo.files import read_json, write_json
 from genzoo.interrupts import INTERRUPTED, sigterm_as_ctrl_c
-from genzoo.report import training_seconds
+from genzoo.report import training_seconds, wall_seconds
 from genzoo.runs import load_trained, read_metrics
 from genzoo.studies.page import write_study_report
 
@@ -162,7 +163,7 @@ def run_arm(state: StudyRun, arm: Arm, seed: int) -> Path:
 def arm_row(study: Study, arm: Arm, runs: list[Path], device: str) -> dict[str, Any]:
     """An arm's line of the table: each column's mean over seeds with its spread (the
     standard deviation over seeds; with one seed the evaluation's standard error), the
-    training minutes and the parameters."""
+    training command's minutes and the parameters."""
     results = [read_json(r / "eval.json") for r in runs]
     row: dict[str, Any] = {"arm": arm.name, "model": arm.model, "runs": [r.name for r in runs]}
     for key in study.columns:
@@ -175,7 +176,11 @@ def arm_row(study: Study, arm: Arm, runs: list[Path], device: str) -> dict[str, 
         else:
             spread = results[0].get(f"{key}_se")
         row[key], row[f"{key}_spread"] = mean, spread
-    row["minutes"] = sum(training_seconds(read_metrics(r)) for r in runs) / len(runs) / 60
+    # The training command's minutes (validation, probes and figures included), and of
+    # them the training passes, each the mean over seeds.
+    walls = [wall_seconds(read_metrics(r), read_json(r / "summary.json")) for r in runs]
+    row["minutes"] = fmean(walls) / 60
+    row["pass_minutes"] = fmean(training_seconds(read_metrics(r)) for r in runs) / 60
     _, model, _, _ = load_trained(runs[0], device)
     row["parameters"] = sum(p.numel() for p in model.parameters())
     row["units"] = results[0].get("units")
