@@ -47,7 +47,8 @@ RUNS = {  # run name -> (family, its flags): small networks, every family
 }
 CLOCK = re.compile(
     r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d)?(\.\d+)?(\+00:00)?"  # dates
-    r'|"seconds": [\d.e-]+|data-value="[\d.e-]+"|<td>[\d.]+</td>|[\d.]+ s\b'  # timings
+    r'|"(wall_|finishing_)?seconds": [\d.e-]+|data-value="[\d.e-]+"|<td>[\d.]+</td>'
+    r"|[\d.]+ s\b"  # timings
 )
 
 
@@ -82,6 +83,7 @@ def pages(out: Path, figures: Path) -> None:
         for name, page in PAGES.items():
             for device, width in (("desktop", DESKTOP), ("phone", PHONE)):
                 shot = figures / f"pages-{name}-{device}.png"
+                shot.unlink(missing_ok=True)  # an earlier shot must not pass for this one
                 uri = (out / page).resolve().as_uri()
                 done = _chromium(Path(profile), f"--screenshot={shot}", uri, width=width)
                 assert shot.exists(), done.stderr
@@ -132,10 +134,13 @@ if __name__ == "__main__":
     parser.add_argument("action", choices=("take", "compare", "pages"))
     parser.add_argument("folders", nargs="+", type=Path)
     args = parser.parse_args()
+    wanted = {"take": 1, "compare": 2, "pages": 2}[args.action]
+    if len(args.folders) != wanted:
+        parser.error(f"{args.action} takes {wanted} folder(s), got {len(args.folders)}")
     if args.action == "take":
         take(args.folders[0])
     elif args.action == "pages":
-        pages(*args.folders[:2])
+        pages(*args.folders)
     else:
-        lines = compare(*args.folders[:2])
+        lines = compare(*args.folders)
         print("\n".join(lines) or "every figure and page the same")

@@ -19,7 +19,7 @@ import genzoo
 from genzoo import api
 from genzoo.cli import main
 from genzoo.config import TrainConfig
-from genzoo.errors import GenzooError
+from genzoo.errors import GenzooError, TrainingDiverged
 from genzoo.models import MODELS
 from genzoo.models.diffusion import DiffusionConfig
 from genzoo.models.vae import VAE, VAEConfig
@@ -395,18 +395,32 @@ def test_what_python_raises_in_its_own_types_is_the_commands_one_line(
     said = command_error(["train", "vae", "--run-dir", str(under_a_file), *TINY_FLAGS], capsys)
     assert str(raised.value) == said and said.endswith("a file is in the way of a folder")
 
-    def out_of_memory(*args: Any, **kwargs: Any) -> None:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    argv = ["train", "vae", "--run-dir", str(tmp_path / "r"), *TINY_FLAGS]
 
-    monkeypatch.setattr(api, "train_run", out_of_memory)
-    with pytest.raises(GenzooError) as raised:
+    def raising(err: BaseException) -> Callable[..., None]:
+        def train_run(*args: Any, **kwargs: Any) -> None:
+            raise err
+
+        return train_run
+
+    # CUDA's allocator and the CPU's word running out of memory differently.
+    for err in (
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8e10"),
+    ):
+        monkeypatch.setattr(api, "train_run", raising(err))
+        with pytest.raises(GenzooError) as raised:
+            genzoo.train("vae", run_dir=tmp_path / "r", **TINY, device="cpu")
+        said = command_error(argv, capsys)
+        assert str(raised.value) == said == "out of memory; choose smaller sizes or batches"
+
+    # A divergence keeps its own type and exit status through both.
+    monkeypatch.setattr(api, "train_run", raising(TrainingDiverged("the loss became NaN")))
+    with pytest.raises(TrainingDiverged):
         genzoo.train("vae", run_dir=tmp_path / "r", **TINY, device="cpu")
-    said = command_error(["train", "vae", "--run-dir", str(tmp_path / "r"), *TINY_FLAGS], capsys)
-    assert str(raised.value) == said == "out of memory; choose smaller sizes or batches"
-
-    def a_bug(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    monkeypatch.setattr(api, "train_run", a_bug)
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # keeps its type
-        genzoo.train("vae", run_dir=tmp_path / "r", **TINY, device="cpu")
+    assert main(argv) == TrainingDiverged.exit_code == 1
+    # A bug, and an OSError that names no file (a broken pipe), keep their type.
+    for err in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), BrokenPipeError()):
+        monkeypatch.setattr(api, "train_run", raising(err))
+        with pytest.raises(type(err)):
+            genzoo.train("vae", run_dir=tmp_path / "r", **TINY, device="cpu")

@@ -423,12 +423,22 @@ def test_study_table_shows_a_dash_where_an_arm_has_no_figure() -> None:
     study["rows"] = [
         {"arm": "a", "model": "ae", "fid": 65.857, "fid_spread": None, "minutes": 1.5},
         {"arm": "b", "model": "vae", "fid": 70.0, "fid_spread": 0.25},
+        {"arm": "c", "model": "vae", "minutes": 2.5, "pass_minutes": 2.0},
     ]
     html = study_table(study)
     assert "null" not in html and "None" not in html
     parser = PageParser()
     parser.feed(html)
-    header, first, second = parser.tables[0]
-    assert header[:4] == ["arm", "model", "FID", "minutes (training command)"]
-    assert first == ["a", "ae", "65.86", "1.5", "-", "-", "-", "-"]
+    header, first, second, third = parser.tables[0]
+    assert header[:5] == [
+        "arm",
+        "model",
+        "FID",
+        "minutes (training command)",
+        "of them training passes",
+    ]
+    # A row of a study.json written before the command's minutes were kept: its minutes
+    # were the training passes'.
+    assert first == ["a", "ae", "65.86", "-", "1.5", "-", "-", "-"]
     assert second[:3] == ["b", "vae", "70.00 ± 0.25"]  # to the spread's precision
+    assert third[3:5] == ["2.5", "2"]  # a row of today's: the command's, then the passes

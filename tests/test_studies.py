@@ -23,7 +23,6 @@ from genzoo import quality
 from genzoo.cli import main
 from genzoo.files import read_json
 from genzoo.models.gan import generator_loss
-from genzoo.report import wall_seconds
 from genzoo.runs import read_metrics
 from genzoo.studies import STUDIES, gan_losses, recipe
 from genzoo.studies.page import write_study_report
@@ -75,10 +74,17 @@ def test_every_study_runs_quick_and_its_page_holds_the_table(
                 assert row[key] == evaluated[key]  # one seed: the run's own figure
         assert row["parameters"] > 0
         # The training command's minutes (one seed: its own), the passes part of them.
-        wall = wall_seconds(read_metrics(run), read_json(run / "summary.json"))
+        metrics, summary = read_metrics(run), read_json(run / "summary.json")
+        wall = sum(m["wall_seconds"] for m in metrics) + summary["finishing_seconds"]
         assert row["minutes"] == pytest.approx(wall / 60)
-        assert 0 < row["pass_minutes"] < row["minutes"]
+        assert row["pass_minutes"] == pytest.approx(sum(m["seconds"] for m in metrics) / 60)
+        assert row["pass_minutes"] < row["minutes"]
     assert result["answer"] and result["answer"] in capsys.readouterr().out
+    if name == "gan-losses":  # D(G(z)) while training, not at the evaluation
+        for arm, lowest in result["analysis"]["lowest_d_fake"].items():
+            metrics = read_metrics(out / arm)
+            assert "minimax" in arm and lowest == min(m["train_d_fake"] for m in metrics)
+            assert f"{arm}: D(G(z)) at least {lowest:.2f}" in result["answer"]
     page = (out / "report.html").read_text()
     parsed = PageParser()
     parsed.feed(page)
@@ -189,17 +195,21 @@ def test_quick_evaluation_estimates_no_likelihood_where_the_full_protocol_estima
     assert iw_samples("latent-size") == recipe.QUICK_EVAL[1] != "0"
 
 
-@pytest.mark.parametrize("d_fake", [0.02, 0.44])
+@pytest.mark.parametrize("d_fake", [0.02, 0.0999, 0.1001, 0.44])
 def test_the_saturation_note_gives_the_gradients_ratio_autograd_finds(d_fake: float) -> None:
     logit = torch.logit(torch.tensor(d_fake, dtype=torch.float64)).requires_grad_()
     (minimax,) = torch.autograd.grad(generator_loss(logit, "minimax"), logit)
     (nonsaturating,) = torch.autograd.grad(generator_loss(logit, "nonsaturating"), logit)
-    rows = [
-        {"arm": "mlp-minimax-k1", "d_fake": d_fake},
-        {"arm": "mlp-nonsaturating-k1", "d_fake": 0.01},
-    ]
-    note = gan_losses.saturation(rows)
-    assert f"gradient was {(minimax / nonsaturating).item():.2f} of" in note
-    assert ("it saturated" in note) == (d_fake < gan_losses.SATURATED_D_FAKE)
-    assert "mlp-nonsaturating-k1" not in note  # only the minimax arms can saturate
-    assert gan_losses.saturation(rows[1:]) == ""
+    note = gan_losses.saturation({"mlp-minimax-k1": d_fake})
+    assert f"gradient was at least {(minimax / nonsaturating).item():.2f} of" in note
+    # Under a ninth of the non-saturating gradient (D(G(z)) < 0.1): saturated.
+    assert ("it saturated" in note) == ((minimax / nonsaturating).item() < 1 / 9)
+
+
+def test_the_saturation_note_leaves_out_what_says_nothing() -> None:
+    assert gan_losses.saturation({}) == ""
+    assert gan_losses.saturation({"a": math.nan, "b": 1.0, "c": -0.5}) == ""  # no ZeroDivision
+    rows = [{"arm": "mlp-minimax-k1", "fid": 20.0}]
+    said = gan_losses.answer(rows, {"lowest_d_fake": {"mlp-minimax-k1": 0.3, "x": math.nan}})
+    assert said.startswith("FID of the best checkpoint, lowest first: mlp-minimax-k1 20.0.")
+    assert "mlp-minimax-k1: D(G(z)) at least 0.30" in said and "x:" not in said

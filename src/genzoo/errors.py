@@ -44,22 +44,24 @@ def out_of_memory(err: Exception) -> bool:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Raise a folder that cannot be made or read, and memory that runs out, as
-    GenzooError with the line that says what to fix; any other error is a bug and keeps
-    its type and traceback."""
+    """Raise a file or folder that cannot be made or read (an OSError that names it), and
+    memory that runs out, as GenzooError with the line that says what to fix; any other
+    error (a broken pipe, a lost connection between processes, a bug) keeps its type and
+    traceback."""
     try:
         yield
     except GenzooError:
         raise
     except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
+        if err.filename is None:
+            raise
         # mkdir over a file says "File exists": name the real problem
         why = (
             "a file is in the way of a folder"
             if isinstance(err, FileExistsError | NotADirectoryError)
             else err.strerror or err
         )
-        raise GenzooError(f"cannot use{where}: {why}") from err
+        raise GenzooError(f"cannot use {err.filename}: {why}") from err
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise

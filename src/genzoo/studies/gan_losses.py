@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from genzoo.models.gan import EQUILIBRIUM_VALUE
+from genzoo.runs import read_metrics
 from genzoo.studies.recipe import Arm, Study, StudyRun, draw_arm_curves, ranked
 
 SMALL_CONV = ("--conv-width", "16")  # --quick: a narrower DCGAN
@@ -40,7 +41,18 @@ def analyse(state: StudyRun) -> dict[str, Any]:
             "class entropy of the samples": (math.log(10), "no collapse: log 10"),
         },
     )
-    return {}
+    return {"lowest_d_fake": lowest_training_d_fake(state)}
+
+
+def lowest_training_d_fake(state: StudyRun) -> dict[str, float]:
+    """Each minimax arm's lowest epoch mean of D(G(z)) while it trained (its first seed):
+    the D the generator learned against, dropout and all, not the evaluated one."""
+    lowest = {}
+    for arm, runs in state.runs.items():
+        values = [m["train_d_fake"] for m in read_metrics(runs[0]) if "train_d_fake" in m]
+        if "minimax" in arm and values:
+            lowest[arm] = min(values)
+    return lowest
 
 
 # Below this D(G(z)) the minimax generator's gradient is under a ninth of the
@@ -49,24 +61,23 @@ def analyse(state: StudyRun) -> dict[str, Any]:
 SATURATED_D_FAKE = 0.1
 
 
-def saturation(rows: list[dict[str, Any]]) -> str:
-    """Whether the minimax arms' generator loss saturated, from their own D(G(z)).
+def saturation(lowest_d_fake: dict[str, float]) -> str:
+    """Whether each minimax arm's generator loss saturated while it trained.
 
     At D's logit l, with D = sigmoid(l), d/dl log(1 - D) = -D while d/dl -log D = -(1 - D):
     per fake the minimax gradient is D(G(z)) / (1 - D(G(z))) times the non-saturating
-    one's. It vanishes only where D confidently rejects the fakes, which a discriminator
-    that cannot (the MLP's dropout) never does.
+    one's, and it vanishes only where D rejects the fakes confidently (D(G(z)) near 0).
+    A value outside [0, 1) (a diverged arm's NaN) says nothing and is left out.
     """
     parts = []
-    for row in rows:
-        if "minimax" not in row["arm"] or "d_fake" not in row:
+    for arm, d_fake in lowest_d_fake.items():
+        if not 0 <= d_fake < 1:
             continue
-        d_fake = row["d_fake"]
-        ratio = d_fake / (1 - d_fake)
-        verdict = "saturated" if d_fake < SATURATED_D_FAKE else "did not saturate"
+        verdict = "it saturated" if d_fake < SATURATED_D_FAKE else "it did not saturate"
         parts.append(
-            f"{row['arm']}: D(G(z)) {d_fake:.2f}, so its generator's gradient was "
-            f"{ratio:.2f} of the non-saturating loss's at the same D: it {verdict}"
+            f"{arm}: D(G(z)) at least {d_fake:.2f} in every epoch's mean, so its generator's "
+            f"gradient was at least {d_fake / (1 - d_fake):.2f} of the non-saturating "
+            f"loss's at the same D: {verdict}"
         )
     if not parts:
         return ""
@@ -78,7 +89,8 @@ def saturation(rows: list[dict[str, Any]]) -> str:
 
 
 def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
-    return f"FID of the best checkpoint, lowest first: {ranked(rows, 'fid')}." + saturation(rows)
+    ranking = f"FID of the best checkpoint, lowest first: {ranked(rows, 'fid')}."
+    return ranking + saturation(analysis.get("lowest_d_fake", {}))
 
 
 STUDY = Study(

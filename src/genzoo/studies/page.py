@@ -47,6 +47,14 @@ ARM_FACTS = {
 }
 
 
+def with_minutes_named(row: dict[str, Any]) -> dict[str, Any]:
+    """A study.json row from before the command's minutes were kept says its ``minutes``
+    are the training passes': they go to that column, the command's unknown."""
+    if "pass_minutes" in row or "minutes" not in row:
+        return row
+    return {**row, "minutes": None, "pass_minutes": row["minutes"]}
+
+
 def study_table(study: dict[str, Any]) -> Html:
     """One row per arm: each column's mean ± spread, minutes, parameters, protocol."""
     columns = study["columns"]
@@ -58,7 +66,7 @@ def study_table(study: dict[str, Any]) -> Html:
             *(figure_cell(row, key) for key in columns),
             *(NONE if row.get(key) is None else row[key] for key in ARM_FACTS),
         ]
-        for row in study["rows"]
+        for row in map(with_minutes_named, study["rows"])
     ]
     seeds = study.get("seeds", 1)
     spread = "standard deviation over seeds" if seeds > 1 else "standard error over the images"
