@@ -164,6 +164,30 @@ def test_unset_dropout_is_the_recipe_of_each_arch(arch: str, expected: list[floa
     assert [m.p for m in explicit.discriminator if isinstance(m, torch.nn.Dropout)] == [0.1] * 2
 
 
+@pytest.mark.parametrize(
+    ("arch", "given", "expected"),
+    [
+        ("mlp", None, "minimax"),
+        ("conv", None, "nonsaturating"),
+        ("mlp", "nonsaturating", "nonsaturating"),
+        ("conv", "minimax", "minimax"),
+    ],
+)
+def test_unset_generator_loss_is_the_measured_recipe_of_each_arch(
+    arch: str, given: str | None, expected: str
+) -> None:
+    cfg = GANConfig(noise_dim=3, gen_hidden=(8,), disc_hidden=(8,), arch=arch, conv_width=2)
+    model = GAN(dataclasses.replace(cfg, gen_loss=given), (1, 8, 8)).eval()
+    x = torch.rand(5, 1, 8, 8)
+    torch.manual_seed(2)
+    g_loss, _ = model.generator_objective(x)
+    torch.manual_seed(2)
+    fake_logits = model.logits(model.generate(model.noise(5)))
+    assert g_loss.item() == pytest.approx(generator_loss(fake_logits, expected).mean().item())
+    other = "nonsaturating" if expected == "minimax" else "minimax"
+    assert g_loss.item() != pytest.approx(generator_loss(fake_logits, other).mean().item())
+
+
 def test_hinge_losses_against_their_formulas() -> None:
     real = torch.tensor([-2.0, 0.5, 3.0], requires_grad=True)
     fake = torch.tensor([-3.0, -0.5, 2.0], requires_grad=True)

@@ -22,7 +22,12 @@ ARMS = (
     Arm("mlp-nonsaturating-k1", "gan", ("--gen-loss", "nonsaturating")),
     Arm("mlp-nonsaturating-k5", "gan", ("--gen-loss", "nonsaturating", "--d-steps", "5")),
     Arm("conv-minimax-k1", "gan", ("--arch", "conv", "--gen-loss", "minimax"), SMALL_CONV),
-    Arm("conv-nonsaturating-k1", "gan", ("--arch", "conv"), SMALL_CONV),
+    Arm(
+        "conv-nonsaturating-k1",
+        "gan",
+        ("--arch", "conv", "--gen-loss", "nonsaturating"),
+        SMALL_CONV,
+    ),
 )
 
 
