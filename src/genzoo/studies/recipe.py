@@ -178,9 +178,12 @@ def arm_row(study: Study, arm: Arm, runs: list[Path], device: str) -> dict[str, 
         row[key], row[f"{key}_spread"] = mean, spread
     # The training command's minutes (validation, probes and figures included), and of
     # them the training passes, each the mean over seeds.
-    walls = [wall_seconds(read_metrics(r), read_json(r / "summary.json")) for r in runs]
+    metrics = [read_metrics(r) for r in runs]
+    walls = [
+        wall_seconds(m, read_json(r / "summary.json")) for m, r in zip(metrics, runs, strict=True)
+    ]
     row["minutes"] = fmean(walls) / 60
-    row["pass_minutes"] = fmean(training_seconds(read_metrics(r)) for r in runs) / 60
+    row["pass_minutes"] = fmean(training_seconds(m) for m in metrics) / 60
     _, model, _, _ = load_trained(runs[0], device)
     row["parameters"] = sum(p.numel() for p in model.parameters())
     row["units"] = results[0].get("units")
