@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,29 @@ def test_labels_reach_the_encoder_the_decoder_and_the_classifier_trains() -> Non
     for _ in range(30):
         model.train_step(x, optimizers, y)
     assert model.classify(x).log_prob(y).mean().item() > before + 0.5
+
+
+def linear_layers(model: VAE) -> list[torch.nn.Linear]:
+    return [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+
+
+def test_dropout_acts_on_q_y_while_training_and_nowhere_else() -> None:
+    torch.manual_seed(0)
+    cfg = VAEConfig(labels="10", classifier_dropout=0.5, classifier_input_dropout=0.2, **SMALL)
+    model = VAE(cfg, SHAPE)
+    plain = VAE(replace(cfg, classifier_dropout=0.0, classifier_input_dropout=0.0), SHAPE)
+    for mine, theirs in zip(linear_layers(model), linear_layers(plain), strict=True):
+        theirs.load_state_dict(mine.state_dict())
+    x = torch.rand(6, *SHAPE)
+    # training: two passes drop different units; the encoder and decoder drop none
+    assert not torch.equal(model.classify(x).logits, model.classify(x).logits)
+    labels = torch.arange(6)
+    assert torch.equal(model.posterior(x, labels).mean, model.posterior(x, labels).mean)
+    # evaluation: the classifier without dropout, the same weights
+    model.eval(), plain.eval()
+    assert torch.allclose(model.classify(x).logits, plain.classify(x).logits)
+    rates = [m.p for m in model.classifier if isinstance(m, torch.nn.Dropout)]
+    assert rates == [0.2, 0.5]  # on the pixels, then on the hidden layer
 
 
 def test_an_m2_run_from_the_command_line(data_dir: Path, tmp_path: Path, monkeypatch, capsys):

@@ -38,7 +38,11 @@ were as many, and keeps the paper's weight of the cross-entropy per labelled ima
 alpha N / N_l. Measured on MNIST with 100 labels and z of 50: with the paper's shares the
 labelled bound, of weight N_l / N = 0.002, did not teach the decoder to use y in 12
 epochs (its samples ignored the label; test error 48%, rising), oversampled it did (24%
-after 9 epochs, falling).
+after 9 epochs, falling). q(y|x) drops half its pixels and half its hidden units while
+training (dropout, ``--classifier-input-dropout``, ``--classifier-dropout``): without
+it the classifier learns the 100 labels by heart (their cross-entropy 1e-4 within an
+epoch), the unlabelled bound only confirms its guesses, and the validation error stalls
+near 23%; with it the error falls every epoch (16.5% after 10 epochs, against 23.1% after 9).
 ``--labels N`` keeps N_l = N labels, N / K of each class chosen with the run's seed, and
 sees every training image unlabelled (the labelled ones too: the loop's batches do not
 say which they are); ``--labels all`` or ``--conditional`` is the fully supervised
@@ -142,6 +146,23 @@ class VAEConfig:
             "max": 1e6,
         },
     )
+    classifier_dropout: float = field(
+        default=0.5,
+        metadata={
+            "help": "dropout on the hidden layers of q(y|x) (with labels): the 100 labels "
+            "of --labels 100 are otherwise learned by heart",
+            "min": 0.0,
+            "max": 0.95,
+        },
+    )
+    classifier_input_dropout: float = field(
+        default=0.5,
+        metadata={
+            "help": "dropout on the pixels q(y|x) reads (with labels)",
+            "min": 0.0,
+            "max": 0.95,
+        },
+    )
     num_classes: int = field(default=10, metadata={"help": "classes of the labels"})
 
 
@@ -182,7 +203,12 @@ class VAE(LatentVariableModel, Conditional):
         self.encoder = mlp([data_dim + k, *cfg.hidden, 2 * cfg.latent_dim], cfg.activation)
         self.decoder = mlp([cfg.latent_dim + k, *reversed(cfg.hidden), data_dim], cfg.activation)
         if self.conditional:
-            self.classifier = mlp([data_dim, *cfg.hidden, k], cfg.activation)  # q(y|x)
+            self.classifier = mlp(  # q(y|x)
+                [data_dim, *cfg.hidden, k],
+                cfg.activation,
+                cfg.classifier_input_dropout,
+                cfg.classifier_dropout,
+            )
             self.curve_panels = CONDITIONAL_PANELS
         if self.labelled_count:  # which training images are labelled, in the checkpoints
             self.register_buffer("labelled_indices", torch.zeros(self.labelled_count).long())
