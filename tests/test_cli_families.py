@@ -212,6 +212,9 @@ def test_compare_quality_and_reference(data_dir: Path, tmp_path: Path, capsys) -
         "n_samples",
     }
     assert keys <= result.keys() and result["n_samples"] == 30
+    # drawing and scoring timed apart: what 10,000 samples cost is a figure of its own
+    assert result["sampling_seconds"] > 0 and result["scoring_seconds"] > 0
+    assert "drawn in" in capsys.readouterr().out
     assert (gan / "figures" / "class_histogram.png").exists()
 
     # K=0 adds the scores of a model with a likelihood without recomputing (or losing) it.

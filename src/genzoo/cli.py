@@ -529,6 +529,8 @@ def print_quality(r: dict) -> None:
         "likelihood and sample quality)\n"
         f"  classes {r['class_histogram']}"
     )
+    if "sampling_seconds" in r:
+        print(f"  drawn in {r['sampling_seconds']:.1f} s, scored in {r['scoring_seconds']:.1f} s")
     if "class_accuracy" in r:
         per_class = " ".join(f"{a:.3f}" for a in r["class_accuracies"])
         if "class_fids" in r:
