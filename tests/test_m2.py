@@ -165,7 +165,8 @@ def test_dropout_acts_on_q_y_while_training_and_nowhere_else() -> None:
     labels = torch.arange(6)
     assert torch.equal(model.posterior(x, labels).mean, model.posterior(x, labels).mean)
     # evaluation: the classifier without dropout, the same weights
-    model.eval(), plain.eval()
+    model.eval()
+    plain.eval()
     assert torch.allclose(model.classify(x).logits, plain.classify(x).logits)
     rates = [m.p for m in model.classifier if isinstance(m, torch.nn.Dropout)]
     assert rates == [0.2, 0.5]  # on the pixels, then on the hidden layer
