@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import RUNNER, register, write_fake_idx_dataset
-from genzoo import training
+from genzoo import cli, interrupts, training
 from genzoo.cli import main
 from genzoo.interrupts import INTERRUPTED
 from genzoo.models.vae import VAE, VAEConfig
@@ -298,3 +298,37 @@ def test_sigterm_stops_a_study_which_then_continues(
     uninterrupted = recipe.train_command(study, study.arms[0], alone, 0, quick=True)
     assert main([*uninterrupted, "--device", "cpu"]) == 0
     assert same_weights(first, alone)
+
+
+def stop_surfacing_as_a_type_error(*args: object) -> None:
+    """SIGTERM in code that a C extension called back, whose KeyboardInterrupt comes out
+    as a TypeError: what pybind11's argument conversion makes of it in matplotlib."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # never ends: the handler raises at the next bytecode
+    except KeyboardInterrupt as err:
+        raise TypeError("incompatible function arguments") from err
+
+
+def test_a_stop_that_surfaces_as_another_exception_still_ends_the_command_as_stopped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(cli, "cmd_report", stop_surfacing_as_a_type_error)
+    assert main(["report", "runs"]) == INTERRUPTED
+    assert capsys.readouterr().err == ""
+
+
+def test_an_error_without_a_stop_keeps_its_type_and_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def bug(*args: object) -> None:
+        raise TypeError("a bug")
+
+    with interrupts.sigterm_as_ctrl_c(), pytest.raises(TypeError, match="a bug"):
+        bug()
+    # a stop in an earlier block does not make a later bug a stop
+    with pytest.raises(KeyboardInterrupt), interrupts.sigterm_as_ctrl_c():
+        stop_surfacing_as_a_type_error()
+    monkeypatch.setattr(cli, "cmd_report", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["report", "runs"])

@@ -31,7 +31,7 @@ from genzoo.evaluation import ESTIMATORS, QUALITY_SAMPLES, reference_quality
 from genzoo.figures import draw_run_figures
 from genzoo.files import read_json, write_json
 from genzoo.index import write_report
-from genzoo.interrupts import INTERRUPTED
+from genzoo.interrupts import INTERRUPTED, sigterm_as_ctrl_c
 from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
@@ -807,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     tune_process()
     try:
-        with user_errors():
+        with sigterm_as_ctrl_c(), user_errors():
             args.func(args)
     except GenzooError as err:
         print(f"genzoo: error: {err}", file=sys.stderr)

@@ -4,7 +4,7 @@ A person stops a command with Ctrl-C (SIGINT), a job scheduler with SIGTERM (the
 SIGKILL after a grace period). genzoo treats them alike: under ``sigterm_as_ctrl_c``
 SIGTERM raises KeyboardInterrupt as Ctrl-C does, so that the one path that handles an
 interruption (say what is kept and the command that continues, exit with INTERRUPTED)
-handles both. A training loop takes both over with ``on_stop_signals`` and stops at its
+handles both, whatever exception the interruption surfaced as (``stop_wins``). A training loop takes both over with ``on_stop_signals`` and stops at its
 next batch boundary, or at once within an epoch's validation and quality probe, after a
 checkpoint (training.py); the launcher of a data-parallel run
 passes them on to its processes (distributed.py).
@@ -26,6 +26,19 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Handler = Callable[[int, FrameType | None], object]
 
+# How many stop signals have reached a handler set by ``on_signals`` in this process.
+_stops_received = 0
+
+
+def _counting(handler: Handler) -> Handler:
+    def counted(signum: int, frame: FrameType | None) -> object:
+        global _stops_received
+        if signum in STOP_SIGNALS:
+            _stops_received += 1
+        return handler(signum, frame)
+
+    return counted
+
 
 @contextmanager
 def on_signals(signals: tuple[signal.Signals, ...], handler: Handler) -> Iterator[None]:
@@ -39,7 +52,7 @@ def on_signals(signals: tuple[signal.Signals, ...], handler: Handler) -> Iterato
         yield
         return
     taken = [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, handler) for s in taken}
+    previous = {s: signal.signal(s, _counting(handler)) for s in taken}
     try:
         yield
     finally:
@@ -52,6 +65,25 @@ def on_stop_signals(handler: Handler) -> AbstractContextManager[None]:
     return on_signals(STOP_SIGNALS, handler)
 
 
-def sigterm_as_ctrl_c() -> AbstractContextManager[None]:
-    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does."""
-    return on_signals((signal.SIGTERM,), signal.default_int_handler)
+@contextmanager
+def stop_wins() -> Iterator[None]:
+    """Any exception that leaves the block after a stop signal came leaves it as
+    KeyboardInterrupt (from the exception). The handler's KeyboardInterrupt is raised
+    wherever Python code runs, and in code called back from a C extension it may come
+    out as another type: matplotlib's transforms, through pybind11, turn it into a
+    TypeError. The person asked for the stop; it is not a bug to report."""
+    received = _stops_received
+    try:
+        yield
+    except Exception as err:
+        if _stops_received == received:
+            raise
+        raise KeyboardInterrupt from err
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does, and a stop
+    ends the block as KeyboardInterrupt whatever it surfaced as (``stop_wins``)."""
+    with on_stop_signals(signal.default_int_handler), stop_wins():
+        yield
