@@ -2,11 +2,12 @@
 
 A person stops a command with Ctrl-C (SIGINT), a job scheduler with SIGTERM (then
 SIGKILL after a grace period). genzoo treats them alike: under ``sigterm_as_ctrl_c``
-SIGTERM raises KeyboardInterrupt as Ctrl-C does, so that the one path that handles an
-interruption (say what is kept and the command that continues, exit with INTERRUPTED)
-handles both, whatever exception the interruption surfaced as (``stop_wins``). A training loop takes both over with ``on_stop_signals`` and stops at its
-next batch boundary, or at once within an epoch's validation and quality probe, after a
-checkpoint (training.py); the launcher of a data-parallel run
+(every command runs under it) SIGTERM raises KeyboardInterrupt as Ctrl-C does, so that
+the one path that handles an interruption (say what is kept and the command that
+continues, exit with INTERRUPTED) handles both, whatever exception the interruption
+surfaced as (``stop_wins``). A training loop takes both over with ``on_stop_signals``
+and stops at its next batch boundary, or at once within an epoch's validation and
+quality probe, after a checkpoint (training.py); the launcher of a data-parallel run
 passes them on to its processes (distributed.py).
 """
 
