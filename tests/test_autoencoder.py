@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.mixture import GaussianMixture
 
 from genzoo.errors import GenzooError
 from genzoo.models.autoencoder import Autoencoder, AutoencoderConfig
@@ -33,7 +34,9 @@ def test_mixture_matches_sklearn_and_survives_a_checkpoint(tmp_path: Path) -> No
     with pytest.raises(GenzooError, match="mixture"):
         model.sample(4)
     codes = clustered_codes()
-    gmm = model.fit_mixture(codes)
+    model.fit_mixture(codes, seed=0)
+    reference = GaussianMixture(model.cfg.gmm_components, covariance_type="full", random_state=0)
+    gmm = reference.fit(codes.double().numpy())
     probe = codes[:50]
     expected = torch.from_numpy(gmm.score_samples(probe.double().numpy())).float()
     torch.testing.assert_close(model.mixture().log_prob(probe), expected, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.mixture import GaussianMixture
+from torch.distributions import MultivariateNormal
 
 from genzoo import quality
 from genzoo.cli import main
@@ -19,6 +21,7 @@ from genzoo.errors import GenzooError
 from genzoo.evaluation import quality_images
 from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.vae import VAE, VAEConfig
+from genzoo.runs import load_checkpoint, save_checkpoint
 
 SHAPE = (1, 28, 28)
 COMMON = ["--batch-size", "16", "--val-size", "20", "--device", "cpu", "--epochs", "2"]
@@ -96,6 +99,57 @@ def test_the_class_reaches_the_conditional_vae() -> None:
     assert model.decode(code).shape == x.shape
 
 
+def codes_of_classes() -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D codes (N, 2) and their classes (N,): 40 of each class y < 8 around (10 y, 0),
+    one of class 8, none of class 9."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.cat([torch.arange(8).repeat_interleave(40), torch.tensor([8])])
+    centres = torch.stack([10.0 * labels, torch.zeros(len(labels))], 1)
+    return centres + torch.randn(len(labels), 2, generator=generator), labels
+
+
+def test_each_class_mixture_is_fitted_to_its_own_codes_and_its_samples_come_from_it(
+    tmp_path: Path,
+) -> None:
+    model = VAE(VAEConfig(conditional=True, latent_dim=2, class_prior_components=2), SHAPE)
+    assert (
+        model.sampling_note()
+        == "z ~ p(z): this checkpoint has no fitted class mixtures (made before them)"
+    )
+    codes, labels = codes_of_classes()
+    model.fit_class_mixtures(codes, labels, seed=0)
+    probe = torch.randn(50, 2) * 20
+    log_p = model.class_mixtures().log_prob(probe[:, None])  # (50, K): every class's
+    for y in range(8):
+        reference = GaussianMixture(2, covariance_type="full", random_state=0)
+        expected = reference.fit(codes[labels == y].double().numpy()).score_samples(probe.double())
+        torch.testing.assert_close(
+            log_p[:, y].double(), torch.from_numpy(expected), rtol=1e-4, atol=1e-3
+        )
+    standard = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    for y in (8, 9):  # one code, too few for a fit, and none: p(z)
+        torch.testing.assert_close(log_p[:, y], standard.log_prob(probe))
+    assert "mixture of 2 Gaussians" in model.sampling_note()
+
+    torch.manual_seed(0)
+    fives = model.styles(torch.full((2000,), 5))
+    assert (fives.mean(0) - codes[labels == 5].mean(0)).abs().max() < 0.15  # se 0.02
+    assert model.sample_classes(torch.full((3,), 5)).shape == (3, *SHAPE)
+    model.cfg.class_prior = "standard"  # --class-prior standard at sampling time
+    assert model.styles(torch.full((2000,), 5)).mean(0).abs().max() < 0.15
+    assert model.sampling_note() == "z ~ p(z)"
+    model.cfg.class_prior = "fitted"
+
+    save_checkpoint(tmp_path, "best", model, {"epoch": 1})
+    reloaded = VAE(model.cfg, SHAPE)
+    load_checkpoint(tmp_path, "best", reloaded)
+    torch.testing.assert_close(reloaded.class_mixtures().log_prob(probe[:, None]), log_p)
+    # Weights from before the class mixtures load (strictly), and sample from p(z).
+    older = VAE(model.cfg, SHAPE)
+    older.load_state_dict({k: v for k, v in model.state_dict().items() if "mixture" not in k})
+    assert not older.class_mixture_fitted and "no fitted class mixtures" in older.sampling_note()
+
+
 @pytest.mark.parametrize("name", FLAGS)
 def test_a_conditional_run_trains_samples_a_class_plots_and_evaluates(
     name: str, data_dir: Path, tmp_path: Path, monkeypatch, capsys
@@ -131,6 +185,7 @@ def test_a_conditional_run_trains_samples_a_class_plots_and_evaluates(
     assert f"{kind} (2 or more of each class)" in result["quality_protocol"]
     if model == "vae":
         assert 0 <= result["class_error"] <= 1  # q(y|x), trained beside the cVAE
+        assert "fitted to the codes q(z|x, y)" in result["quality_protocol"]
     else:
         assert 0 < result["d_real"] < 1  # D's verdict on the test images, given their class
 

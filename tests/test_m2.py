@@ -244,3 +244,18 @@ def test_bad_labels_are_one_line_and_exit_2(data_dir, tmp_path, capsys, flags, m
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("labels", ["10", "all"])
+def test_the_class_mixtures_are_fitted_to_the_classes_the_model_may_know(
+    labels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When training ends: with every label, each class's codes by its label; M2 knows
+    only its N labels, so there the classes are q(y|x)'s (here: always 3)."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(labels=labels, **SMALL), SHAPE)
+    monkeypatch.setattr(model, "predict", lambda x: torch.full((len(x),), 3))
+    model.after_training(tiny_data())
+    fitted = model.class_mixture_means.abs().sum((1, 2)) > 0  # (K,): p(z)'s means are 0
+    assert model.class_mixture_fitted
+    assert fitted.tolist() == ([y == 3 for y in range(10)] if labels == "10" else [True] * 10)

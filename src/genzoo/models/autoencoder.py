@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.patches import Ellipse
-from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+from torch.distributions import MixtureSameFamily
 
 from genzoo import plots
 from genzoo.data import Data, Split, batches
@@ -40,10 +40,8 @@ from genzoo.models.base import (
     MixtureSampler,
     Reconstructs,
 )
+from genzoo.models.mixture import fit_gaussian_mixture, gaussian_mixture
 from genzoo.nets import activation_field, mlp
-
-if TYPE_CHECKING:
-    from sklearn.mixture import GaussianMixture
 
 
 @dataclass
@@ -116,21 +114,14 @@ class Autoencoder(GenerativeModel, Encodes, Reconstructs, MixtureSampler):
     # ------------------------------------------------------------------ the mixture
 
     @torch.no_grad()
-    def fit_mixture(self, codes: torch.Tensor, seed: int = 0) -> GaussianMixture:
+    def fit_mixture(self, codes: torch.Tensor, seed: int = 0) -> None:
         """Fit the mixture to codes (N, L) and store it in the buffers."""
-        # Imported here: scikit-learn (and scipy.stats with it) adds 1.4 s to every start.
-        from sklearn.mixture import GaussianMixture
-
-        gmm = GaussianMixture(self.cfg.gmm_components, covariance_type="full", random_state=seed)
-        gmm.fit(codes.double().cpu().numpy())
-        for name, value in (
-            ("gmm_weights", gmm.weights_),
-            ("gmm_means", gmm.means_),
-            ("gmm_covariances", gmm.covariances_),
+        fitted = fit_gaussian_mixture(codes, self.cfg.gmm_components, seed)
+        for name, value in zip(
+            ("gmm_weights", "gmm_means", "gmm_covariances"), fitted, strict=True
         ):
-            getattr(self, name).copy_(torch.from_numpy(value))
+            getattr(self, name).copy_(value)
         self.gmm_fitted.fill_(True)
-        return gmm
 
     def after_training(self, data: Data) -> None:
         """Fit the mixture to the codes of the training images (one binarized draw)."""
@@ -151,8 +142,7 @@ class Autoencoder(GenerativeModel, Encodes, Reconstructs, MixtureSampler):
                 "the Gaussian mixture is fitted when training ends; this "
                 "checkpoint has none yet (finish training, or --resume it)"
             )
-        components = MultivariateNormal(self.gmm_means, covariance_matrix=self.gmm_covariances)
-        return MixtureSameFamily(Categorical(probs=self.gmm_weights), components)
+        return gaussian_mixture(self.gmm_weights, self.gmm_means, self.gmm_covariances)
 
     # ------------------------------------------------------------------ images
 
