@@ -55,9 +55,10 @@ p(x|y) by importance sampling from q(z|x, y).
 Samples of a class y take their style z, by default, from a Gaussian mixture fitted to
 the codes q(z|x, y) of that class's training images when training ends (``--class-prior
 fitted``; the ex-post density of Ghosh et al. 2020, as the autoencoder's): z ~ p(z) lands
-where no image of class y put its code often enough that, at z of 20, 13% of the samples
-were classified as another digit (86.6%; 99.2% from the fitted mixtures, benchmarks/
-README.md). The bound and the likelihood keep p(z), the prior the model was trained with.
+where no image of class y put its code often enough that, at z of 20, 12.8% of the
+samples were classified as another digit (0.99% from the fitted mixtures, whose FID was
+30.5 against 144.8: benchmarks/README.md). The bound and the likelihood keep p(z), the
+prior the model was trained with.
 """
 
 from __future__ import annotations
