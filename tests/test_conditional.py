@@ -173,6 +173,11 @@ def test_a_conditional_run_trains_samples_a_class_plots_and_evaluates(
         assert main(["sample", str(run), "-n", "3", "--class", str(label), "-o", str(out)]) == 0
         draws[label] = np.load(out)
     assert not np.array_equal(draws[3], draws[5])  # the same noise (seed), another class
+    if model == "vae":  # z from p(z) instead of the class's fitted mixture
+        out = tmp_path / f"{name}-3-standard.npy"
+        argv = ["sample", str(run), "-n", "3", "--class", "3", "--class-prior", "standard"]
+        assert main([*argv, "-o", str(out)]) == 0
+        assert not np.array_equal(np.load(out), draws[3])
     quality.load_or_train_feature_net(epochs=1, val_size=20)
     capsys.readouterr()
     argv = ["eval", str(run), "--iw-samples", "2", "--limit", "10", "--quality"]
