@@ -56,8 +56,8 @@ Samples of a class y take their style z, by default, from a Gaussian mixture fit
 the codes q(z|x, y) of that class's training images when training ends (``--class-prior
 fitted``; the ex-post density of Ghosh et al. 2020, as the autoencoder's): z ~ p(z) lands
 where no image of class y put its code often enough that, at z of 20, 12.8% of the
-samples were classified as another digit (0.99% from the fitted mixtures, whose FID was
-30.5 against 144.8: benchmarks/README.md). The bound and the likelihood keep p(z), the
+samples were classified as another digit (0.9% from the fitted mixtures, whose FID was
+25.1 against 144.8: benchmarks/README.md). The bound and the likelihood keep p(z), the
 prior the model was trained with.
 """
 
