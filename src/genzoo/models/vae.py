@@ -237,7 +237,6 @@ class VAE(LatentVariableModel, Conditional):
                 cfg.classifier_dropout,
             )
             self.curve_panels = CONDITIONAL_PANELS
-        if self.conditional:
             self.add_class_mixtures()
         if self.labelled_count:  # which training images are labelled, in the checkpoints
             self.register_buffer("labelled_indices", torch.zeros(self.labelled_count).long())
@@ -287,10 +286,12 @@ class VAE(LatentVariableModel, Conditional):
             self.class_mixture_covariances[y, :c] = covariances
         self.class_mixture_fitted.fill_(True)
 
-    def class_mixtures(self) -> MixtureSameFamily:
-        """The fitted mixtures, batch shape (K,): one over z (L,) for each class."""
+    def class_mixture(self, y: int) -> MixtureSameFamily:
+        """Class y's fitted mixture over z (L,)."""
         return gaussian_mixture(
-            self.class_mixture_weights, self.class_mixture_means, self.class_mixture_covariances
+            self.class_mixture_weights[y],
+            self.class_mixture_means[y],
+            self.class_mixture_covariances[y],
         )
 
     def styles_from_mixtures(self) -> bool:
@@ -301,8 +302,11 @@ class VAE(LatentVariableModel, Conditional):
         mixture (``--class-prior fitted``, once fitted), else from p(z)."""
         if not self.styles_from_mixtures():
             return self.prior().sample((len(labels),))
-        draws = self.class_mixtures().sample((len(labels),))  # (n, K, L): every class's
-        return draws[torch.arange(len(labels), device=labels.device), labels]
+        z = self.class_mixture_means.new_empty(len(labels), self.cfg.latent_dim)
+        for y in labels.unique().tolist():  # each class's z from its own mixture only
+            chosen = labels == y
+            z[chosen] = self.class_mixture(y).sample((int(chosen.sum()),))
+        return z
 
     def sampling_note(self) -> str:
         if not self.conditional:
