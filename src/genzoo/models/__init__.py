@@ -107,7 +107,7 @@ MODELS: dict[str, ModelFamily] = {
             "ema": 0.999,
             "lr": 1e-3,
             "batch_size": 64,
-            "epochs": 7,
+            "epochs": 20,
             "lr_schedule": "cosine",
             "patience": 0,
             "quality_every": 2,
