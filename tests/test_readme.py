@@ -66,6 +66,10 @@ CLAIMS: list[tuple[str, tuple[Any, ...]]] = [
         (("diffusion", "quality_every"), ("diffusion", "quality_samples")),
     ),
     (r"\(default (flow matching)\)", (("diffusion", "objective"),)),
+    (
+        r"Adam ([\d.]+) decayed by a (\w+) over (\d+) epochs \(`genzoo train diffusion`",
+        (("diffusion", "lr"), ("diffusion", "lr_schedule"), ("diffusion", "epochs")),
+    ),
 ]
 
 

@@ -91,14 +91,15 @@ MODELS: dict[str, ModelFamily] = {
     ),
     # Grey levels in [-1, 1]; averaged weights as in Ho et al. (decay 0.9999 over their
     # 800k steps; 0.999 for the few thousand a CPU affords). Batches of 64: on a CPU a
-    # step costs in proportion to the batch, and early on more steps learn more. A cosine
-    # decay over 7 epochs (an epoch took 9 minutes on one idle CPU thread here, 12-15
-    # beside other work). Sample quality is watched every 2 epochs on 500 samples (about
-    # a tenth of the training time), and the best checkpoint is the epoch of the lowest
-    # probe FID (benchmarks/README.md). bf16 autocast where the device has its kernels:
-    # on this project's AVX-512 CPU a step took 0.57 s against 1.08 s in fp32, with the
-    # same validation MSE and probe FID after an epoch (0.1959 and 173.5 against 0.1947
-    # and 177.3).
+    # step costs in proportion to the batch, and early on more steps learn more. bf16
+    # autocast where the device has its kernels: on this project's AVX-512 CPU a step
+    # took 0.57 s against 1.08 s in fp32 (one thread), with the same validation MSE and
+    # probe FID after an epoch (0.1959 and 173.5 against 0.1947 and 177.3). A cosine
+    # decay over 17 epochs: what fits the 90 minutes for the whole command on
+    # both threads of this 2-core CPU (an epoch's training pass 211-227 s, about 5 minutes
+    # with validation and the probe). Sample quality is watched every 2 epochs on 500
+    # samples, and the best checkpoint is the epoch of the lowest probe FID
+    # (benchmarks/README.md).
     "diffusion": ModelFamily(
         DiffusionConfig,
         Diffusion,
@@ -107,7 +108,7 @@ MODELS: dict[str, ModelFamily] = {
             "ema": 0.999,
             "lr": 1e-3,
             "batch_size": 64,
-            "epochs": 20,
+            "epochs": 17,
             "lr_schedule": "cosine",
             "patience": 0,
             "quality_every": 2,
