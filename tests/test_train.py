@@ -251,6 +251,27 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_weights(
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_validation_computes_in_the_arithmetic_of_training(
+    data_dir: Path,
+    tmp_path: Path,
+    tiny_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    precision: str,
+) -> None:
+    autocast = []
+
+    def noting_validate(*args, **kwargs):
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return validate(*args, **kwargs)
+
+    validate = gtrain.validate
+    monkeypatch.setattr(gtrain, "validate", noting_validate)
+    tiny_config.train.epochs, tiny_config.train.precision = 2, precision
+    gtrain.train(tmp_path / "run", tiny_config, device="cpu")
+    assert autocast == [precision == "bf16"] * 2
+
+
 @pytest.mark.parametrize("kernels", [True, False])
 def test_auto_precision_is_chosen_for_the_device_and_recorded(
     data_dir: Path,

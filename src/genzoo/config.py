@@ -148,10 +148,10 @@ class TrainConfig:
     precision: str = field(
         default="fp32",
         metadata={
-            "help": "arithmetic of the training steps: fp32, bf16 autocast (matrix products "
-            "in bfloat16; evaluation stays fp32), or auto: bf16 where the device has "
-            "bfloat16 kernels (a CUDA GPU that supports it, a CPU with AVX-512), else fp32 "
-            "(recorded as chosen)",
+            "help": "arithmetic of the training steps and validation: fp32, bf16 autocast "
+            "(matrix products in bfloat16; genzoo eval stays fp32), or auto: bf16 where the "
+            "device has bfloat16 kernels (a CUDA GPU that supports it, a CPU with AVX-512), "
+            "else fp32 (recorded as chosen)",
             "choices": ("auto", "fp32", "bf16"),
         },
     )

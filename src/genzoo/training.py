@@ -206,7 +206,8 @@ class Trainer:
         self.abandoning = False  # in validation or the probe, which a stop abandons
 
     def arithmetic(self) -> AbstractContextManager:
-        """bf16 autocast for the training steps if asked (the weights stay fp32)."""
+        """bf16 autocast for the training steps and validation if asked (the weights stay
+        fp32; ``genzoo eval`` computes in fp32)."""
         bf16 = self.cfg.train.precision == "bf16"
         return torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -390,7 +391,10 @@ class Trainer:
         model, tc, metric = self.model, self.cfg.train, self.model.val_metric
         begun = time.perf_counter()
         with self.redone_on_resume_if_stopped():
-            with self.evaluated(), self.abandonable():
+            # In the training's arithmetic: the diffusion default's validation took 35 s
+            # in fp32 against 11 s in bf16 (2,000 images, one thread of this project's
+            # CPU), the loss 0.1% apart; fp32 made it a sixth of the command's time.
+            with self.evaluated(), self.arithmetic(), self.abandonable():
                 val = validate(model, self.data.val, self.dev, self.world)
             scores = self.probe_quality(epoch)
         record = {
