@@ -366,6 +366,84 @@ def test_no_guidance_is_the_conditional_model() -> None:
     assert m.sample_classes(labels).shape == (4, *SHAPE)
 
 
+def guided_model(**changes) -> Diffusion:
+    """A tiny model with a guide kept (after epoch 1) that differs from its network."""
+    m = model(**changes)
+    m.after_epoch(1)
+    nn.init.normal_(m.net.conv_out[-1].weight, std=0.3)  # the net moves on from its guide
+    return m
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_autoguidance_pushes_the_prediction_away_from_the_guides(conditional: bool) -> None:
+    m = guided_model(guide_epoch=1, conditional=conditional)
+    x, t = torch.randn(4, *SHAPE), torch.rand(4)
+    labels = torch.tensor([0, 3, 9, 9]) if conditional else None
+    with torch.no_grad():
+        f, f_guide = m.output(m.net, x, t, labels), m.output(m.guide, x, t, labels)
+        assert not torch.allclose(f, f_guide)
+        assert torch.equal(m.predict(x, t, labels, autoguidance=0.0), f)
+        guided = m.predict(x, t, labels, autoguidance=1.5)
+    torch.testing.assert_close(guided, 2.5 * f - 1.5 * f_guide)
+
+
+def test_the_guide_is_kept_after_its_epoch_and_frozen() -> None:
+    m = model(guide_epoch=2)
+    m.after_epoch(1)
+    assert int(m.guide_from) == 0 and m.autoguidance() == 0.0  # none kept: unguided
+    m.after_epoch(2)
+    kept = {k: v.clone() for k, v in m.guide.state_dict().items()}
+    assert kept.keys() == m.net.state_dict().keys()
+    assert all(torch.equal(v, m.net.state_dict()[k]) for k, v in kept.items())
+    m.after_epoch(3)  # later epochs leave it
+    nn.init.normal_(m.net.conv_out[-1].weight)
+    assert all(torch.equal(v, m.guide.state_dict()[k]) for k, v in kept.items())
+    assert int(m.guide_from) == 2 and m.autoguidance() == diffusion.AUTOGUIDANCE
+    assert not any(p.requires_grad for p in m.guide.parameters())
+    assert all(p.requires_grad for p in m.net.parameters())
+    optimized = {
+        id(p) for group in m.configure_optimizers(1e-3)[0].param_groups for p in group["params"]
+    }
+    assert optimized == {id(p) for p in m.net.parameters()}
+
+
+def test_autoguidance_defaults_to_none_where_guidance_is_asked_or_no_guide_was_kept() -> None:
+    assert guided_model(guide_epoch=1).autoguidance() == diffusion.AUTOGUIDANCE
+    assert guided_model(guide_epoch=1, autoguidance=0.5).autoguidance() == 0.5
+    cfg = {"guide_epoch": 1, "conditional": True, "guidance": 2.0}
+    assert guided_model(**cfg).autoguidance() == 0.0
+    assert model(guide_epoch=0).guide is None and model(guide_epoch=0).autoguidance() == 0.0
+    with pytest.raises(GenzooError, match="--autoguidance 0"):
+        model(guide_epoch=3, autoguidance=1.0).autoguidance()  # not trained that far
+
+
+def test_the_default_sampler_spends_the_same_passes_with_a_guide() -> None:
+    unguided, guided = model(sample_steps=None), guided_model(guide_epoch=1, sample_steps=None)
+    assert (unguided.sampler, unguided.sample_steps) == ("heun", diffusion.DEFAULT_EVALUATIONS // 2)
+    assert (guided.sampler, guided.sample_steps) == ("euler", diffusion.DEFAULT_EVALUATIONS // 2)
+    eps = guided_model(guide_epoch=1, sample_steps=None, objective="eps", timesteps=1000)
+    assert (eps.sampler, eps.sample_steps) == ("ddim", diffusion.DEFAULT_EVALUATIONS // 2)
+
+
+def test_weights_saved_before_guides_load_with_none_kept() -> None:
+    old = model(guide_epoch=0)
+    new = model(guide_epoch=2)
+    new.load_state_dict(old.state_dict())  # no guide.* keys: strict loading still passes
+    assert int(new.guide_from) == 0 and new.autoguidance() == 0.0
+    assert all(torch.equal(v, old.net.state_dict()[k]) for k, v in new.net.state_dict().items())
+
+
+def test_the_sampler_follows_the_guided_prediction() -> None:
+    noise = torch.randn(3, *SHAPE)
+    settings = {"sampler": "euler", "sample_steps": 1, "sample_precision": "fp32"}
+    m = guided_model(guide_epoch=1, autoguidance=1.0, **settings)
+    with torch.no_grad():
+        t1 = torch.ones(3)
+        expected = noise - (2 * m.net(noise, t1) - m.guide(noise, t1))  # one step, g = 1
+        torch.testing.assert_close(m.generate(noise), expected)
+    assert m.sampling_note() == "euler, 1 steps, autoguidance 1 (guide: epoch 1)"
+
+
 def test_conditional_training_drops_labels() -> None:
     m = model(conditional=True, label_dropout=0.5).train()
     seen = []
@@ -389,6 +467,7 @@ def test_conditional_training_drops_labels() -> None:
         ({"base_channels": 12}, "multiple of 8"),
         ({"channel_mults": (1, 1, 1, 1, 1)}, "use fewer --channel-mults"),
         ({"schedule": "linear"}, "--timesteps above 20"),
+        ({"guidance": 1.0, "conditional": True, "autoguidance": 1.0}, "give one"),
     ],
 )
 def test_bad_settings_are_one_clear_line(changes: dict, message: str) -> None:
@@ -455,6 +534,7 @@ def test_sampling_settings_apply_to_a_trained_run(eps_run, tmp_path, capsys) -> 
         (["--sampler", "euler"], "does not fit --objective eps"),
         (["--guidance", "2"], "add --conditional"),
         (["--class", "3"], "--conditional"),
+        (["--autoguidance", "1"], "has none (trained fewer epochs"),  # 1 epoch, guide after 2
     ],
 )
 def test_bad_sampling_input_is_one_line_and_exit_2(eps_run, tmp_path, capsys, argv, message):
@@ -462,6 +542,21 @@ def test_bad_sampling_input_is_one_line_and_exit_2(eps_run, tmp_path, capsys, ar
         raise SystemExit(main(["sample", str(eps_run), *argv, "-o", str(tmp_path / "s.png")]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_run_keeps_its_averaged_weights_after_the_guide_epoch(data_dir, tmp_path) -> None:
+    runs = {epochs: tmp_path / f"e{epochs}" for epochs in (1, 2)}
+    for epochs, run in runs.items():
+        argv = ["train", "diffusion", *CLI_TINY, "--epochs", str(epochs), "--ema", "0.9"]
+        flags = ["--lr-schedule", "constant", "--guide-epoch", "1", "--sample-steps", "2"]
+        assert main([*argv, *flags, "--run-dir", str(run)]) == 0
+    _, after_one, _, _ = load_trained(runs[1], "cpu")
+    _, after_two, _, _ = load_trained(runs[2], "cpu")
+    assert int(after_two.guide_from) == 1
+    one, guide = after_one.net.state_dict(), after_two.guide.state_dict()
+    assert all(torch.equal(guide[k], one[k]) for k in one)  # the average after epoch 1
+    assert not all(torch.equal(after_two.net.state_dict()[k], one[k]) for k in one)
+    assert f"autoguidance {diffusion.AUTOGUIDANCE:g} (guide: epoch 1)" in after_two.sampling_note()
 
 
 def test_class_out_of_range_and_settings_of_another_family(data_dir, tmp_path, capsys) -> None:

@@ -397,6 +397,8 @@ class Trainer:
             with self.evaluated(), self.arithmetic(), self.abandonable():
                 val = validate(model, self.data.val, self.dev, self.world)
             scores = self.probe_quality(epoch)
+            with self.evaluated():
+                model.after_epoch(epoch)
         record = {
             "epoch": epoch,
             **{f"train_{k}": v for k, v in train_stats.items()},

@@ -134,7 +134,7 @@ class GenerativeModel(nn.Module, ABC):
     def configure_optimizers(self, lr: float) -> list[Optimizer]:
         # fused: one kernel for the whole update, on the CPU as on CUDA; the unfused
         # update costs as much as the forward and backward products of a small MLP.
-        return [Adam(self.parameters(), lr=lr, fused=fused_adam_available(self))]
+        return [Adam(trainable(self), lr=lr, fused=fused_adam_available(self))]
 
     def train_step(
         self, x: torch.Tensor, optimizers: list[Optimizer], labels: torch.Tensor | None = None
@@ -174,6 +174,10 @@ class GenerativeModel(nn.Module, ABC):
     def before_training(self, data: Data, seed: int) -> None:
         """Runs once before training, fresh or resumed, with the run's data and seed
         (nothing here; M2 takes its labelled images from the data)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        """Runs after each epoch's validation, on the weights it saw (the average, if
+        any) (nothing here; diffusion keeps an early epoch's as its guide)."""
 
     def after_training(self, data: Data) -> None:
         """Runs once on the best weights when training ends (nothing here)."""
@@ -328,6 +332,11 @@ class Tempered(ABC):
     @abstractmethod
     def figure_temperatures(self) -> tuple[float, ...]:
         """The temperatures the figures show."""
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates (not a frozen copy such as diffusion's guide)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def fused_adam_available(model: nn.Module) -> bool:

@@ -42,11 +42,18 @@ replaced by a null label with probability ``label_dropout`` in training, and the
 guided prediction is (1 + w) f(x, t, c) - w f(x, t, null) (their w parameterization:
 w = 0 is the plain conditional model, computed without the second pass).
 
+Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of
+Itself"): the samplers follow (1 + g) f(x, t) - g f_guide(x, t), where the guide is a
+weaker model with the same kind of errors; here the run's own averaged weights after an
+early epoch (``guide_epoch``), kept at no extra training cost. Unconditional samples are
+autoguided by default; the likelihoods and the training objective never are.
+
 Images x in [0, 1] (grey levels x_int / 255) are modelled as x_0 = 2 x - 1 in [-1, 1].
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -97,6 +104,10 @@ CHAIN_SAMPLES = 8  # samples in denoising_chain.png and sampling.gif
 # 250-step panel costs five times the rest of the figures.
 STEP_SAMPLES = 4
 FIGURE_STEPS = (10, 50, 250)
+# Autoguidance's defaults: the guide is the averaged weights after this epoch, and
+# unguided samples follow (1 + g) f - g f_guide with this g (benchmarks/README.md).
+GUIDE_EPOCH = 2
+AUTOGUIDANCE = 1.0
 # More ODE steps than this change the flow-matching likelihood by less than its noise; the
 # limit turns eval's default of 5000 importance samples into a clear error.
 MAX_ODE_STEPS = 1000
@@ -152,7 +163,8 @@ class DiffusionConfig:
         default="auto",
         metadata={
             "help": "ddpm or ddim for eps and v, euler or heun for flow matching; auto: "
-            + ", ".join(f"{o} {s}" for o, s in AUTO_SAMPLER.items()),
+            + ", ".join(f"{o} {s}" for o, s in AUTO_SAMPLER.items())
+            + " (euler where autoguided)",
             "choices": ("auto", "ddpm", "ddim", "euler", "heun"),
             "sampling": True,
         },
@@ -162,7 +174,8 @@ class DiffusionConfig:
         metadata={
             "help": f"sampler steps (at most --timesteps for eps and v); unset: "
             f"{DEFAULT_EVALUATIONS} network evaluations, {DEFAULT_EVALUATIONS} steps of ddpm, "
-            f"ddim or euler (at most T), {DEFAULT_EVALUATIONS // 2} of heun",
+            f"ddim or euler (at most T), {DEFAULT_EVALUATIONS // 2} of heun; half as many "
+            "where autoguided (the guide's pass doubles a step's)",
             "sampling": True,
         },
     )
@@ -170,6 +183,30 @@ class DiffusionConfig:
         default=0.0,
         metadata={
             "help": "classifier-free guidance w: (1 + w) cond - w uncond; 0: none",
+            "min": 0,
+            "max": 100,
+            "sampling": True,
+        },
+    )
+    # Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of
+    # Itself"): the prediction pushed away from a weaker model's, (1 + g) f - g f_guide,
+    # which corrects what the two get wrong alike and sharpens the samples without the
+    # loss of variety of classifier-free guidance. The guide here costs no training: the
+    # run's own averaged weights after an early epoch, kept beside the final ones.
+    guide_epoch: int = field(
+        default=GUIDE_EPOCH,
+        metadata={
+            "help": "keep the averaged weights after this epoch as the guide of "
+            "--autoguidance (0: none; a run of fewer epochs keeps none)",
+            "min": 0,
+        },
+    )
+    autoguidance: float | None = field(
+        default=None,
+        metadata={
+            "help": "autoguidance g: (1 + g) f - g f_guide, f_guide the weights kept after "
+            f"--guide-epoch; 0: none; unset: {AUTOGUIDANCE:g} where the run kept a guide "
+            "and --guidance is 0, else none",
             "min": 0,
             "max": 100,
             "sampling": True,
@@ -255,12 +292,6 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         self.image_shape = tuple(image_shape)
         self.flow = cfg.objective == "flow-matching"
         self.dequantizes = self.flow and cfg.dequantize
-        self.sampler = AUTO_SAMPLER[cfg.objective] if cfg.sampler == "auto" else cfg.sampler
-        self.sample_steps = cfg.sample_steps
-        if self.sample_steps is None:
-            self.sample_steps = DEFAULT_EVALUATIONS // EVALUATIONS_PER_STEP[self.sampler]
-            if not self.flow:
-                self.sample_steps = min(self.sample_steps, cfg.timesteps)
         self.max_grad_norm = cfg.max_grad_norm
         self.net = UNet(
             image_shape[0],
@@ -271,6 +302,14 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             cfg.dropout,
             cfg.num_classes if cfg.conditional else None,
         )
+        # Autoguidance's guide: a frozen copy of the network, which after_epoch fills with
+        # the averaged weights of epoch guide_epoch; guide_from says after which epoch it
+        # was filled (0: not yet). Checkpoints of runs from before guides load without.
+        self.guide: UNet | None = None
+        if cfg.guide_epoch:
+            self.guide = copy.deepcopy(self.net).requires_grad_(False)
+            self.register_buffer("guide_from", torch.tensor(0))
+            self.register_load_state_dict_pre_hook(keep_missing_guide)
         # Rebuilt from the config, not saved; float64 for the steps near t = 0, where
         # 1 - abar_t is about 1e-5.
         alpha_bar = schedule_alpha_bars(cfg.schedule, cfg.timesteps)
@@ -304,17 +343,34 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         t: torch.Tensor,
         labels: torch.Tensor | None = None,
         guidance: float = 0.0,
+        autoguidance: float = 0.0,
     ) -> torch.Tensor:
         """The network's output (eps, v or velocity) at x (B, C, H, W), times t (B,) in
-        [0, 1] and labels (B,) (None: the null label), guided with weight ``guidance``."""
+        [0, 1] and labels (B,) (None: the null label), guided by the null label with
+        weight ``guidance`` or by the guide with weight ``autoguidance`` (not both)."""
+        out = self.output(self.net, x, t, labels, guidance)
+        if not autoguidance:
+            return out
+        guide = self.output(self.guide, x, t, labels)
+        return (1 + autoguidance) * out - autoguidance * guide
+
+    def output(
+        self,
+        net: UNet,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        guidance: float = 0.0,
+    ) -> torch.Tensor:
+        """``net``'s output, with classifier-free guidance of weight ``guidance``."""
         if not self.cfg.conditional:
-            return self.net(x, t)
+            return net(x, t)
         null = torch.full((len(x),), self.cfg.num_classes, device=x.device)
         if labels is None:
-            return self.net(x, t, null)
+            return net(x, t, null)
         if guidance == 0:
-            return self.net(x, t, labels)
-        both = self.net(x.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([labels, null]))
+            return net(x, t, labels)
+        both = net(x.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([labels, null]))
         cond, uncond = both.chunk(2)  # (B, C, H, W) each
         return (1 + guidance) * cond - guidance * uncond
 
@@ -324,12 +380,13 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         t: torch.Tensor,
         labels: torch.Tensor | None = None,
         guidance: float = 0.0,
+        autoguidance: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) at steps t (B,) in 1..T: x0_hat clipped to [-1, 1], where the
         data lie (as Ho et al. do in sampling and in the bound), and eps_hat the noise
         consistent with it."""
         signal, sigma = self.scales(t, x_t.dtype)
-        out = self.predict(x_t, t / self.cfg.timesteps, labels, guidance)
+        out = self.predict(x_t, t / self.cfg.timesteps, labels, guidance, autoguidance)
         if self.cfg.objective == "eps":
             x0 = (x_t - sigma * out) / signal
         else:  # v
@@ -439,22 +496,61 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
     def run_sampler(
         self, noise: torch.Tensor, steps: int, labels: torch.Tensor | None, chain: list | None
     ) -> torch.Tensor:
-        w, n = self.cfg.guidance, len(noise)
+        w, g, n = self.cfg.guidance, self.autoguidance(), len(noise)
         if self.flow:
 
             def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-                return self.predict(x, noise.new_full((n,), t), labels, w)
+                return self.predict(x, noise.new_full((n,), t), labels, w, g)
 
             grid = torch.linspace(1, 0, steps + 1).tolist()
             return (euler if self.sampler == "euler" else heun)(velocity, noise, grid, chain)
 
         def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.denoise(x, torch.full((n,), t, device=x.device), labels, w)
+            return self.denoise(x, torch.full((n,), t, device=x.device), labels, w, g)
 
         grid = torch.linspace(self.cfg.timesteps, 0, steps + 1).round().long().tolist()
         if self.sampler == "ddpm":
             return ddpm(denoise, noise, grid, self.alpha_bar_list, self.cfg.variance, chain)
         return ddim(denoise, noise, grid, self.alpha_bar_list, chain)
+
+    @property
+    def sampler(self) -> str:
+        """--sampler, where auto AUTO_SAMPLER's, or Euler for autoguided flow matching."""
+        if self.cfg.sampler != "auto":
+            return self.cfg.sampler
+        return "euler" if self.flow and self.autoguidance() else AUTO_SAMPLER[self.cfg.objective]
+
+    @property
+    def sample_steps(self) -> int:
+        """--sample-steps, where unset the steps that spend DEFAULT_EVALUATIONS network
+        passes (autoguidance's guide doubles a step's; classifier-free guidance's second
+        pass is one batch with the first), at most T for eps and v."""
+        if self.cfg.sample_steps is not None:
+            return self.cfg.sample_steps
+        passes = EVALUATIONS_PER_STEP[self.sampler] * (2 if self.autoguidance() else 1)
+        steps = DEFAULT_EVALUATIONS // passes
+        return steps if self.flow else min(steps, self.cfg.timesteps)
+
+    def after_epoch(self, epoch: int) -> None:
+        """Keep the weights of epoch ``guide_epoch`` (the averaged ones) as the guide."""
+        if self.guide is not None and epoch == self.cfg.guide_epoch:
+            self.guide.load_state_dict(self.net.state_dict())
+            self.guide_from.fill_(epoch)
+
+    def autoguidance(self) -> float:
+        """The samplers' autoguidance weight: the config's, or where unset AUTOGUIDANCE if
+        the run kept a guide and classifier-free guidance is off, else 0."""
+        kept = self.guide is not None and bool(self.guide_from)
+        g = self.cfg.autoguidance
+        if g is None:
+            return AUTOGUIDANCE if kept and not self.cfg.guidance else 0.0
+        if g and not kept:
+            raise GenzooError(
+                "--autoguidance needs the guide a run keeps after --guide-epoch "
+                f"({self.cfg.guide_epoch}), and this one has none (trained fewer epochs, or "
+                "before genzoo kept guides): sample with --autoguidance 0"
+            )
+        return g
 
     def takes_labels(self) -> bool:
         return self.cfg.conditional
@@ -486,7 +582,10 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         return precision == "bf16" or (precision == "auto" and has_bf16_kernels(device))
 
     def sampling_note(self) -> str:
+        g = self.autoguidance()
         guided = f", guidance {self.cfg.guidance:g}" if self.cfg.guidance else ""
+        if g:
+            guided += f", autoguidance {g:g} (guide: epoch {int(self.guide_from)})"
         bf16 = ", bf16" if self.samples_in_bf16(self.alpha_bar.device) else ""
         return f"{self.sampler}, {self.sample_steps} steps{guided}{bf16}"
 
@@ -615,6 +714,14 @@ def grey_levels(x: torch.Tensor) -> torch.Tensor:
     return 2 * torch.round(255 * x) / 255 - 1
 
 
+def keep_missing_guide(module: Diffusion, state: dict, prefix: str, *args: object) -> None:
+    """A load_state_dict pre-hook: weights saved before runs kept a guide load with the
+    model's own unfilled one (guide_from 0)."""
+    for name, value in module.state_dict().items():
+        if name.startswith(("guide.", "guide_from")):
+            state.setdefault(prefix + name, value)
+
+
 def check_steps(steps: int, cfg: DiffusionConfig) -> None:
     top = math.inf if cfg.objective == "flow-matching" else cfg.timesteps
     if not 1 <= steps <= top:
@@ -637,6 +744,8 @@ def check_config(cfg: DiffusionConfig, image_shape: tuple[int, ...]) -> None:
         raise GenzooError(
             "--guidance needs the unconditional model that --label-dropout above 0 trains"
         )
+    if cfg.guidance and cfg.autoguidance:
+        raise GenzooError("--guidance and --autoguidance are two ways to guide: give one")
     if cfg.schedule == "linear" and cfg.timesteps <= 20:
         raise GenzooError("the linear schedule's beta_T = 20/T needs --timesteps above 20")
     if any(c % GROUPS for c in [cfg.base_channels * m for m in cfg.channel_mults]):

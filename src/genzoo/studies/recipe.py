@@ -31,6 +31,7 @@ from genzoo import plots
 from genzoo.errors import GenzooError
 from genzoo.files import read_json, write_json
 from genzoo.interrupts import INTERRUPTED, sigterm_as_ctrl_c
+from genzoo.models.base import trainable
 from genzoo.report import training_seconds, wall_seconds
 from genzoo.runs import load_trained, read_metrics
 from genzoo.studies.page import write_study_report
@@ -185,7 +186,7 @@ def arm_row(study: Study, arm: Arm, runs: list[Path], device: str) -> dict[str, 
     row["minutes"] = fmean(walls) / 60
     row["pass_minutes"] = fmean(training_seconds(m) for m in metrics) / 60
     _, model, _, _ = load_trained(runs[0], device)
-    row["parameters"] = sum(p.numel() for p in model.parameters())
+    row["parameters"] = sum(p.numel() for p in trainable(model))
     row["units"] = results[0].get("units")
     row["protocol"] = results[0].get("quality_protocol") or results[0].get("binarize")
     return row
