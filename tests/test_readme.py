@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from genzoo.config import TrainConfig
-from genzoo.models import MODELS
+from genzoo.models import MODELS, diffusion
 from genzoo.models.gan import DEFAULT_D_DROPOUT
 
 TEXT = (Path(__file__).parents[1] / "README.md").read_text()
@@ -69,6 +69,10 @@ CLAIMS: list[tuple[str, tuple[Any, ...]]] = [
     (
         r"Adam ([\d.]+) decayed by a (\w+) over (\d+) epochs \(`genzoo train diffusion`",
         (("diffusion", "lr"), ("diffusion", "lr_schedule"), ("diffusion", "epochs")),
+    ),
+    (
+        r"with g = ([\d.]+), the guide the run's own averaged weights after epoch (\d+)",
+        (diffusion.AUTOGUIDANCE, ("diffusion", "guide_epoch")),
     ),
 ]
 
