@@ -393,7 +393,8 @@ class Trainer:
         with self.redone_on_resume_if_stopped():
             # In the training's arithmetic: the diffusion default's validation took 35 s
             # in fp32 against 11 s in bf16 (2,000 images, one thread of this project's
-            # CPU), the loss 0.1% apart; fp32 made it a sixth of the command's time.
+            # CPU), the loss 0.1% apart; in fp32 it was most of the 40 s an epoch of 250 s
+            # spent outside its training pass.
             with self.evaluated(), self.arithmetic(), self.abandonable():
                 val = validate(model, self.data.val, self.dev, self.world)
             scores = self.probe_quality(epoch)
