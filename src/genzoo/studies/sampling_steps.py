@@ -6,7 +6,8 @@ the same noise with each of their samplers (ancestral DDPM and deterministic DDI
 first, Euler and Heun on the ODE for the second) at S = 5 ... 250 steps (and all 1000 for
 DDPM), and each set of samples is scored by FID against the grey test images with the
 project's feature net; the minutes of each set are timed. Heun takes two network
-evaluations a step, the others one.
+evaluations a step, the others one; each model samples as its run does by default
+(autoguided by its early weights where the run kept them, which doubles a step's passes).
 """
 
 from __future__ import annotations
