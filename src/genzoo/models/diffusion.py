@@ -717,9 +717,9 @@ def grey_levels(x: torch.Tensor) -> torch.Tensor:
 def keep_missing_guide(module: Diffusion, state: dict, prefix: str, *args: object) -> None:
     """A load_state_dict pre-hook: weights saved before runs kept a guide load with the
     model's own unfilled one (guide_from 0)."""
-    for name, value in module.state_dict().items():
-        if name.startswith(("guide.", "guide_from")):
-            state.setdefault(prefix + name, value)
+    for name, value in module.guide.state_dict().items():
+        state.setdefault(f"{prefix}guide.{name}", value)
+    state.setdefault(f"{prefix}guide_from", module.guide_from)
 
 
 def check_steps(steps: int, cfg: DiffusionConfig) -> None:
