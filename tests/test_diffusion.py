@@ -323,17 +323,34 @@ def test_logit_normal_times_follow_their_distribution() -> None:
     has the logit-normal's mass over ((i-1)/T, i/T] (chi-square), every step in 1..T."""
     flow, n = model(), 20_000
     generator = torch.Generator().manual_seed(5)
-    t = flow.draw_times(n, torch.device("cpu"), generator, logit_normal=True).double()
+    t = flow.draw_times(n, torch.device("cpu"), generator, how="logit-normal").double()
     assert scipy.stats.kstest(torch.logit(t).numpy(), "norm").pvalue > 1e-3
     uniform = flow.draw_times(n, torch.device("cpu"), generator).numpy()
     assert scipy.stats.kstest(uniform, "uniform").pvalue > 1e-3
-    steps = model(objective="eps").draw_times(n, torch.device("cpu"), generator, logit_normal=True)
+    steps = model(objective="eps").draw_times(n, torch.device("cpu"), generator, "logit-normal")
     counts = torch.bincount(steps, minlength=T + 1)
     assert counts[0] == 0 and len(counts) == T + 1
     edges = scipy.special.logit(np.arange(T + 1) / T)  # -inf ... inf
     expected = n * np.diff(scipy.stats.norm.cdf(edges))
     assert scipy.stats.chisquare(counts[1:].numpy(), expected).pvalue > 1e-3
     assert not np.allclose(expected, n / T, rtol=0.2)  # far from uniform: the test can fail
+
+
+def test_near_data_times_are_half_uniform_half_log_uniform() -> None:
+    """Every other time log-uniform on [NEAR_DATA_MIN, 1) (Kolmogorov-Smirnov on log t),
+    the rest uniform; discrete steps from the same times, every step in 1..T."""
+    flow, n = model(), 20_000
+    generator = torch.Generator().manual_seed(6)
+    t = flow.draw_times(n, torch.device("cpu"), generator, how="near-data").double()
+    uniform, log_uniform = t[0::2].numpy(), t[1::2].log().numpy()
+    assert scipy.stats.kstest(uniform, "uniform").pvalue > 1e-3
+    low = math.log(diffusion.NEAR_DATA_MIN)
+    assert scipy.stats.kstest(log_uniform, "uniform", args=(low, -low)).pvalue > 1e-3
+    assert scipy.stats.kstest(t.numpy(), "uniform").pvalue < 1e-6  # the test can fail
+    steps = model(objective="eps").draw_times(n, torch.device("cpu"), generator, "near-data")
+    assert steps.min() == 1 and steps.max() <= T
+    first = 1 - math.log(T) / -low  # the log-uniform's mass below 1/T: the first step
+    assert abs((steps[1::2] == 1).double().mean().item() - first) < 0.02
 
 
 def test_training_takes_logit_normal_times_and_validation_uniform_ones(monkeypatch) -> None:

@@ -27,7 +27,8 @@ large terms make it noisy.
 
 Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al.
 2023, "Flow Straight and Fast", rectified flow): the straight path x_t = (1 - t) x_0 +
-t eps, t ~ U(0, 1) or logit-normal (t = 0: data, t = 1: noise, as in Liu et al.; Lipman
+t eps, t ~ U(0, 1), logit-normal, or half of them log-uniform for the likelihood
+(``time_sampling``; t = 0: data, t = 1: noise, as in Liu et al.; Lipman
 et al. run time the other way), and the network regresses the velocity dx_t/dt = eps -
 x_0. Samples integrate the ODE dx/dt = v(x, t) from t = 1 to 0 (Euler or Heun); the
 likelihood is the change of variables along the same ODE from t = 0 to 1 (Heun's steps
@@ -97,6 +98,9 @@ AUTO_SAMPLER = {"eps": "ddim", "v": "ddim", "flow-matching": "heun"}
 EVALUATIONS_PER_STEP = {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2}
 # The default number of steps spends this many network evaluations on a sample.
 DEFAULT_EVALUATIONS = 50
+# --time-sampling near-data: the smallest of the log-uniform times, a hundredth of a grey
+# level's bin (2/255 wide), below which x_t is the dequantized image to within its bin.
+NEAR_DATA_MIN = 1e-4
 EVAL_SEED = 0  # the timesteps and noise of evaluate_batch, and Hutchinson's probes
 FIGURE_SEED = 0  # the noise of the figures
 CHAIN_SAMPLES = 8  # samples in denoising_chain.png and sampling.gif
@@ -147,13 +151,19 @@ class DiffusionConfig:
     # count; for eps and v the same density over the T steps. Measured here, 12 epochs of
     # the default recipe each way: FID of 2000 samples 20.24 against uniform's 24.19 (the
     # same noise, Euler 50), a lower probe FID at every probed epoch (benchmarks/README.md).
+    # Those times starve the ends, and the likelihood of dequantized 8-bit images is
+    # decided near the data, within a grey level's bin: the variational bound of the
+    # straight path weighs the velocity's squared error by (1 - t) / t (Kingma & Gao 2023,
+    # weighting -dlogSNR/dt), which near-data approaches by drawing half the times
+    # log-uniform (density 1/t) and half uniform, without weights.
     time_sampling: str = field(
         default="logit-normal",
         metadata={
-            "help": "the times of training: uniform, or logit-normal (the logit of t, of t/T "
-            "for eps and v, a standard normal: Esser et al. 2024); validation always "
-            "scores uniform times",
-            "choices": ("uniform", "logit-normal"),
+            "help": "the times of training: uniform, logit-normal (the logit of t, of t/T "
+            "for eps and v, a standard normal: Esser et al. 2024), or near-data (half "
+            f"uniform, half log-uniform on [{NEAR_DATA_MIN:g}, 1): for the likelihood, not "
+            "samples); validation always scores uniform times",
+            "choices": ("uniform", "logit-normal", "near-data"),
         },
     )
     dropout: float = field(
@@ -427,16 +437,19 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         n: int,
         device: torch.device,
         generator: torch.Generator | None = None,
-        logit_normal: bool = False,
+        how: str = "uniform",
     ) -> torch.Tensor:
-        """Times (n,), uniform or logit-normal: in [0, 1) for flow matching, steps 1..T
-        otherwise; from ``generator`` (on the CPU) where given."""
+        """Times (n,) drawn ``how`` (a ``time_sampling`` choice): in [0, 1) for flow
+        matching, steps 1..T otherwise; from ``generator`` (on the CPU) where given."""
         where, steps = device if generator is None else torch.device("cpu"), self.cfg.timesteps
-        if not logit_normal:
-            if self.flow:
-                return torch.rand(n, generator=generator, device=where).to(device)
+        if how == "uniform" and not self.flow:
             return torch.randint(1, steps + 1, (n,), generator=generator, device=where).to(device)
-        u = torch.randn(n, generator=generator, device=where).sigmoid()  # (n,) in (0, 1)
+        if how == "logit-normal":
+            u = torch.randn(n, generator=generator, device=where).sigmoid()  # (n,) in (0, 1)
+        else:
+            u = torch.rand(n, generator=generator, device=where)  # (n,) in [0, 1)
+        if how == "near-data":  # every other time log-uniform on [NEAR_DATA_MIN, 1)
+            u[1::2] = NEAR_DATA_MIN ** u[1::2]
         if not self.flow:  # step 1..T: step i takes u's mass over ((i-1)/T, i/T]
             u = (u * steps).ceil().long().clamp(1, steps)
         return u.to(device)
@@ -452,7 +465,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             dropped = torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout
             labels = labels.masked_fill(dropped, self.cfg.num_classes)
         x0 = self.data_points(x, torch.rand_like(x))
-        t = self.draw_times(len(x), x.device, logit_normal=self.cfg.time_sampling != "uniform")
+        t = self.draw_times(len(x), x.device, how=self.cfg.time_sampling)
         loss = self.per_example_loss(x0, t, torch.randn_like(x0), labels).mean()
         return loss, {"loss": loss.item()}
 
