@@ -46,6 +46,10 @@ from genzoo.stats import mean_and_se
 PROPOSALS = {"posterior": "q(z|x)", "prior": "p(z)"}  # estimator -> where z is drawn from
 ESTIMATORS = tuple(PROPOSALS)
 QUALITY_SAMPLES = 10000  # samples scored by default, as many as the test images
+# Images drawn per call of a model's sampler. A conv net's activations for 1000 images
+# outgrow the CPU's caches: the diffusion U-Net's pass took 1.8-2.4 ms an image at 1000
+# against 1.1-1.3 at 100-250 (bf16, 2 cores; benchmarks/README.md).
+SAMPLE_BATCH = 250
 
 
 @torch.no_grad()
@@ -141,7 +145,7 @@ def likelihood_result(
 def draw_many(
     model: GenerativeModel,
     n: int,
-    batch_size: int = 1000,
+    batch_size: int = SAMPLE_BATCH,
     draw: Callable[[int], torch.Tensor] | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -164,7 +168,7 @@ def balanced_labels(n: int, classes: int, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def quality_images(
-    model: GenerativeModel, n: int, batch_size: int = 1000
+    model: GenerativeModel, n: int, batch_size: int = SAMPLE_BATCH
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What the sample-quality scores see of a model: (n, C, H, W) in [0, 1], and the
     (n,) labels they were drawn for (None for an unconditional model). For models with

@@ -69,7 +69,7 @@ def analyse(state: StudyRun) -> dict[str, Any]:
                     probe = quality.QualityProbe(net, real)
                 start = time.perf_counter()
                 with isolated_rng(EVAL_SEED, device):
-                    samples = draw_many(model, n, batch_size=250)
+                    samples = draw_many(model, n)
                 minutes = (time.perf_counter() - start) / 60
                 fid = probe(samples)["quality_fid"]
                 curves.setdefault(f"{arm.name} {sampler}", []).append(
