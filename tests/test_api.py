@@ -20,6 +20,7 @@ from genzoo import api
 from genzoo.cli import main
 from genzoo.config import TrainConfig
 from genzoo.errors import GenzooError, TrainingDiverged
+from genzoo.evaluation import SAMPLE_BATCH
 from genzoo.models import MODELS
 from genzoo.models.diffusion import DiffusionConfig
 from genzoo.models.vae import VAE, VAEConfig
@@ -124,7 +125,7 @@ def test_many_samples_are_drawn_in_batches_and_a_few_in_one_draw(
     run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """60,000 samples of a diffusion model in one batch would not fit in memory: sample
-    draws a thousand at a time; up to a thousand, the very images of one seeded draw."""
+    draws SAMPLE_BATCH at a time; up to that, the very images of one seeded draw."""
     model = genzoo.load(run)
     with isolated_rng(3, torch.device("cpu")):
         one_draw = model.sample(9)
@@ -137,8 +138,9 @@ def test_many_samples_are_drawn_in_batches_and_a_few_in_one_draw(
         return real_sample(self, n, temperature)
 
     monkeypatch.setattr(VAE, "sample", recording_sample)
-    assert genzoo.sample(run, 2500, seed=3).shape == (2500, 1, 28, 28)
-    assert sizes == [1000, 1000, 500]
+    n = 2 * SAMPLE_BATCH + SAMPLE_BATCH // 2
+    assert genzoo.sample(run, n, seed=3).shape == (n, 1, 28, 28)
+    assert sizes == [SAMPLE_BATCH, SAMPLE_BATCH, SAMPLE_BATCH // 2]
 
 
 # ----------------------------------------------------------------------------- bad input
