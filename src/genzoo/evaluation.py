@@ -48,7 +48,7 @@ ESTIMATORS = tuple(PROPOSALS)
 QUALITY_SAMPLES = 10000  # samples scored by default, as many as the test images
 # Images drawn per call of a model's sampler. A conv net's activations for 1000 images
 # outgrow the CPU's caches: the diffusion U-Net's pass took 1.8-2.4 ms an image at 1000
-# against 1.1-1.3 at 100-250 (bf16, 2 cores; benchmarks/README.md).
+# against 1.1-1.5 at 100-250 (bf16, 2 cores; benchmarks/README.md).
 SAMPLE_BATCH = 250
 
 
