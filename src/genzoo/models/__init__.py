@@ -96,9 +96,9 @@ MODELS: dict[str, ModelFamily] = {
     # took 0.57 s against 1.08 s in fp32 (one thread), with the same validation MSE and
     # probe FID after an epoch (0.1959 and 173.5 against 0.1947 and 177.3). A cosine
     # decay over 17 epochs: what fits the 90 minutes for the whole command on
-    # both threads of this 2-core CPU (measured: 76.6 minutes with validation still in
-    # fp32; an epoch's training pass 180-217 s, 4.5 minutes with validation and the
-    # probe). Sample quality is watched every 2 epochs on 500 samples (autoguided from
+    # both threads of this 2-core CPU (measured: 76.0 minutes, validation in bf16 and the
+    # guide kept; an epoch's training pass 191-252 s, about 4.5 minutes with validation
+    # and the probe). Sample quality is watched every 2 epochs on 500 samples (autoguided from
     # the guide's epoch on), and the best checkpoint is the epoch of the lowest probe
     # FID (benchmarks/README.md).
     "diffusion": ModelFamily(
