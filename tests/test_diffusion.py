@@ -534,7 +534,7 @@ def test_sampling_settings_apply_to_a_trained_run(eps_run, tmp_path, capsys) -> 
     capsys.readouterr()
     quality.load_or_train_feature_net(epochs=1, val_size=20)  # briefly, on the tiny data
     argv = ["eval", str(eps_run), "--limit", "4", "--quality", "--n-samples", "6"]
-    assert main([*argv, "--sample-steps", "2", "--iw-samples", "30"]) == 0
+    assert main([*argv, "--sample-steps", "2", "--bound-samples", "30"]) == 0
     printed = capsys.readouterr().out
     assert "variational bound" in printed and "timesteps=30" in printed and "bits/dim" in printed
     result = json.loads((eps_run / "eval.json").read_text())

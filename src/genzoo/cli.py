@@ -183,6 +183,7 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     eval_p.add_argument("run", type=Path, metavar="RUN", nargs="?")
     eval_p.add_argument(
         "--iw-samples",
+        "--bound-samples",  # the diffusion bound's name for it
         type=bounded(int, min=0),
         metavar="SAMPLES",
         help="samples per image of the likelihood estimator: importance samples (VAEs, "
