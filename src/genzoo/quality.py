@@ -144,7 +144,12 @@ def train_feature_net(
         raise GenzooError("the training split has no labels; the feature net needs idx data")
     device = train.images.device
     n_batches = math.ceil(len(train) / batch_size)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # Gradients on even where the caller measures under no_grad (a study's analysis draws
+    # its first FID there, and the net is trained on first use).
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.enable_grad(),
+    ):
         torch.manual_seed(seed)
         net = FeatureNet().to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
