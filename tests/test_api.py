@@ -265,7 +265,7 @@ BAD_INPUT: list[tuple[str, Call, list[str] | None, str | None]] = [
         lambda tmp: genzoo.evaluate(vae_run(tmp / "v"), steps=3),
         None,
         "unknown keyword 'steps' of genzoo.evaluate; its keywords: run, iw_samples, limit, "
-        "split, estimator, quality, n_samples, output, device, data_dir, class_prior, "
+        "skip, split, estimator, quality, n_samples, output, device, data_dir, class_prior, "
         "sampler, sample_steps, guidance",
     ),
     (

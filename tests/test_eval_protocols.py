@@ -96,6 +96,29 @@ def test_limit_limits_the_model_side_never_the_real_images(
     assert torch.equal(spy.calls[0]["real_test"], grey.test.images)
 
 
+def test_skip_evaluates_the_images_after_the_first_n(
+    run: Path, grey: Data, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    seen: list[torch.Tensor] = []
+    terms = evaluation.per_example_terms
+
+    def spy(model, split, *args, **kwargs):
+        seen.append(split.images)
+        return terms(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "per_example_terms", spy)
+    evaluate_run(run, iw_samples=0)
+    (every,) = seen  # the whole test split, as the run sees it (binarized)
+    assert len(every) == len(grey.test)
+    result = evaluate_run(run, iw_samples=0, limit=5, skip=10)
+    assert torch.equal(seen[1], every[10:15])
+    assert result["n_examples"] == 5 and result["protocol"] == "test split, 5 images from #10"
+    assert main(["eval", str(run), "--iw-samples", "0", "--skip", "25"]) == 0  # to the end
+    assert torch.equal(seen[2], every[25:])
+    assert main(["eval", str(run), "--iw-samples", "0", "--skip", "30"]) == 2  # none left
+    assert capsys.readouterr().err.strip().endswith("leaves none of the 30 test images: skip fewer")
+
+
 def test_the_validation_split_holds_out_the_bandwidths_images(
     run: Path, net: FeatureNet, spy: QualitySpy, grey: Data
 ) -> None:

@@ -86,6 +86,7 @@ class EvalOptions(Runtime):
 
     iw_samples: int | None = field(default=None, metadata={"min": 0})
     limit: int | None = None
+    skip: int = field(default=0, metadata={"min": 0})
     split: str = field(default="test", metadata={"choices": ("test", "val")})
     estimator: str = field(default="posterior", metadata={"choices": ESTIMATORS})
     n_samples: int | None = None
@@ -446,6 +447,7 @@ def evaluate(
     *,
     iw_samples: int | None = None,
     limit: int | None = None,
+    skip: int = 0,
     split: str = "test",
     estimator: str = "posterior",
     quality: bool = False,
@@ -461,9 +463,10 @@ def evaluate(
 
     ``iw_samples``: samples per image of the likelihood estimator (None: the family's
     default, 5000 importance samples for the VAEs; 0 skips it); ``limit``: only the first
-    N images; ``split``: "test" or "val"; ``estimator``: the proposal, "posterior" q(z|x)
-    or "prior" p(z); ``quality``: also score ``n_samples`` samples (FID, Inception score,
-    precision/recall, Parzen), drawn with the ``sampling`` settings where given.
+    N images (after the first ``skip``); ``split``: "test" or "val"; ``estimator``: the
+    proposal, "posterior" q(z|x) or "prior" p(z); ``quality``: also score ``n_samples``
+    samples (FID, Inception score, precision/recall, Parzen), drawn with the ``sampling``
+    settings where given.
     """
     refuse_unknown_keywords(evaluate, sampling)
     folder = run_folder(run)
@@ -472,6 +475,7 @@ def evaluate(
             device=device,
             iw_samples=iw_samples,
             limit=limit,
+            skip=skip,
             split=split,
             estimator=estimator,
             n_samples=n_samples,
@@ -493,6 +497,7 @@ def evaluate(
         quality,
         n_samples,
         settings,
+        skip,
     )
 
 

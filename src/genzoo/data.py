@@ -303,6 +303,12 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def window(self, start: int, n: int | None) -> Split:
+        """Images start .. start + n - 1 and their labels (to the end for None)."""
+        end = None if n is None else start + n
+        labels = None if self.labels is None else self.labels[start:end]
+        return Split(self.images[start:end], labels)
+
     def head(self, n: int | None) -> Split:
         """The first ``n`` images and their labels (all of them for None)."""
         if n is None:

@@ -335,6 +335,8 @@ def figures_protocol(figures: dict[str, Any]) -> str:
     """What the test figures were measured on, in words: e.g. "test split, 10000 images,
     importance sampling, K=5000, proposal q(z|x)" (no likelihood: the images alone)."""
     words = f"{figures['split']} split, {figures['n_examples']} images"
+    if figures.get("first_example"):
+        words += f" from #{figures['first_example']}"
     likelihood = figures.get("likelihood")
     return f"{words}, {likelihood['protocol']}" if likelihood else words
 
@@ -447,6 +449,7 @@ def evaluate_run(
     quality: bool = False,
     n_samples: int | None = None,
     sampling: dict[str, Any] | None = None,
+    skip: int = 0,
 ) -> dict[str, Any]:
     """Measure the run's best checkpoint; keep the results in ``output`` (default
     RUN/eval.json, or RUN/eval_prior.json for the prior estimator) beside the earlier
@@ -458,9 +461,12 @@ def evaluate_run(
     skips it), and what the estimator is; ``quality`` adds the sample-quality scores of
     ``n_samples`` samples (quality.py) against every real image of the split, drawn with
     the ``sampling`` settings where given (e.g. diffusion's sampler and steps).
-    ``limit`` limits the model's side alone: the first ``limit`` images are evaluated,
-    and without ``n_samples`` ``QUALITY_SAMPLES`` or ``limit`` samples are scored,
-    whichever is fewer; the real images the samples are scored against stay all of them.
+    ``limit`` limits the model's side alone: the first ``limit`` images are evaluated
+    (after the first ``skip``: MNIST's test set holds one group of writers in its first
+    5,000 images and another in the rest, so a few images from each half, weighed
+    equally, estimate the whole set's mean without its bias), and without ``n_samples``
+    ``QUALITY_SAMPLES`` or ``limit`` samples are scored, whichever is fewer; the real
+    images the samples are scored against stay all of them.
     Each figure records the epoch of its weights and the epochs the run had trained when
     it was measured (``run_epochs``), so that pages can tell when the run has moved on.
     """
@@ -470,7 +476,12 @@ def evaluate_run(
     # Before the figures, which may take minutes: a dataset without a feature net is
     # refused at once, and a feature net to train is trained first.
     net = run_feature_net(cfg, data.test.images.device, data_dir) if quality else None
-    images = {"test": data.test, "val": data.val}[split].head(limit)
+    everything = {"test": data.test, "val": data.val}[split]
+    if skip >= len(everything):
+        raise GenzooError(
+            f"--skip {skip} leaves none of the {len(everything)} {split} images: skip fewer"
+        )
+    images = everything.window(skip, limit)
     n_samples = n_samples or min(QUALITY_SAMPLES, limit or QUALITY_SAMPLES)
     run_epochs = trained_epochs(read_metrics(run_dir))
     start = time.perf_counter()
@@ -494,6 +505,7 @@ def evaluate_run(
             }
     figures.update(
         n_examples=len(images),
+        first_example=skip,
         split=split,
         dataset=cfg.train.dataset,
         binarize=binarization_note(cfg.train.binarize, split),
