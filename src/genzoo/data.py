@@ -305,15 +305,15 @@ class Split:
 
     def window(self, start: int, n: int | None) -> Split:
         """Images start .. start + n - 1 and their labels (to the end for None)."""
+        if start == 0 and n is None:
+            return self  # the whole split, with what bernoulli_draw found in it
         end = None if n is None else start + n
         labels = None if self.labels is None else self.labels[start:end]
         return Split(self.images[start:end], labels)
 
     def head(self, n: int | None) -> Split:
         """The first ``n`` images and their labels (all of them for None)."""
-        if n is None:
-            return self
-        return Split(self.images[:n], None if self.labels is None else self.labels[:n])
+        return self.window(0, n)
 
     def bernoulli_draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A fresh binary copy of the images, each pixel ~ Bernoulli(x): bool (N, C, H, W),
