@@ -26,9 +26,10 @@ from genzoo.studies.recipe import Arm, Study, StudyRun
 
 FULL_STEPS = (5, 10, 25, 50, 100, 250)
 QUICK_STEPS = (2, 5)
-# Per point: 25 sets of samples at up to 1000 steps each, some 45 minutes on both threads
-# of this 2-core CPU at 500 (FID of 500 samples is biased upwards, by the same for every
-# point from the same noise, so the curve's shape is what it shows).
+# Per point: 25 sets of samples at up to 1000 steps each, 39.5 minutes at 500 (with the
+# scoring) on one thread of this 2-core CPU beside another job (FID of 500 samples is
+# biased upwards, by the same for every point from the same noise, so the curve's shape
+# is what it shows).
 FULL_SAMPLES = 500
 QUICK_SAMPLES = 20
 # --quick: a tiny net without attention, no quality probe while training (the analysis
