@@ -102,7 +102,12 @@ def test_posterior_is_bayes_rule() -> None:
 # ---------------------------------------------------------------------- the bound
 
 
-@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def learned(fraction: torch.Tensor, var: float, beta: float) -> torch.Tensor:
+    """Nichol & Dhariwal's eq. 15 written out: exp(f log beta + (1 - f) log var)."""
+    return torch.exp(fraction * math.log(beta) + (1 - fraction) * math.log(var))
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta", "learned"])
 def test_each_kl_of_the_bound_is_the_gaussian_kl(variance: str) -> None:
     m = model(objective="eps", variance=variance)
     x0, noise = 2 * grey(3) - 1, torch.randn(3, *SHAPE)
@@ -111,15 +116,72 @@ def test_each_kl_of_the_bound_is_the_gaussian_kl(variance: str) -> None:
         t = torch.full((3,), step)
         ab = alpha_bar[step]
         x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
-        x0_hat, _ = m.denoise(x_t, t)
+        with torch.no_grad():
+            x0_hat, _, fraction = m.denoise(x_t, t)
         c0, ct, var, beta = posterior(ab, alpha_bar[step - 1])
-        p_var = var if variance == "posterior" else beta
+        p_var = {"posterior": var, "beta": beta}.get(variance)
+        if variance == "learned":
+            assert fraction.shape == x0.shape and fraction.std() > 0  # per pixel
+            p_var = learned(fraction, var, beta)
+        else:
+            assert fraction is None
         mean_q, mean_p = c0 * x0 + ct * x_t, c0 * x0_hat + ct * x_t
         # KL(N(m_q, v_q) || N(m_p, v_p)) per pixel, written out.
-        kl = 0.5 * (math.log(p_var / var) + var / p_var + (mean_q - mean_p) ** 2 / p_var - 1)
+        kl = 0.5 * (
+            torch.as_tensor(p_var / var).log() + var / p_var + (mean_q - mean_p) ** 2 / p_var - 1
+        )
         torch.testing.assert_close(
             m.bound_term(x0, t, noise), kl.flatten(1).sum(1).double(), rtol=1e-4, atol=1e-4
         )
+
+
+@pytest.mark.parametrize("variance", ["posterior", "learned"])
+def test_the_first_term_is_the_discretized_decoder(variance: str) -> None:
+    """At t = 1: -log p(x_0 | x_1), a fixed variance beta_1 (either choice: the posterior's
+    is 0 there), a learned one between step 2's posterior variance and beta_1."""
+    m = model(objective="eps", variance=variance)
+    x0, noise, t = 2 * grey(3) - 1, torch.randn(3, *SHAPE), torch.ones(3, dtype=torch.long)
+    ab = m.alpha_bar_list
+    x_t = ab[1] ** 0.5 * x0 + (1 - ab[1]) ** 0.5 * noise
+    x0_hat, _, fraction = m.denoise(x_t, t)
+    var = (
+        1 - ab[1] if fraction is None else learned(fraction, posterior(ab[2], ab[1])[2], 1 - ab[1])
+    )
+    expected = -log_discretized_gaussian(x0, x0_hat, var**0.5).flatten(1).sum(1)
+    torch.testing.assert_close(m.bound_term(x0, t, noise).float(), expected)  # fp32 sums
+
+
+def test_a_learned_variance_spans_the_posteriors_to_beta() -> None:
+    var, beta = 1e-4, 2e-2
+    fraction = torch.tensor([0.0, 0.5, 1.0])
+    sigma2 = process.learned_variance(fraction, var, beta)
+    torch.testing.assert_close(sigma2, torch.tensor([var, (var * beta) ** 0.5, beta]))
+
+
+def test_the_hybrid_loss_adds_the_bounds_term_and_trains_only_the_variances(
+    monkeypatch,
+) -> None:
+    """L_simple + lambda T/1000 L_vlb (L_vlb the bound's term at t in bits/dim), whose
+    gradient reaches the network's mean output as L_simple's alone (the stop-gradient)."""
+    x0, noise = 2 * grey(4) - 1, torch.randn(4, *SHAPE)
+    t = torch.tensor([1, 2, 5, T])
+    m = model(objective="eps", variance="learned", hybrid_weight=0.0)
+    mse = m.per_example_loss(x0, t, noise)
+    terms = m.bound_term(x0, t, noise) / (x0[0].numel() * math.log(2))
+    hybrid = model(objective="eps", variance="learned", hybrid_weight=0.5)
+    expected = mse.double() + 0.5 * T / 1000 * terms
+    torch.testing.assert_close(hybrid.per_example_loss(x0, t, noise).double(), expected)
+    # The network's output as a leaf: the gradient on its two halves under each weight.
+    out = torch.randn(4, 2, *SHAPE[1:])
+    grads = []
+    for weight in (0.0, 0.5):
+        m = model(objective="eps", variance="learned", hybrid_weight=weight)
+        leaf = out.clone().requires_grad_(True)
+        monkeypatch.setattr(m.net, "forward", lambda *_, leaf=leaf: leaf)
+        m.per_example_loss(x0, t, noise).sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0][:, :1], grads[1][:, :1])  # the mean: L_simple's
+    assert (grads[0][:, 1:] == 0).all() and (grads[1][:, 1:] != 0).any()  # the variance
 
 
 def test_the_decoder_sums_to_one_over_the_256_levels() -> None:
@@ -154,9 +216,9 @@ def full_bound(m: Diffusion, x0: torch.Tensor, noise: torch.Tensor) -> torch.Ten
     return -(prior.flatten(1).sum(1).double() + terms)
 
 
-@pytest.mark.parametrize("objective", ["eps", "v"])
-def test_the_stratified_bound_is_the_full_sum_in_expectation(objective: str) -> None:
-    m = model(objective=objective)
+@pytest.mark.parametrize(("objective", "variance"), [("eps", "posterior"), ("v", "learned")])
+def test_the_stratified_bound_is_the_full_sum_in_expectation(objective: str, variance: str) -> None:
+    m = model(objective=objective, variance=variance)
     x0, noise = 2 * grey(2) - 1, torch.randn(2, *SHAPE)
     exact = full_bound(m, x0, noise)
     torch.testing.assert_close(m.variational_bound(x0, T, noise), exact)  # one t per stratum
@@ -242,6 +304,8 @@ def test_ddim_with_every_step_is_the_deterministic_chain() -> None:
         ("eps", "ddpm", "posterior"),
         ("eps", "ddim", "posterior"),
         ("v", "ddpm", "beta"),
+        ("eps", "ddpm", "learned"),
+        ("v", "ddim", "learned"),
         ("flow-matching", "euler", "posterior"),
         ("flow-matching", "heun", "posterior"),
     ],
@@ -305,8 +369,12 @@ def test_auto_sample_precision_is_bf16_where_the_device_has_its_kernels(
 
 
 def test_training_steps_run_for_every_objective() -> None:
-    for objective in ("eps", "v", "flow-matching"):
-        m = model(objective=objective).train()
+    for objective, variance in [
+        ("eps", "posterior"),
+        ("v", "learned"),
+        ("flow-matching", "posterior"),
+    ]:
+        m = model(objective=objective, variance=variance).train()
         stats = m.train_step(grey(4), m.configure_optimizers(1e-3))
         assert math.isfinite(stats["loss"])
 
@@ -484,6 +552,7 @@ def test_conditional_training_drops_labels() -> None:
         ({"base_channels": 12}, "multiple of 8"),
         ({"channel_mults": (1, 1, 1, 1, 1)}, "use fewer --channel-mults"),
         ({"schedule": "linear"}, "--timesteps above 20"),
+        ({"variance": "learned"}, "--variance learned is for --objective eps or v"),
         ({"guidance": 1.0, "conditional": True, "autoguidance": 1.0}, "give one"),
     ],
 )
@@ -655,6 +724,19 @@ def test_eval_states_the_bound_and_keeps_no_stale_sampling(eps_run, tmp_path, ca
     assert "--estimator prior does not apply to diffusion" in capsys.readouterr().err
     # compare marks the bound beside the samples it took.
     assert nll_samples(result) == "30 bound"
+
+
+def test_a_run_with_learned_variances_samples_and_states_its_bound(data_dir, tmp_path) -> None:
+    run = tmp_path / "learned"
+    argv = ["train", "diffusion", "--objective", "eps", "--variance", "learned"]
+    assert main([*argv, "--timesteps", "30", *CLI_TINY, "--run-dir", str(run)]) == 0
+    argv = ["sample", str(run), "-n", "3", "--sampler", "ddpm", "--sample-steps", "10"]
+    assert main([*argv, "-o", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (3, 1, 28, 28)
+    assert main(["eval", str(run), "--limit", "4", "--bound-samples", "30"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["likelihood"]["estimator"].startswith("variational bound (learned variances)")
+    assert math.isfinite(result["bpd"]) and result["bpd"] > 0
 
 
 def test_only_sampling_settings_can_change_on_a_trained_run(eps_run) -> None:

@@ -23,7 +23,11 @@ with a discretized Gaussian decoder p(x_0 | x_1) over the 256 grey levels; its s
 the T steps is estimated per image at ``samples`` timesteps, one from each of ``samples``
 strata of consecutive steps, weighted by the stratum's size: unbiased, and exact with
 samples = T (Ho et al.'s protocol, for reported figures); with fewer, the first steps'
-large terms make it noisy.
+large terms make it noisy. The reverse variance sigma_t^2 is fixed (the posterior's or
+beta_t), or learned as in Nichol & Dhariwal (section 3.1): the network's second output v
+per pixel interpolates log sigma_t^2 between the two, trained by their hybrid loss
+L_simple + lambda L_vlb, with the bound's term at the drawn step in L_vlb and the mean's
+output held fixed in it (a stop-gradient), so that the bound trains the variances alone.
 
 Flow matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al.
 2023, "Flow Straight and Fast", rectified flow): the straight path x_t = (1 - t) x_0 +
@@ -76,10 +80,12 @@ from genzoo.models.base import (
 from genzoo.models.diffusion_figures import draw_chain, draw_chain_gif, draw_step_counts
 from genzoo.models.diffusion_process import (
     BIN,
+    Num,
     ddim,
     ddpm,
     euler,
     heun,
+    learned_variance,
     log_discretized_gaussian,
     ode_log_likelihood,
     posterior,
@@ -245,13 +251,23 @@ class DiffusionConfig:
     )
     # Ho et al. found beta_t and the posterior's variance equally good for samples; the
     # posterior's makes each KL of the bound a pure mean mismatch that vanishes for a
-    # perfect x_0 prediction (Ho et al. section 3.2).
+    # perfect x_0 prediction (Ho et al. section 3.2). Learned, the variances lower the
+    # bound where its first steps decide it (Nichol & Dhariwal, section 3.1).
     variance: str = field(
         default="posterior",
         metadata={
-            "help": "the fixed reverse variance of ddpm and the bound: the posterior's "
-            "(tilde beta_t) or beta_t",
-            "choices": ("posterior", "beta"),
+            "help": "the reverse variance of ddpm and the bound (eps and v): the "
+            "posterior's (tilde beta_t), beta_t, or learned between the two by the hybrid "
+            "loss (Nichol & Dhariwal 2021)",
+            "choices": ("posterior", "beta", "learned"),
+        },
+    )
+    hybrid_weight: float = field(
+        default=0.001,
+        metadata={
+            "help": "lambda of the hybrid loss L_simple + lambda L_vlb (--variance learned; "
+            "L_vlb in bits/dim scaled by T/1000 as in Nichol & Dhariwal)",
+            "min": 0,
         },
     )
     ode_probes: int = field(
@@ -301,6 +317,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
         self.flow = cfg.objective == "flow-matching"
+        self.learns_variance = cfg.variance == "learned"
         self.dequantizes = self.flow and cfg.dequantize
         self.max_grad_norm = cfg.max_grad_norm
         self.net = UNet(
@@ -311,6 +328,8 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             cfg.attention,
             cfg.dropout,
             cfg.num_classes if cfg.conditional else None,
+            # learned variances: a second output per pixel, the fraction's v
+            out_channels=image_shape[0] * (2 if cfg.variance == "learned" else 1),
         )
         # Autoguidance's guide: a frozen copy of the network, which after_epoch fills with
         # the averaged weights of epoch guide_epoch; guide_from says after which epoch it
@@ -325,6 +344,9 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         alpha_bar = schedule_alpha_bars(cfg.schedule, cfg.timesteps)
         self.register_buffer("alpha_bar", alpha_bar, persistent=False)  # (T + 1,)
         self.alpha_bar_list = alpha_bar.tolist()
+        # A learned variance at step 1 interpolates from step 2's posterior variance, as
+        # in Nichol & Dhariwal's code: step 1's is 0, whose log has no interpolation.
+        self.first_variance = posterior(self.alpha_bar_list[2], self.alpha_bar_list[1])[2]
 
     @property
     def likelihood_estimator(self) -> LikelihoodEstimator:
@@ -338,7 +360,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
                 default_samples=200,
             )
         return LikelihoodEstimator(
-            f"variational bound ({self.cfg.variance} variance), stratified timesteps",
+            f"variational bound ({self.cfg.variance} variances), stratified timesteps",
             "lower bound",
             samples="timesteps",
             eight_bit=True,
@@ -391,18 +413,42 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
         labels: torch.Tensor | None = None,
         guidance: float = 0.0,
         autoguidance: float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0_hat, eps_hat) at steps t (B,) in 1..T: x0_hat clipped to [-1, 1], where the
-        data lie (as Ho et al. do in sampling and in the bound), and eps_hat the noise
-        consistent with it."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x0_hat, eps_hat, fraction) at steps t (B,) in 1..T: x0_hat clipped to [-1, 1],
+        where the data lie (as Ho et al. do in sampling and in the bound), eps_hat the
+        noise consistent with it, and the learned variance's fraction (None if fixed)."""
         signal, sigma = self.scales(t, x_t.dtype)
         out = self.predict(x_t, t / self.cfg.timesteps, labels, guidance, autoguidance)
+        out, fraction = self.split_variance(out)
+        x0 = self.clean_estimate(out, x_t, signal, sigma)
+        return x0, (x_t - signal * x0) / sigma, fraction
+
+    def clean_estimate(
+        self, out: torch.Tensor, x_t: torch.Tensor, signal: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """x0_hat from the network's eps or v at x_t, clipped to [-1, 1]."""
         if self.cfg.objective == "eps":
             x0 = (x_t - sigma * out) / signal
         else:  # v
             x0 = signal * x_t - sigma * out
-        x0 = x0.clamp(-1, 1)
-        return x0, (x_t - signal * x0) / sigma
+        return x0.clamp(-1, 1)
+
+    def split_variance(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's output (B, C or 2C, H, W) -> the mean's output (B, C, H, W) and,
+        where the variance is learned, its fraction (v + 1) / 2 (B, C, H, W) in fp32."""
+        if not self.learns_variance:
+            return out, None
+        mean, v = out.chunk(2, dim=1)
+        return mean, (v.float() + 1) / 2
+
+    def reverse_variance(
+        self, var: Num, beta: Num, fraction: torch.Tensor | None
+    ) -> Num | torch.Tensor:
+        """sigma^2 of a reverse step whose posterior has variance ``var`` and whose forward
+        step variance ``beta``: the config's choice."""
+        if fraction is not None:
+            return learned_variance(fraction, var, beta)
+        return var if self.cfg.variance == "posterior" else beta
 
     def scales(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """sqrt(abar_t) and sqrt(1 - abar_t), (B, 1, 1, 1) each, for steps t (B,); taken
@@ -429,8 +475,15 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             x_t = signal * x0 + sigma * noise
             target = noise if self.cfg.objective == "eps" else signal * noise - sigma * x0
             time = t / self.cfg.timesteps
-        error = F.mse_loss(self.predict(x_t, time, labels), target, reduction="none")
-        return error.flatten(1).mean(1)
+        out, fraction = self.split_variance(self.predict(x_t, time, labels))
+        error = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)
+        if fraction is None:
+            return error
+        # L_vlb: the bound's term at t in bits/dim, the mean held fixed (Nichol & Dhariwal
+        # eq. 16), scaled by T/1000 as in their code so that lambda keeps its meaning at any T.
+        x0_hat = self.clean_estimate(out.detach(), x_t, signal, sigma)
+        bits = self.step_term(x0, x_t, t, x0_hat, fraction) / (x0[0].numel() * math.log(2))
+        return error + self.cfg.hybrid_weight * self.cfg.timesteps / 1000 * bits
 
     def draw_times(
         self,
@@ -518,12 +571,14 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             grid = torch.linspace(1, 0, steps + 1).tolist()
             return (euler if self.sampler == "euler" else heun)(velocity, noise, grid, chain)
 
-        def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def denoise(
+            x: torch.Tensor, t: int
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
             return self.denoise(x, torch.full((n,), t, device=x.device), labels, w, g)
 
         grid = torch.linspace(self.cfg.timesteps, 0, steps + 1).round().long().tolist()
         if self.sampler == "ddpm":
-            return ddpm(denoise, noise, grid, self.alpha_bar_list, self.cfg.variance, chain)
+            return ddpm(denoise, noise, grid, self.alpha_bar_list, self.reverse_variance, chain)
         return ddim(denoise, noise, grid, self.alpha_bar_list, chain)
 
     @property
@@ -648,23 +703,37 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
 
     @torch.no_grad()
     def bound_term(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The bound's term of step t (B,) in 1..T, in nats (B,) float64: -log p(x_0|x_1)
-        at t = 1, KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) above."""
+        """The bound's term of step t (B,) in 1..T at x_t of ``noise``, in nats (B,)
+        float64."""
+        ab_t = self.alpha_bar[t][:, None, None, None]  # (B, 1, 1, 1) float64
+        x_t = (ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * noise).to(x0.dtype)
+        x0_hat, _, fraction = self.denoise(x_t, t)
+        return self.step_term(x0, x_t, t, x0_hat, fraction).double()
+
+    def step_term(
+        self,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        x0_hat: torch.Tensor,
+        fraction: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """-log p(x_0|x_1) at t = 1, KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) above, for
+        the prediction x0_hat and the variance's fraction at x_t: nats (B,)."""
         ab_t = self.alpha_bar[t][:, None, None, None]  # (B, 1, 1, 1) float64
         ab_s = self.alpha_bar[t - 1][:, None, None, None]
-        x_t = (ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * noise).to(x0.dtype)
-        x0_hat, _ = self.denoise(x_t, t)
         c0, ct, var, beta = (c.to(x0.dtype) for c in posterior(ab_t, ab_s))
-        p_var = var if self.cfg.variance == "posterior" else beta
         first = (t == 1)[:, None, None, None]
-        # At t = 1 the posterior has variance 0: its KL is not used, so any scale will do.
+        # At t = 1 the posterior has variance 0: its KL is not used, so any scale will do;
+        # a learned variance starts there from step 2's (first_variance).
+        p_var = self.reverse_variance(torch.where(first, self.first_variance, var), beta, fraction)
         q = Normal(c0 * x0 + ct * x_t, torch.where(first, 1.0, var).sqrt())
         p = Normal(c0 * x0_hat + ct * x_t, torch.where(first, 1.0, p_var).sqrt())
         kl = kl_divergence(q, p).flatten(1).sum(1)
-        # The decoder's variance is beta_1 with either choice (the posterior's is 0 there).
-        beta_1 = 1 - self.alpha_bar_list[1]
-        decoder = -log_discretized_gaussian(x0, x0_hat, beta_1**0.5).flatten(1).sum(1)
-        return torch.where(t == 1, decoder, kl).double()
+        # A fixed decoder's variance is beta_1 with either choice (the posterior's is 0).
+        decoder_var = p_var if fraction is not None else 1 - self.alpha_bar_list[1]
+        decoder = -log_discretized_gaussian(x0, x0_hat, decoder_var**0.5).flatten(1).sum(1)
+        return torch.where(t == 1, decoder, kl)
 
     @torch.no_grad()
     def ode_bound(self, x0: torch.Tensor, steps: int) -> torch.Tensor:
@@ -751,6 +820,11 @@ def check_config(cfg: DiffusionConfig, image_shape: tuple[int, ...]) -> None:
         )
     if cfg.sample_steps is not None:
         check_steps(cfg.sample_steps, cfg)
+    if cfg.variance == "learned" and cfg.objective == "flow-matching":
+        raise GenzooError(
+            "--variance learned is for --objective eps or v: flow matching's ODE has no "
+            "reverse variance"
+        )
     if cfg.guidance and not cfg.conditional:
         raise GenzooError("--guidance needs a class-conditional model: add --conditional")
     if cfg.guidance and cfg.label_dropout == 0:

@@ -1,7 +1,8 @@
 """The fixed parts of diffusion and flow matching (models/diffusion.py), as plain
 functions of tensors with no network in them: noise schedules, the Gaussian posterior
 q(x_s | x_t, x_0), the timesteps of the stratified bound, the discretized Gaussian
-decoder, the samplers (DDPM, DDIM, Euler, Heun) and the log-likelihood along an ODE.
+decoder, the learned variance of Nichol & Dhariwal, the samplers (DDPM, DDIM, Euler,
+Heun) and the log-likelihood along an ODE.
 
 Discrete time: steps t = 0..T with abar_0 = 1 (clean data); a sampler's grid runs from T
 down to 0. Flow matching: continuous t in [0, 1], t = 0 the data and t = 1 the noise.
@@ -64,9 +65,12 @@ def stratified_timesteps(
     ]
 
 
-def log_discretized_gaussian(x0: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
-    """log P(x_0) per pixel, the mass of N(mean, std^2) on x_0's grey-level bin of width
-    2/255 in [-1, 1], the outer bins reaching to -inf and +inf (Ho et al. eq. 13)."""
+def log_discretized_gaussian(
+    x0: torch.Tensor, mean: torch.Tensor, std: float | torch.Tensor
+) -> torch.Tensor:
+    """log P(x_0) per pixel, the mass of N(mean, std^2) (std a number or per pixel) on
+    x_0's grey-level bin of width 2/255 in [-1, 1], the outer bins reaching to -inf and
+    +inf (Ho et al. eq. 13)."""
     lo = torch.where(x0 < -1 + BIN / 2, -math.inf, (x0 - BIN / 2 - mean) / std)
     hi = torch.where(x0 > 1 - BIN / 2, math.inf, (x0 + BIN / 2 - mean) / std)
     # Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi): take the tails' side, where it is not 1 - 1.
@@ -80,7 +84,10 @@ def log_discretized_gaussian(x0: torch.Tensor, mean: torch.Tensor, std: float) -
 # Each takes the state x at the first time of ``grid`` to the last, appending every new
 # state to ``chain`` when given one.
 
-Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # -> x0, eps
+# x_t, t -> (x0_hat, eps_hat, the fraction of a learned variance or None)
+Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+# the step's posterior variance, beta_{t|s}, the fraction -> the reverse step's variance
+Variance = Callable[[float, float, torch.Tensor | None], float | torch.Tensor]
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 
@@ -89,19 +96,28 @@ def ddpm(
     x: torch.Tensor,
     grid: list[int],
     alpha_bar: list[float],
-    variance: str,
+    variance: Variance,
     chain: list | None = None,
 ) -> torch.Tensor:
-    """Ancestral steps t -> s along ``grid`` (T..0): x_s ~ q(x_s | x_t, x0_hat), with the
-    posterior's variance or beta_{t|s}; the last step (to 0) adds no noise."""
+    """Ancestral steps t -> s along ``grid`` (T..0): x_s ~ N(mean of q(x_s | x_t, x0_hat),
+    ``variance``); the last step (to 0) adds no noise."""
     for t, s in itertools.pairwise(grid):
-        x0, _ = denoise(x, t)
+        x0, _, fraction = denoise(x, t)
         c0, ct, var, beta = posterior(alpha_bar[t], alpha_bar[s])
         x = c0 * x0 + ct * x
         if s > 0:
-            x = x + (var if variance == "posterior" else beta) ** 0.5 * torch.randn_like(x)
+            x = x + variance(var, beta, fraction) ** 0.5 * torch.randn_like(x)
         _record(chain, x)
     return x
+
+
+def learned_variance(fraction: torch.Tensor, var: Num, beta: Num) -> torch.Tensor:
+    """Nichol & Dhariwal's (2021, eq. 15) reverse variance exp(f log beta + (1 - f) log
+    var), f = ``fraction`` (the network's output v as (v + 1) / 2) per pixel: between the
+    posterior's variance (f = 0) and beta (f = 1), both bounds of the best variance (Ho et
+    al. section 3.2), interpolated in the log domain where their ratio spans decades."""
+    log_beta, log_var = torch.as_tensor(beta).log(), torch.as_tensor(var).log()
+    return (fraction * log_beta + (1 - fraction) * log_var).exp()
 
 
 def ddim(
@@ -113,7 +129,7 @@ def ddim(
 ) -> torch.Tensor:
     """DDIM with eta = 0: x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat."""
     for t, s in itertools.pairwise(grid):
-        x0, eps = denoise(x, t)
+        x0, eps, _ = denoise(x, t)
         x = alpha_bar[s] ** 0.5 * x0 + (1 - alpha_bar[s]) ** 0.5 * eps
         _record(chain, x)
     return x

@@ -93,6 +93,7 @@ class UNet(nn.Module):
         attention: bool = True,
         dropout: float = 0.0,
         num_classes: int | None = None,
+        out_channels: int | None = None,
     ):
         super().__init__()
         self.base = base
@@ -143,14 +144,14 @@ class UNet(nn.Module):
                 else nn.Identity()
             )
         self.conv_out = nn.Sequential(
-            norm(c), nn.SiLU(), zero(nn.Conv2d(c, in_channels, 3, padding=1))
+            norm(c), nn.SiLU(), zero(nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
         )
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, C, H, W), t (B,) in [0, 1], labels (B,) in 0..num_classes (the last:
-        null) or None for an unconditional net -> (B, C, H, W)."""
+        null) or None for an unconditional net -> (B, out_channels or C, H, W)."""
         emb = self.time_mlp(sinusoidal(t, self.base))  # (B, 4 base)
         if self.label_emb is not None:
             emb = emb + self.label_emb(labels)
