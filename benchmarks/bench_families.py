@@ -8,11 +8,11 @@ For each family (the defaults of ``genzoo train NAME``, plus the conv GAN):
      it where the family averages, as the loop does;
   2. its floor: the same step's products alone, on random tensors of the same shapes:
      every convolution, transposed convolution, linear layer and LSTM cell the step calls
-     (recorded by forward hooks), forward, and backward where the step backpropagates
-     through them (the weights' gradients always, the input's where it needs one), plus
-     the optimizer's update alone on parameters of the same shapes. Products outside
-     those layers (attention's, DRAW's filterbanks) are not in the floor, so a family with
-     many of them shows a ratio above what its layers alone cost;
+     (recorded by forward hooks) and every matrix product outside them (``@``, bmm,
+     attention's scaled dot products: DRAW's filterbanks, the U-Net's attention; recorded
+     by a torch function mode), forward, and backward where the step backpropagates
+     through them (the weights' gradients always, an input's where it needs one), plus
+     the optimizer's update alone on parameters of the same shapes;
   3. sampling: images per second of ``model.sample`` (diffusion at its default sampler
      and steps).
 
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from bench_vae import interleaved_best
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from genzoo.averaging import WeightAverage
 from genzoo.config import TrainConfig
@@ -50,6 +51,16 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "gan-conv": ("gan", {"arch": "conv"}),
 }
 RECORDED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.LSTMCell)
+# Products called as functions, outside the recorded layers (whose own go by F.linear,
+# F.conv2d and the LSTM cell's kernel, none of these).
+PRODUCTS = {
+    torch.matmul,
+    torch.bmm,
+    torch.Tensor.__matmul__,
+    torch.Tensor.matmul,
+    torch.Tensor.bmm,
+    F.scaled_dot_product_attention,
+}
 
 
 @dataclass
@@ -63,8 +74,38 @@ class Call:
     backward: bool
 
 
-def record_calls(step: Callable[[], object], model: nn.Module) -> list[Call]:
-    """Run ``step`` once with hooks on the model's recorded layers; their calls in order."""
+@dataclass
+class ProductCall:
+    """One call of a product function: the function, its tensors' shapes, which need a
+    gradient, and whether the output was backpropagated."""
+
+    func: Callable[..., torch.Tensor]
+    shapes: list[tuple[int, ...]]
+    grads: list[bool]
+    backward: bool
+
+
+class ProductRecorder(TorchFunctionMode):
+    """Records every call of PRODUCTS while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[ProductCall] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in PRODUCTS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            shapes, grads = [tuple(a.shape) for a in tensors], [a.requires_grad for a in tensors]
+            self.calls.append(ProductCall(func, shapes, grads, out.requires_grad))
+        return out
+
+
+def record_calls(
+    step: Callable[[], object], model: nn.Module
+) -> tuple[list[Call], list[ProductCall]]:
+    """Run ``step`` once with hooks on the model's recorded layers and a recorder of the
+    product functions; their calls in order."""
     calls: list[Call] = []
 
     def hook(layer: nn.Module, inputs: tuple, output: Any) -> None:
@@ -74,11 +115,12 @@ def record_calls(step: Callable[[], object], model: nn.Module) -> list[Call]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RECORDED)]
     try:
-        step()
+        with ProductRecorder() as products:
+            step()
     finally:
         for handle in handles:
             handle.remove()
-    return calls
+    return calls, products.calls
 
 
 def replay(call: Call) -> Callable[[], None]:
@@ -97,18 +139,31 @@ def replay(call: Call) -> Callable[[], None]:
         def forward() -> torch.Tensor:
             return layer(x)
 
+    return forward_and_backward(forward, call.backward)
+
+
+def replay_product(call: ProductCall) -> Callable[[], None]:
+    """The product function on random tensors of the call's shapes."""
+    args = [torch.randn(s, requires_grad=g) for s, g in zip(call.shapes, call.grads, strict=True)]
+    return forward_and_backward(lambda: call.func(*args), call.backward)
+
+
+def forward_and_backward(forward: Callable[[], torch.Tensor], backward: bool) -> Callable[[], None]:
     def run() -> None:
         out = forward()
-        if call.backward:
+        if backward:
             out.backward(torch.ones_like(out))
 
     return run
 
 
-def floor_job(calls: list[Call], optimizers: list[torch.optim.Optimizer]) -> Callable[[], None]:
+def floor_job(
+    calls: tuple[list[Call], list[ProductCall]], optimizers: list[torch.optim.Optimizer]
+) -> Callable[[], None]:
     """Every recorded product in turn, then the optimizers' updates on copies of the
     parameters with gradients already in place."""
-    products = [replay(call) for call in calls]
+    layer_calls, product_calls = calls
+    products = [replay(call) for call in layer_calls] + [replay_product(c) for c in product_calls]
     updates = []
     for optimizer in optimizers:
         twin = copy.deepcopy(optimizer)  # its parameters, gradients and state copied
