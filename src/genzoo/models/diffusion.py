@@ -268,6 +268,7 @@ class DiffusionConfig:
             "help": "lambda of the hybrid loss L_simple + lambda L_vlb (--variance learned; "
             "L_vlb in bits/dim scaled by T/1000 as in Nichol & Dhariwal)",
             "min": 0,
+            "max": 1000,
         },
     )
     ode_probes: int = field(
