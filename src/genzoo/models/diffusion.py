@@ -330,7 +330,7 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
             cfg.dropout,
             cfg.num_classes if cfg.conditional else None,
             # learned variances: a second output per pixel, the fraction's v
-            out_channels=image_shape[0] * (2 if cfg.variance == "learned" else 1),
+            out_channels=image_shape[0] * (2 if self.learns_variance else 1),
         )
         # Autoguidance's guide: a frozen copy of the network, which after_epoch fills with
         # the averaged weights of epoch guide_epoch; guide_from says after which epoch it
