@@ -1,7 +1,8 @@
-"""One training step of every family at its defaults against the step's floor, and
-sampling throughput.
+"""One training step of every family at its defaults, its sampling and its likelihood,
+each against its floor.
 
-For each family (the defaults of ``genzoo train NAME``, plus the conv GAN):
+For each family (the defaults of ``genzoo train NAME``, plus the conv GAN and Burda et
+al.'s presets of the hierarchical VAE, batch 20):
 
   1. the step: ``model.train_step`` on one batch of the family's default size, from the
      project's own data path (binarization included), the averaged weights' update after
@@ -13,13 +14,20 @@ For each family (the defaults of ``genzoo train NAME``, plus the conv GAN):
      by a torch function mode), forward, and backward where the step backpropagates
      through them (the weights' gradients always, an input's where it needs one), plus
      the optimizer's update alone on parameters of the same shapes;
-  3. sampling: images per second of ``model.sample`` (diffusion at its default sampler
-     and steps).
+  3. the evaluations, each beside its floor recorded in the same way (forward only):
+     sampling a batch (diffusion at its default sampler and steps), and for the
+     importance-sampled families the likelihood of ``--nll-images`` test images at
+     K = 5000; with ``--quality N``, the quality scores of N images (FID, precision and
+     recall, density and coverage, Parzen) against N test images.
+
+A family that trains compiled by default (``compile`` in its training defaults) is timed
+compiled, as the training loop runs it, its floor recorded on the eager model first, and
+its uncompiled step beside it.
 
 Jobs alternate round by round (``interleaved_best`` of bench_vae.py), the best of each
 kept, so that a drift of a shared machine reaches a step and its floor alike.
 
-    GENZOO_DATA=../shared/data python benchmarks/bench_families.py [--families diffusion]
+    cd benchmarks && GENZOO_DATA=../../shared/data python bench_families.py [--quality 10000]
 """
 
 from __future__ import annotations
@@ -33,22 +41,27 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_vae import interleaved_best
+from bench_vae import interleaved_best, update_alone
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from genzoo.api import run_config
 from genzoo.averaging import WeightAverage
-from genzoo.config import TrainConfig
 from genzoo.cpu import tune_process
 from genzoo.data import batches, load_data
 from genzoo.models import MODELS
 from genzoo.models.base import Conditional
-from genzoo.runs import RunConfig, build_model
+from genzoo.models.latent import IMPORTANCE_SAMPLING
+from genzoo.quality import FeatureNet, quality_scores
+from genzoo.runs import build_model
 
-# name -> (family, model settings that differ from its defaults)
+# name -> (family, settings that differ from its defaults: the flags of genzoo train by
+# their field names). Burda et al.'s presets: the small-batch path (20 images a step).
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: (name, {}) for name in MODELS},
     "gan-conv": ("gan", {"arch": "conv"}),
+    "burda-1l": ("hvae", {"preset": "burda-1l"}),
+    "burda-2l": ("hvae", {"preset": "burda-2l"}),
 }
 RECORDED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.LSTMCell)
 # Products called as functions, outside the recorded layers (whose own go by F.linear,
@@ -60,6 +73,7 @@ PRODUCTS = {
     torch.Tensor.matmul,
     torch.Tensor.bmm,
     F.scaled_dot_product_attention,
+    torch.cdist,  # the quality scores' neighbours: a product and two norms
 }
 
 
@@ -81,6 +95,7 @@ class ProductCall:
 
     func: Callable[..., torch.Tensor]
     shapes: list[tuple[int, ...]]
+    dtype: torch.dtype
     grads: list[bool]
     backward: bool
 
@@ -97,7 +112,7 @@ class ProductRecorder(TorchFunctionMode):
         if func in PRODUCTS:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             shapes, grads = [tuple(a.shape) for a in tensors], [a.requires_grad for a in tensors]
-            self.calls.append(ProductCall(func, shapes, grads, out.requires_grad))
+            self.calls.append(ProductCall(func, shapes, out.dtype, grads, out.requires_grad))
         return out
 
 
@@ -123,13 +138,31 @@ def record_calls(
     return calls, products.calls
 
 
-def replay(call: Call) -> Callable[[], None]:
-    """The call's products alone: a fresh copy of the layer on a random input of the same
-    shape, forward and (where the step had one) backward."""
-    layer = copy.deepcopy(call.layer)
-    x = torch.randn(call.shape, requires_grad=call.input_grad)
+class Operands:
+    """Random tensors and layer copies for the replays, one per shape (per layer), so that
+    an evaluation's hundreds of same-shaped calls share them."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[tuple, torch.Tensor] = {}
+        self.layers: dict[int, nn.Module] = {}
+
+    def tensor(self, shape: tuple[int, ...], grad: bool, dtype: torch.dtype) -> torch.Tensor:
+        key = (shape, grad, dtype)
+        if key not in self.tensors:
+            self.tensors[key] = torch.randn(shape, dtype=dtype, requires_grad=grad)
+        return self.tensors[key]
+
+    def layer(self, layer: nn.Module) -> nn.Module:
+        return self.layers.setdefault(id(layer), copy.deepcopy(layer))
+
+
+def replay(call: Call, operands: Operands) -> Callable[[], None]:
+    """The call's products alone: a copy of the layer on a random input of the same shape,
+    forward and (where the step had one) backward."""
+    layer = operands.layer(call.layer)
+    x = operands.tensor(call.shape, call.input_grad, torch.float32)
     if isinstance(layer, nn.LSTMCell):  # its two products, without the gates' arithmetic
-        h = torch.randn(call.shape[0], layer.hidden_size, requires_grad=call.input_grad)
+        h = operands.tensor((call.shape[0], layer.hidden_size), call.input_grad, torch.float32)
 
         def forward() -> torch.Tensor:
             return F.linear(x, layer.weight_ih) + F.linear(h, layer.weight_hh)
@@ -142,9 +175,9 @@ def replay(call: Call) -> Callable[[], None]:
     return forward_and_backward(forward, call.backward)
 
 
-def replay_product(call: ProductCall) -> Callable[[], None]:
+def replay_product(call: ProductCall, operands: Operands) -> Callable[[], None]:
     """The product function on random tensors of the call's shapes."""
-    args = [torch.randn(s, requires_grad=g) for s, g in zip(call.shapes, call.grads, strict=True)]
+    args = [operands.tensor(s, g, call.dtype) for s, g in zip(call.shapes, call.grads, strict=True)]
     return forward_and_backward(lambda: call.func(*args), call.backward)
 
 
@@ -163,30 +196,27 @@ def floor_job(
     """Every recorded product in turn, then the optimizers' updates on copies of the
     parameters with gradients already in place."""
     layer_calls, product_calls = calls
-    products = [replay(call) for call in layer_calls] + [replay_product(c) for c in product_calls]
-    updates = []
-    for optimizer in optimizers:
-        twin = copy.deepcopy(optimizer)  # its parameters, gradients and state copied
-        for group in twin.param_groups:
-            for p in group["params"]:
-                p.grad = torch.randn_like(p)
-        updates.append(twin.step)
+    operands = Operands()
+    products = [replay(c, operands) for c in layer_calls]
+    products += [replay_product(c, operands) for c in product_calls]
+    update = update_alone(optimizers)
 
     def run() -> None:
         for product in products:
             product()
-        for update in updates:
-            update()
+        update()
 
     return run
 
 
-def arm_jobs(name: str, data_dir: str | None) -> tuple[dict[str, Callable[[], object]], int]:
-    """The step, its floor and sampling of one arm; and the batch size."""
-    family, changes = ARMS[name]
-    spec = MODELS[family]
-    tc = TrainConfig(**spec.training_defaults())
-    cfg = RunConfig(family, tc, spec.config(**changes))
+def arm_jobs(
+    name: str, data_dir: str | None, nll_images: int
+) -> tuple[dict[str, Callable[[], object]], int]:
+    """The step, sampling and (for the importance-sampled families) the likelihood of
+    ``nll_images`` test images at the estimator's default K, each beside its floor (keys
+    "step", "step floor", ...); and the batch size."""
+    cfg = run_config(*ARMS[name])
+    tc = cfg.train
     data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir)
     torch.manual_seed(0)
     model = build_model(cfg, data.image_shape)
@@ -203,42 +233,87 @@ def arm_jobs(name: str, data_dir: str | None) -> tuple[dict[str, Callable[[], ob
             average.update()
 
     step()  # the optimizers' state exists before the floor copies it
-    floor = floor_job(record_calls(step, model), optimizers)
+    jobs = {"step": step, "step floor": floor_job(record_calls(step, model), optimizers)}
     if not model.ready_to_sample():
         model.after_training(data)  # the autoencoder's mixture, as when training ends
+    model.eval()
+    evaluations = {"sample": lambda: model.sample(tc.batch_size)}
+    if getattr(model, "likelihood_estimator", None) is IMPORTANCE_SAMPLING:
+        test = data.test.images[:nll_images]
+        k = IMPORTANCE_SAMPLING.default_samples
+        evaluations["nll"] = lambda: model.log_likelihood(test, k)
+    for job_name, job in evaluations.items():
+        no_grad_job = torch.no_grad()(job)
+        jobs[job_name] = no_grad_job
+        jobs[f"{job_name} floor"] = floor_job(record_calls(no_grad_job, model), [])
+    model.train()
+    if tc.compile:  # as the training loop runs it, after the floor's eager recording
+        twin = copy.deepcopy(model)
+        twin_optimizers = twin.configure_optimizers(tc.lr)
+        twin_average = WeightAverage(twin, tc.ema) if tc.ema else None
 
-    def sample() -> None:
-        with torch.no_grad():
-            model.eval()
-            model.sample(tc.batch_size)
-            model.train()
+        def eager_step() -> None:
+            twin.train_step(x, twin_optimizers, labels)
+            if twin_average is not None:
+                twin_average.update()
 
-    return {"step": step, "floor": floor, "sample": sample}, tc.batch_size
+        jobs["eager step"] = eager_step
+        model.compile()
+    return jobs, tc.batch_size
+
+
+def quality_jobs(images: int, data_dir: str | None) -> dict[str, Callable[[], object]]:
+    """The quality scores of ``images`` images (MNIST's training images stand in for
+    samples: the scores' cost does not depend on what the images show) against as many
+    test images, with an untrained feature net of the right shape, and their floor."""
+    data = load_data("mnist", "none", 10000, data_dir)
+    net = FeatureNet()
+    fake, real = data.train.images[:images], data.test.images[:images]
+
+    def scores() -> None:
+        quality_scores(fake, real, data.val.images, net)
+
+    return {"quality": scores, "quality floor": floor_job(record_calls(scores, net), [])}
+
+
+def ratios(best: dict[str, float]) -> str:
+    """ "job ms / floor ms = ratio" for every job timed beside its floor."""
+    return "  ".join(
+        f"{job} {1000 * t:.1f} / {1000 * best[f'{job} floor']:.1f} = {t / best[f'{job} floor']:.2f}"
+        for job, t in best.items()
+        if f"{job} floor" in best
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", nargs="+", choices=tuple(ARMS), default=tuple(ARMS))
+    parser.add_argument("--families", nargs="*", choices=tuple(ARMS), default=tuple(ARMS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--nll-images", type=int, default=10, help="test images of the NLL")
+    parser.add_argument(
+        "--quality", type=int, default=0, help="also time the quality scores of this many images"
+    )
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     tune_process()
     torch.set_num_threads(args.threads)
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} threads, best of {args.rounds} interleaved rounds"
+        f"{args.threads} threads, best of {args.rounds} interleaved rounds; ms, job / floor"
     )
-    print(f"{'family':<12}{'batch':>6}{'step ms':>10}{'floor ms':>10}{'ratio':>7}{'samples/s':>11}")
     for name in args.families:
-        jobs, batch_size = arm_jobs(name, args.data_dir)
+        jobs, batch_size = arm_jobs(name, args.data_dir, args.nll_images)
         best = interleaved_best(jobs, args.rounds)
-        ratio = best["step"] / best["floor"]
+        eager = f", uncompiled {1000 * best['eager step']:.1f}" if "eager step" in best else ""
         print(
-            f"{name:<12}{batch_size:>6}{1000 * best['step']:>10.1f}"
-            f"{1000 * best['floor']:>10.1f}{ratio:>7.2f}{batch_size / best['sample']:>11.0f}",
+            f"{name:<10} batch {batch_size:>3}  {ratios(best)}  "
+            f"({batch_size / best['sample']:.0f} samples/s{eager})",
             flush=True,
         )
+    if args.quality:
+        best = interleaved_best(quality_jobs(args.quality, args.data_dir), args.rounds)
+        print(f"quality scores of {args.quality} images: {ratios(best)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Times, in one run:
      own training loop (``Trainer.train_epoch``);
   2. the importance-sampled log-likelihood, K=5000, of 1,000 test images: the
      project's own ``negative_log_likelihood``;
-  3. for each, the bare matrix multiplications that job needs (same shapes, same
-     count, nothing else), which is as fast as this machine can go with dense layers;
+  3. for each, its floor: the bare matrix multiplications that job needs (same shapes,
+     same count, nothing else), which is as fast as this machine can go with dense
+     layers, and for training the optimizer's update alone after every step;
   4. the same training epoch as a minimal hand-written PyTorch loop (the yardstick: what
      the library's layers cost over code with none).
 It prints each time and its ratio to its floor.
@@ -18,6 +19,7 @@ It prints each time and its ratio to its floor.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import math
 import platform
@@ -83,6 +85,24 @@ def matmuls(shapes: list[tuple[int, int, int]], times: int) -> Callable[[], None
         for _ in range(times):
             for a, b in pairs:
                 torch.mm(a, b)
+
+    return run
+
+
+def update_alone(optimizers: list[torch.optim.Optimizer]) -> Callable[[], None]:
+    """A job: the optimizers' update alone, on copies of their parameters and state with
+    random gradients in place (part of a training step's floor)."""
+    updates = []
+    for optimizer in optimizers:
+        twin = copy.deepcopy(optimizer)  # its parameters, gradients and state copied
+        for group in twin.param_groups:
+            for p in group["params"]:
+                p.grad = torch.randn_like(p)
+        updates.append(twin.step)
+
+    def run() -> None:
+        for update in updates:
+            update()
 
     return run
 
@@ -158,6 +178,8 @@ def main() -> None:
         )
         for rows, times in ((batch, steps - 1), (last, 1))
     ]
+    update = update_alone(trainer.optimizers)
+    train_floor.append(lambda: [update() for _ in range(steps)])
     train = interleaved_best(
         {
             "job": epoch,

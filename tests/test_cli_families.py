@@ -24,7 +24,10 @@ FAMILIES = {
     "vae": ["--hidden", "16", "--latent-dim", "2"],
     "bvae": ["--hidden", "16", "--latent-dim", "8"],
     "ae": ["--hidden", "16", "--latent-dim", "2", "--gmm-components", "2"],
-    "realnvp": ["--width", "4", "--depth", "1", "--n-couplings", "1", "--n-scales", "2"],
+    "realnvp": [
+        *("--width", "4", "--depth", "1", "--n-couplings", "1", "--n-scales", "2"),
+        "--no-compile",  # compiled by default; a tiny run is faster without
+    ],
     "gan": ["--noise-dim", "4", "--gen-hidden", "8,8", "--disc-hidden", "8", "--d-steps", "2"],
     "diffusion": [
         *("--base-channels", "8", "--channel-mults", "1,2", "--sample-steps", "3"),

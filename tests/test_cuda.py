@@ -26,7 +26,9 @@ ON_GPU = [a if a != "cpu" else "cuda" for a in COMMON]
 @pytest.mark.parametrize("model", [*FAMILIES, "draw"])
 def test_every_family_runs_on_the_gpu(model: str, data_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / model
-    sizes = FAMILIES.get(model, ["--steps", "3", "--enc-hidden", "8", "--dec-hidden", "8"])
+    sizes = FAMILIES.get(
+        model, ["--steps", "3", "--enc-hidden", "8", "--dec-hidden", "8", "--no-compile"]
+    )
     assert main(["train", model, "--run-dir", str(run), *ON_GPU, *sizes]) == 0
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["device"] == "cuda"
     assert main(["eval", str(run), "--iw-samples", "10", "--limit", "10", "--device", "cuda"]) == 0

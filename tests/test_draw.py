@@ -231,7 +231,10 @@ def test_only_single_channel_images_are_accepted(shape: tuple[int, ...]) -> None
 # ---------------------------------------------------------------------- CLI
 
 
-TRAIN = ["--epochs", "1", "--batch-size", "16", "--val-size", "20", "--device", "cpu"]
+TRAIN = [
+    *("--epochs", "1", "--batch-size", "16", "--val-size", "20", "--device", "cpu"),
+    "--no-compile",  # compiled by default; a tiny run is faster without
+]
 SIZES = ["--steps", "3", "--enc-hidden", "8", "--dec-hidden", "8", "--latent-dim", "2"]
 
 

@@ -27,8 +27,11 @@ TINY = ["--batch-size", "16", "--val-size", "20", "--device", "cpu"]
 SMALL = {
     "vae": ["--hidden", "16", "--latent-dim", "2"],
     "bvae": ["--hidden", "16", "--latent-dim", "8"],
-    "realnvp": ["--width", "4", "--n-couplings", "1", "--n-scales", "2"],
-    "draw": ["--steps", "2", "--enc-hidden", "16", "--dec-hidden", "16", "--latent-dim", "4"],
+    "realnvp": ["--width", "4", "--n-couplings", "1", "--n-scales", "2", "--no-compile"],
+    "draw": [
+        *("--steps", "2", "--enc-hidden", "16", "--dec-hidden", "16", "--latent-dim", "4"),
+        "--no-compile",
+    ],
 }
 
 

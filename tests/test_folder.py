@@ -126,7 +126,10 @@ def test_folder_only_flags_and_unknown_datasets_are_refused(data_dir: Path) -> N
 
 FOLDER_RUNS = {
     "vae": ["--hidden", "16", "--latent-dim", "2"],
-    "realnvp": ["--width", "4", "--depth", "1", "--n-couplings", "1", "--n-scales", "2"],
+    "realnvp": [
+        *("--width", "4", "--depth", "1", "--n-couplings", "1", "--n-scales", "2"),
+        "--no-compile",
+    ],
     "gan": ["--noise-dim", "4", "--gen-hidden", "8,8", "--disc-hidden", "8"],
     "gan-conv": ["--arch", "conv", "--conv-width", "4", "--noise-dim", "4"],
 }

@@ -301,6 +301,24 @@ def test_compiled_objectives_take_the_same_steps(
     assert compiled["best_val_neg_elbo"] == pytest.approx(eager["best_val_neg_elbo"], rel=1e-4)
 
 
+def test_without_a_cpp_compiler_a_compiled_run_trains_uncompiled(
+    data_dir: Path, tmp_path: Path, tiny_config: RunConfig, monkeypatch, capsys
+) -> None:
+    # realnvp and draw compile by default: a CPU without the compiler inductor's code
+    # needs still trains them, and says why it is slower.
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    compiled = []
+    monkeypatch.setattr(VAE, "compile", lambda self: compiled.append(self))
+    tiny_config.train.epochs = 1
+    tiny_config.train.compile = True
+    gtrain.train(tmp_path / "run", tiny_config, device="cpu")
+    assert not compiled
+    assert "torch.compile needs a C++ compiler (no-such-compiler)" in capsys.readouterr().out
+    monkeypatch.setenv("CXX", sys.executable)  # any program found stands in for one
+    gtrain.train(tmp_path / "with-compiler", tiny_config, device="cpu")
+    assert len(compiled) == 1
+
+
 def test_a_gan_keeps_the_epoch_of_the_lowest_probe_fid(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,7 +69,7 @@ def test_importance_sampled_likelihood_matches_numerical_integral(proposal: str)
     shape = (1, 1, 3)  # three pixels and one latent: p(x) is a 1-D integral
     model, x = tiny_vae(latent_dim=1, shape=shape), binary_batch(6, shape)
     torch.manual_seed(5)
-    k = 20000  # 8 chunks of at most MAX_DECODER_ROWS rows: the chunked sum is checked too
+    k = 20000  # 30 chunks of at most MAX_DECODER_ROWS rows: the chunked sum is checked too
     estimate = model.log_likelihood(x, k, proposal)
     exact = exact_log_marginal(model, x)
     with torch.no_grad():  # the estimator's own standard error: std(w) / (mean(w) sqrt(k))
