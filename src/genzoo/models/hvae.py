@@ -283,8 +283,9 @@ class HVAE(LatentVariableModel):
         else:
             bound = log_w.mean(0)
         loss = -bound.mean()
-        recon, kl = -log_px_z.mean().item(), -log_ratio.mean().item()
-        stats = {"loss": loss.item(), "neg_elbo": recon + kl, "recon": recon, "kl": kl}
+        terms = torch.stack([loss, -log_px_z.mean(), -log_ratio.mean()]).detach()
+        value, recon, kl = terms.tolist()  # one read of the three, not three
+        stats = {"loss": value, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
         if self.cfg.kl_warmup_steps:
             stats["kl_weight"] = self.kl_weight()
         return loss, stats
