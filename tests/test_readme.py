@@ -99,6 +99,15 @@ def test_the_families_table_lists_every_family_and_its_averaging() -> None:
     assert {name for name, row in rows.items() if "averaged weights" in row} == averaged
 
 
+def test_the_compile_flag_names_the_families_compiled_by_default() -> None:
+    found = re.search(
+        r"On by default where it\s+pays on this 2-core CPU: ((?:`\w+`(?:, | and )?)+)", README
+    )
+    assert found, "README.md no longer says which families compile by default"
+    named = set(re.findall(r"`(\w+)`", found.group(1)))
+    assert named == {name for name in MODELS if trained_with(name, "compile")}
+
+
 def test_the_ema_flag_names_the_families_that_average() -> None:
     found = re.search(r"((?:`\w+`(?:, | and )?)+) defaults? to ([\d.]+), the others to 0", README)
     assert found, "README.md no longer says which families default to averaged weights"
