@@ -87,9 +87,9 @@ MODELS: dict[str, ModelFamily] = {
     # cosine over 58 epochs, the averaged weights evaluated. Dynamic binarization by
     # default, as for the VAE: it works for every dataset. The paper's own model:
     # --preset gregor2015. Its attention windows read and write one grey canvas.
-    # Compiled: the element-wise work of its 64 steps (filterbanks, gates, the canvas)
-    # fused, a step 10-22% faster on one CPU thread for 2.5 minutes of compiling
-    # (benchmarks/README.md).
+    # Compiled: the element-wise work of its T steps (filterbanks, gates, the canvas)
+    # fused, a step 10-22% faster on one CPU thread for 2.5 minutes of compiling at the
+    # start of a run of hours (benchmarks/README.md).
     "draw": ModelFamily(
         DRAWConfig,
         DRAW,
