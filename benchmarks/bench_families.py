@@ -55,6 +55,7 @@ from genzoo.models.base import Conditional
 from genzoo.models.latent import IMPORTANCE_SAMPLING
 from genzoo.quality import FeatureNet, quality_scores
 from genzoo.runs import build_model
+from genzoo.training import compile_objectives
 
 # name -> (family, settings that differ from its defaults: the flags of genzoo train by
 # their field names). Burda et al.'s presets: the small-batch path (20 images a step).
@@ -259,7 +260,7 @@ def arm_jobs(
                 twin_average.update()
 
         jobs["eager step"] = eager_step
-        model.compile()
+        compile_objectives(model, torch.device("cpu"))
     return jobs, tc.batch_size
 
 
