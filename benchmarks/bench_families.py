@@ -6,13 +6,15 @@ al.'s presets of the hierarchical VAE, batch 20):
 
   1. the step: ``model.train_step`` on one batch of the family's default size, from the
      project's own data path (binarization included), the averaged weights' update after
-     it where the family averages, as the loop does;
+     it where the family averages, in bf16 autocast where the loop would use it
+     (diffusion's), as the loop does;
   2. its floor: the same step's products alone, on random tensors of the same shapes:
      every convolution, transposed convolution, linear layer and LSTM cell the step calls
      (recorded by forward hooks) and every matrix product outside them (``@``, bmm,
      attention's scaled dot products: DRAW's filterbanks, the U-Net's attention; recorded
      by a torch function mode), forward, and backward where the step backpropagates
-     through them (the weights' gradients always, an input's where it needs one), plus
+     through them (the weights' gradients always, an input's where it needs one), in
+     the type and under the autocast of the call, plus
      the optimizer's update alone on parameters of the same shapes;
   3. the evaluations, each beside its floor recorded in the same way (forward only):
      sampling a batch (diffusion at its default sampler and steps), and for the
@@ -51,9 +53,10 @@ from genzoo.averaging import WeightAverage
 from genzoo.cpu import tune_process
 from genzoo.data import batches, load_data
 from genzoo.models import MODELS
-from genzoo.models.base import Conditional
+from genzoo.models.base import Conditional, GenerativeModel
 from genzoo.models.latent import IMPORTANCE_SAMPLING
 from genzoo.quality import FeatureNet, quality_scores
+from genzoo.rng import has_bf16_kernels
 from genzoo.runs import build_model
 from genzoo.training import compile_objectives
 
@@ -81,13 +84,16 @@ PRODUCTS = {
 
 @dataclass
 class Call:
-    """One call of a recorded layer in the step: the layer, its input's shape, whether
-    the input needs a gradient and whether the output was backpropagated."""
+    """One call of a recorded layer in the step: the layer, its input's shape and type,
+    whether the input needs a gradient, whether the output was backpropagated, and
+    whether bf16 autocast was on (diffusion's steps and samples)."""
 
     layer: nn.Module
     shape: tuple[int, ...]
+    dtype: torch.dtype
     input_grad: bool
     backward: bool
+    autocast: bool
 
 
 @dataclass
@@ -128,7 +134,10 @@ def record_calls(
     def hook(layer: nn.Module, inputs: tuple, output: Any) -> None:
         x = inputs[0]
         out = output[0] if isinstance(output, tuple) else output
-        calls.append(Call(layer, tuple(x.shape), x.requires_grad, out.requires_grad))
+        autocast = torch.is_autocast_enabled(x.device.type)
+        calls.append(
+            Call(layer, tuple(x.shape), x.dtype, x.requires_grad, out.requires_grad, autocast)
+        )
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RECORDED)]
     try:
@@ -162,17 +171,21 @@ def replay(call: Call, operands: Operands) -> Callable[[], None]:
     """The call's products alone: a copy of the layer on a random input of the same shape,
     forward and (where the step had one) backward."""
     layer = operands.layer(call.layer)
-    x = operands.tensor(call.shape, call.input_grad, torch.float32)
+    x = operands.tensor(call.shape, call.input_grad, call.dtype)
     if isinstance(layer, nn.LSTMCell):  # its two products, without the gates' arithmetic
-        h = operands.tensor((call.shape[0], layer.hidden_size), call.input_grad, torch.float32)
+        h = operands.tensor((call.shape[0], layer.hidden_size), call.input_grad, call.dtype)
 
-        def forward() -> torch.Tensor:
+        def products() -> torch.Tensor:
             return F.linear(x, layer.weight_ih) + F.linear(h, layer.weight_hh)
 
     else:
 
-        def forward() -> torch.Tensor:
+        def products() -> torch.Tensor:
             return layer(x)
+
+    def forward() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=call.autocast):
+            return products()
 
     return forward_and_backward(forward, call.backward)
 
@@ -223,16 +236,28 @@ def arm_jobs(
     torch.manual_seed(0)
     model = build_model(cfg, data.image_shape)
     optimizers = model.configure_optimizers(tc.lr)
-    average = WeightAverage(model, tc.ema) if tc.ema else None
     takes_labels = isinstance(model, Conditional) and model.takes_labels()
     batch = next(iter(batches(data.train, tc.batch_size, data.binarize, labels=takes_labels)))
     x, labels = batch if takes_labels else (batch, None)
     model.train()
+    # bf16 autocast where the loop would use it (diffusion's "auto" on this CPU).
+    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and has_bf16_kernels(x.device))
 
-    def step() -> None:
-        model.train_step(x, optimizers, labels)
-        if average is not None:
-            average.update()
+    def step_of(
+        model: GenerativeModel, optimizers: list[torch.optim.Optimizer]
+    ) -> Callable[[], None]:
+        """A training step of ``model`` as the loop takes it, the average's update after."""
+        average = WeightAverage(model, tc.ema) if tc.ema else None
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model.train_step(x, optimizers, labels)
+            if average is not None:
+                average.update()
+
+        return step
+
+    step = step_of(model, optimizers)
 
     step()  # the optimizers' state exists before the floor copies it
     jobs = {"step": step, "step floor": floor_job(record_calls(step, model), optimizers)}
@@ -251,15 +276,7 @@ def arm_jobs(
     model.train()
     if tc.compile:  # as the training loop runs it, after the floor's eager recording
         twin = copy.deepcopy(model)
-        twin_optimizers = twin.configure_optimizers(tc.lr)
-        twin_average = WeightAverage(twin, tc.ema) if tc.ema else None
-
-        def eager_step() -> None:
-            twin.train_step(x, twin_optimizers, labels)
-            if twin_average is not None:
-                twin_average.update()
-
-        jobs["eager step"] = eager_step
+        jobs["eager step"] = step_of(twin, twin.configure_optimizers(tc.lr))
         compile_objectives(model, torch.device("cpu"))
     return jobs, tc.batch_size
 
