@@ -73,8 +73,8 @@ MODELS: dict[str, ModelFamily] = {
     # Small batches: on a CPU a step costs time in proportion to the batch, and the flow
     # learns more from four steps of 32 images than from one of 128 (benchmarks/README.md).
     # Compiled: inductor fuses the couplings' normalizations, ReLUs and affine maps around
-    # the convolutions; a step 15-21% faster on one CPU thread, for 2-2.5 minutes of
-    # compiling at the start of a run of hours (benchmarks/README.md).
+    # the convolutions; a step 16-17% faster on this 2-core CPU (one or two threads), for
+    # 72-79 s of compiling at the start of a run of hours (benchmarks/README.md).
     "realnvp": ModelFamily(
         RealNVPConfig,
         RealNVP,
@@ -88,8 +88,8 @@ MODELS: dict[str, ModelFamily] = {
     # default, as for the VAE: it works for every dataset. The paper's own model:
     # --preset gregor2015. Its attention windows read and write one grey canvas.
     # Compiled: the element-wise work of its T steps (filterbanks, gates, the canvas)
-    # fused, a step 10-22% faster on one CPU thread for 2.5 minutes of compiling at the
-    # start of a run of hours (benchmarks/README.md).
+    # fused, a step 26-38% faster on this 2-core CPU (one or two threads) for 116-128 s
+    # of compiling at the start of a run of hours (benchmarks/README.md).
     "draw": ModelFamily(
         DRAWConfig,
         DRAW,
