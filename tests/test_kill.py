@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -186,6 +187,17 @@ def test_sigterm_checkpoints_says_how_to_continue_and_the_run_continues_exactly(
     assert same_weights(stopped, whole)
 
 
+@pytest.fixture
+def ctrl_c_live() -> Iterator[None]:
+    """Ctrl-C handled as in a terminal for the test. A pytest-xdist worker may start with
+    SIGINT ignored, as a background job does, and genzoo rightly leaves an ignored signal
+    ignored: a Ctrl-C test there would otherwise depend on which tests ran before it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_live")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_checkpoints_after_the_batch_it_came_in(
     signum: int,
