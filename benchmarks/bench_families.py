@@ -56,9 +56,8 @@ from genzoo.models import MODELS
 from genzoo.models.base import Conditional, GenerativeModel
 from genzoo.models.latent import IMPORTANCE_SAMPLING
 from genzoo.quality import FeatureNet, quality_scores
-from genzoo.rng import has_bf16_kernels
 from genzoo.runs import build_model
-from genzoo.training import compile_objectives
+from genzoo.training import compile_objectives, with_precision_chosen
 
 # name -> (family, settings that differ from its defaults: the flags of genzoo train by
 # their field names). Burda et al.'s presets: the small-batch path (20 images a step).
@@ -241,7 +240,7 @@ def arm_jobs(
     x, labels = batch if takes_labels else (batch, None)
     model.train()
     # bf16 autocast where the loop would use it (diffusion's "auto" on this CPU).
-    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and has_bf16_kernels(x.device))
+    bf16 = with_precision_chosen(cfg, x.device).train.precision == "bf16"
 
     def step_of(
         model: GenerativeModel, optimizers: list[torch.optim.Optimizer]

@@ -12,13 +12,8 @@ ARMS = (
     Arm("ae", "ae"),
     Arm("gan", "gan"),
     Arm("gan-conv", "gan", ("--arch", "conv"), ("--conv-width", "16")),
-    Arm("realnvp", "realnvp", (), ("--width", "8", "--n-couplings", "2", "--no-compile")),
-    Arm(
-        "draw",
-        "draw",
-        (),
-        ("--steps", "4", "--enc-hidden", "64", "--dec-hidden", "64", "--no-compile"),
-    ),
+    Arm("realnvp", "realnvp", (), ("--width", "8", "--n-couplings", "2")),
+    Arm("draw", "draw", (), ("--steps", "4", "--enc-hidden", "64", "--dec-hidden", "64")),
     # The flow-matching ODE likelihood costs two network passes per step and image: 20
     # Heun steps (the study's 1000 on its 2000 images would take hours).
     Arm(

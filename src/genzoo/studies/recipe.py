@@ -36,8 +36,9 @@ from genzoo.report import training_seconds, wall_seconds
 from genzoo.runs import load_trained, read_metrics
 from genzoo.studies.page import write_study_report
 
-# --quick: one epoch on 1,000 images, the likelihood on 100: the whole study in minutes.
-QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500")
+# --quick: one epoch on 1,000 images, the likelihood on 100: the whole study in minutes,
+# uncompiled (a compile of the families that default to it takes longer than the run).
+QUICK_TRAIN = ("--epochs", "1", "--train-size", "1000", "--val-size", "500", "--no-compile")
 QUICK_EVAL = ("--iw-samples", "20", "--limit", "100")
 QUICK_SAMPLES = 200  # samples scored by --quality under --quick (10,000 in full)
 
