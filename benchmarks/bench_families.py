@@ -8,14 +8,15 @@ al.'s presets of the hierarchical VAE, batch 20):
      project's own data path (binarization included), the averaged weights' update after
      it where the family averages, in bf16 autocast where the loop would use it
      (diffusion's), as the loop does;
-  2. its floor: the same step's products alone, on random tensors of the same shapes:
-     every convolution, transposed convolution, linear layer and LSTM cell the step calls
-     (recorded by forward hooks) and every matrix product outside them (``@``, bmm,
-     attention's scaled dot products: DRAW's filterbanks, the U-Net's attention; recorded
-     by a torch function mode), forward, and backward where the step backpropagates
-     through them (the weights' gradients always, an input's where it needs one), in
-     the type and under the autocast of the call, plus
-     the optimizer's update alone on parameters of the same shapes;
+  2. its floor: the same step's products alone, on random tensors of the same shapes
+     and type (bf16 where the call ran under autocast): every convolution, transposed
+     convolution, linear layer and LSTM cell the step calls (recorded by forward hooks)
+     and every matrix product outside them (``@``, bmm, attention's scaled dot products:
+     DRAW's filterbanks, the U-Net's attention; recorded by a torch function mode),
+     forward, and backward where the step backpropagates through them: the weight's
+     gradient and the input's where they need one, each as its own product or
+     convolution kernel (no bias, no activation, no autograd), plus the optimizer's
+     update alone on parameters of the same shapes;
   3. the evaluations, each beside its floor recorded in the same way (forward only):
      sampling a batch (diffusion at its default sampler and steps), and for the
      importance-sampled families the likelihood of ``--nll-images`` test images at
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -44,7 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_vae import interleaved_best, update_alone
+from bench_vae import interleaved_best, linear_layer_matmuls, update_alone
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -84,13 +86,14 @@ PRODUCTS = {
 @dataclass
 class Call:
     """One call of a recorded layer in the step: the layer, its input's shape and type,
-    whether the input needs a gradient, whether the output was backpropagated, and
-    whether bf16 autocast was on (diffusion's steps and samples)."""
+    whether the input and the weights need a gradient, whether the output was
+    backpropagated, and whether bf16 autocast was on (diffusion's steps and samples)."""
 
     layer: nn.Module
     shape: tuple[int, ...]
     dtype: torch.dtype
     input_grad: bool
+    weight_grad: bool
     backward: bool
     autocast: bool
 
@@ -134,8 +137,17 @@ def record_calls(
         x = inputs[0]
         out = output[0] if isinstance(output, tuple) else output
         autocast = torch.is_autocast_enabled(x.device.type)
+        weight_grad = next(layer.parameters()).requires_grad  # not while it is frozen
         calls.append(
-            Call(layer, tuple(x.shape), x.dtype, x.requires_grad, out.requires_grad, autocast)
+            Call(
+                layer,
+                tuple(x.shape),
+                x.dtype,
+                x.requires_grad,
+                weight_grad,
+                out.requires_grad,
+                autocast,
+            )
         )
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RECORDED)]
@@ -149,59 +161,93 @@ def record_calls(
 
 
 class Operands:
-    """Random tensors and layer copies for the replays, one per shape (per layer), so that
-    an evaluation's hundreds of same-shaped calls share them."""
+    """Random tensors for the replays, one per shape and type, so that an evaluation's
+    hundreds of same-shaped calls share them."""
 
     def __init__(self) -> None:
         self.tensors: dict[tuple, torch.Tensor] = {}
-        self.layers: dict[int, nn.Module] = {}
 
-    def tensor(self, shape: tuple[int, ...], grad: bool, dtype: torch.dtype) -> torch.Tensor:
-        key = (shape, grad, dtype)
+    def tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (shape, dtype)
         if key not in self.tensors:
-            self.tensors[key] = torch.randn(shape, dtype=dtype, requires_grad=grad)
+            self.tensors[key] = torch.randn(shape, dtype=dtype)
         return self.tensors[key]
-
-    def layer(self, layer: nn.Module) -> nn.Module:
-        return self.layers.setdefault(id(layer), copy.deepcopy(layer))
 
 
 def replay(call: Call, operands: Operands) -> Callable[[], None]:
-    """The call's products alone: a copy of the layer on a random input of the same shape,
-    forward and (where the step had one) backward."""
-    layer = operands.layer(call.layer)
-    x = operands.tensor(call.shape, call.input_grad, call.dtype)
-    if isinstance(layer, nn.LSTMCell):  # its two products, without the gates' arithmetic
-        h = operands.tensor((call.shape[0], layer.hidden_size), call.input_grad, call.dtype)
+    """The call's products alone, on random tensors of its shapes, in the type the call
+    multiplied in (bf16 under autocast): no bias, no activation, no autograd; backward,
+    where the step had one, as the products of the gradients it needed (the weight's, the
+    input's)."""
+    layer = call.layer
+    dtype = torch.bfloat16 if call.autocast else call.dtype
+    if isinstance(layer, nn.Linear | nn.LSTMCell):
+        rows = math.prod(call.shape[:-1])
+        if isinstance(layer, nn.Linear):
+            sizes = [(layer.in_features, layer.out_features)]
+        else:  # the input's and the hidden state's products, without the gates' arithmetic
+            gates = 4 * layer.hidden_size
+            sizes = [(layer.input_size, gates), (layer.hidden_size, gates)]
+        pairs = [
+            (operands.tensor((m, k), dtype), operands.tensor((k, n), dtype))
+            for n_in, n_out in sizes
+            for m, k, n in linear_layer_matmuls(
+                rows, n_in, n_out, call.input_grad, call.backward, call.weight_grad
+            )
+        ]
 
-        def products() -> torch.Tensor:
-            return F.linear(x, layer.weight_ih) + F.linear(h, layer.weight_hh)
+        def products() -> None:
+            for a, b in pairs:
+                torch.mm(a, b)
 
-    else:
+        return products
 
-        def products() -> torch.Tensor:
-            return layer(x)
+    # A convolution (or a transposed one) without its bias, and its backward kernel for
+    # the weight's gradient and, where needed, the input's.
+    x = operands.tensor(call.shape, dtype)
+    weight = layer.weight.detach().to(dtype)
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    conv = (layer.stride, layer.padding, layer.dilation, transposed, layer.output_padding)
+    conv += (layer.groups,)
+    grad = torch.randn_like(torch.ops.aten.convolution(x, weight, None, *conv))
+    needed = [call.input_grad, call.weight_grad, False]  # input, weight, bias
 
-    def forward() -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=call.autocast):
-            return products()
+    def convolutions() -> None:
+        torch.ops.aten.convolution(x, weight, None, *conv)
+        if call.backward:
+            torch.ops.aten.convolution_backward(grad, x, weight, None, *conv, needed)
 
-    return forward_and_backward(forward, call.backward)
+    return convolutions
 
 
 def replay_product(call: ProductCall, operands: Operands) -> Callable[[], None]:
-    """The product function on random tensors of the call's shapes."""
-    args = [operands.tensor(s, g, call.dtype) for s, g in zip(call.shapes, call.grads, strict=True)]
-    return forward_and_backward(lambda: call.func(*args), call.backward)
+    """The product function on random tensors of the call's shapes; backward, where the
+    step had one, as the products of the gradients wanted (G B^T for A, A^T G for B of a
+    product A B). Attention's fused kernel has a fused backward of its own, taken by
+    autograd (without accumulating into the operands)."""
+    args = [operands.tensor(shape, call.dtype) for shape in call.shapes]
+    if call.func is F.scaled_dot_product_attention:
+        leaves = [a.detach().requires_grad_(g) for a, g in zip(args, call.grads, strict=True)]
+        wanted = [a for a in leaves if a.requires_grad]
 
+        def attention() -> None:
+            out = F.scaled_dot_product_attention(*leaves)
+            if call.backward:
+                torch.autograd.grad(out, wanted, torch.ones_like(out))
 
-def forward_and_backward(forward: Callable[[], torch.Tensor], backward: bool) -> Callable[[], None]:
-    def run() -> None:
-        out = forward()
-        if backward:
-            out.backward(torch.ones_like(out))
+        return attention
 
-    return run
+    a, b = args
+    grad = torch.randn_like(call.func(a, b)) if call.backward else None
+
+    def product() -> None:
+        call.func(a, b)
+        if call.backward and call.grads[0]:
+            torch.matmul(grad, b.mT)
+        if call.backward and call.grads[1]:
+            torch.matmul(a.mT, grad)
+
+    return product
 
 
 def floor_job(

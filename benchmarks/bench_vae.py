@@ -60,21 +60,33 @@ def interleaved_best(
     return best
 
 
-def linear_matmuls(rows: int, sizes: list[int], backward: bool) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every product in a forward (and backward) pass through linear layers.
+def linear_layer_matmuls(
+    rows: int, n_in: int, n_out: int, input_grad: bool, backward: bool, weight_grad: bool = True
+) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the products of one linear layer on ``rows`` rows.
 
-    Forward: (rows, n_in) @ (n_in, n_out) per layer. Backward: the weight gradient
-    (n_in, rows) @ (rows, n_out) per layer and the input gradient (rows, n_out) @
-    (n_out, n_in) for every layer but the first (the data needs no gradient).
+    Forward: (rows, n_in) @ (n_in, n_out). Backward: the weight gradient (n_in, rows) @
+    (rows, n_out) where the weight needs one, and the input gradient (rows, n_out) @
+    (n_out, n_in) where the input needs one.
     """
-    shapes = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        shapes.append((rows, n_in, n_out))
-        if backward:
+    shapes = [(rows, n_in, n_out)]
+    if backward:
+        if weight_grad:
             shapes.append((n_in, rows, n_out))
-            if i:
-                shapes.append((rows, n_out, n_in))
+        if input_grad:
+            shapes.append((rows, n_out, n_in))
     return shapes
+
+
+def linear_matmuls(rows: int, sizes: list[int], backward: bool) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every product in a forward (and backward) pass through linear layers
+    of ``sizes``; every layer's input but the first needs a gradient (the data needs none).
+    """
+    return [
+        shape
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes))
+        for shape in linear_layer_matmuls(rows, n_in, n_out, i > 0, backward)
+    ]
 
 
 def matmuls(shapes: list[tuple[int, int, int]], times: int) -> Callable[[], None]:

@@ -93,6 +93,25 @@ def test_generator_steps_once_every_d_steps_discriminator_steps() -> None:
     assert model.sample(5).shape == (5, *SHAPE)
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_generator_step_computes_no_discriminator_gradient(conditional: bool) -> None:
+    """G's backward passes through D but leaves D's gradients as D's own step left them,
+    and every weight of D needs a gradient again afterwards."""
+    model = tiny_gan(conditional=conditional, num_classes=3)
+    opt_g, opt_d = model.configure_optimizers(1e-2)
+    d_params = [p for group in opt_d.param_groups for p in group["params"]]
+    after_d_step = []
+    d_step = opt_d.step
+    opt_d.step = lambda: (after_d_step.extend(p.grad.clone() for p in d_params), d_step())
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]) if conditional else None
+    stats = model.train_step(torch.rand(8, *SHAPE), [opt_g, opt_d], labels)
+    assert "g_loss" in stats
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    for param, grad in zip(d_params, after_d_step, strict=True):
+        assert torch.equal(param.grad, grad)
+        assert param.requires_grad
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 12)])
 def test_conv_gan_shapes_and_its_step_rhythm(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)

@@ -160,10 +160,11 @@ def compile_objectives(model: GenerativeModel, device: torch.device) -> None:
     if device.type == "cpu" and shutil.which(compiler) is None:
         print(f"note: torch.compile needs a C++ compiler ({compiler}); training uncompiled")
         return
-    # Shapes dynamic from the start: an epoch's last, smaller batch would otherwise compile
-    # the model a second time (DRAW: 154 s for the first, 190 s more for the second; one
-    # dynamic compile, 227 s, gives steps as fast: benchmarks/README.md).
-    model.compile(dynamic=True)
+    # Shapes dynamic from the start where the model allows: an epoch's last, smaller batch
+    # would otherwise compile the model a second time (DRAW: 154 s for the first, 190 s
+    # more for the second; one dynamic compile, 227 s, gives steps as fast:
+    # benchmarks/README.md).
+    model.compile(dynamic=model.compile_dynamic)
 
 
 class Trainer:

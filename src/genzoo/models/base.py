@@ -98,6 +98,9 @@ class GenerativeModel(nn.Module, ABC):
     loss_label: ClassVar[str] = "loss"  # what stats["loss"] is, as the epoch line prints it
     # The objective methods train_step runs through ``self.objective``.
     objectives: ClassVar[tuple[str, ...]] = ("loss",)
+    # torch.compile with dynamic shapes (one compile serves every batch size); False where
+    # inductor cannot compile the model over symbolic sizes.
+    compile_dynamic: ClassVar[bool] = True
     curve_panels: ClassVar[dict[str, list[str]] | None] = None
     reference_lines: ClassVar[dict[str, tuple[float, str]]] = {}
     compare_metrics: ClassVar[dict[str, tuple[float, str] | None]] = {}

@@ -300,6 +300,9 @@ class Diffusion(GenerativeModel, Likelihood, Conditional):
     # lowest FID of --quality-every (on by default), else the last one.
     val_metric = None
     curve_panels: ClassVar[dict[str, list[str]]] = {"denoising MSE": ["train_loss", "val_loss"]}
+    # Inductor (torch 2.13) fails on the U-Net's convolutions over symbolic sizes: static
+    # shapes, compiled again for an epoch's last, smaller batch.
+    compile_dynamic = False
     # nll and bpd come from the likelihood in evaluation (base.Likelihood).
     eval_terms: ClassVar[dict[str, str]] = {
         "loss": "denoising MSE",

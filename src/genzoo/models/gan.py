@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -188,6 +190,20 @@ def discriminator_blocks(
 def discriminator_head(n_in: int, norm: str) -> nn.Module:
     """The last layer of D: features -> one logit."""
     return normalized(nn.Linear(n_in, 1), norm)
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Within: ``params`` need no gradient (autograd skips their weight-gradient products);
+    after: they need one again."""
+    params = list(params)
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
 
 
 def discriminator_net(
@@ -436,9 +452,11 @@ class GAN(GenerativeModel, HasPrior, Conditional):
         opt_d.step()
         self.d_step_count += 1
         if self.d_step_count % self.cfg.d_steps == 0:
-            g_loss, g_stats = self.objective(x, "generator_objective", labels)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()  # D's gradients too, but they are cleared before D's next step
+            # D's weights need no gradient here: its backward passes only what G needs.
+            with frozen(param for group in opt_d.param_groups for param in group["params"]):
+                g_loss, g_stats = self.objective(x, "generator_objective", labels)
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
             opt_g.step()
             stats |= g_stats
         return stats
