@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.distributions import Bernoulli, Independent, RelaxedBernoulli
+from torch.optim import Optimizer
 
 from genzoo.models.base import check_values
 from genzoo.models.latent import LatentVariableModel
@@ -99,11 +100,10 @@ class BinaryVAE(LatentVariableModel):
         q = Bernoulli(logits=logits, validate_args=False)
         return Independent(q, 1, validate_args=False)  # batch (B,), event (L,)
 
-    def loss(
-        self, x: torch.Tensor, update_baseline: bool = True
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """A surrogate loss whose gradient is the chosen estimate of -grad ELBO (its value
-        is not the -ELBO); and the batch's terms, the -ELBO as ``"loss"``."""
+        is not the -ELBO); and the batch's terms, the -ELBO as ``"loss"``. It reads the
+        running baseline; ``train_step`` moves it."""
         q = self.posterior(x)
         kl = self.kl(q)  # (B,), closed form, differentiated exactly
         if self.cfg.estimator == "gumbel":
@@ -119,28 +119,35 @@ class BinaryVAE(LatentVariableModel):
             probs = q.base_dist.probs.detach()  # (B, L)
             z = (torch.rand_like(probs) < probs).to(probs.dtype)
             log_px = self.log_px_given_z(z, x.flatten(1))  # (B,)
-            baseline = self.baseline if self.cfg.baseline == "ema" else torch.zeros(())
-            if torch.isnan(baseline):
-                baseline = log_px.mean().detach()
+            baseline = 0.0
+            if self.cfg.baseline == "ema":  # the first batch is its own
+                baseline = torch.where(self.baseline.isnan(), log_px.mean(), self.baseline)
             signal = (log_px - baseline).detach()  # (B,) the learning signal
             # -log_px trains the decoder; -signal * log q is the score-function term.
             loss = (kl - log_px - signal * q.log_prob(z)).mean()
-            if self.cfg.baseline == "ema" and update_baseline:
-                d = self.cfg.ema_decay
-                mean = log_px.mean().detach()
-                self.baseline.copy_(
-                    mean if torch.isnan(self.baseline) else d * self.baseline + (1 - d) * mean
-                )
         recon, mean_kl = torch.stack([-log_px.mean(), kl.mean()]).detach().tolist()
         neg_elbo = recon + mean_kl
         return loss, {"loss": neg_elbo, "neg_elbo": neg_elbo, "recon": recon, "kl": mean_kl}
+
+    def train_step(
+        self, x: torch.Tensor, optimizers: list[Optimizer], labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One step, then the running baseline moved toward the batch's mean log p(x|z)
+        (outside the objective, which a compiled run traces: a buffer written there is
+        one its backward may still read)."""
+        stats = super().train_step(x, optimizers, labels)
+        if self.cfg.estimator == "reinforce" and self.cfg.baseline == "ema":
+            mean, d = -stats["recon"], self.cfg.ema_decay
+            moved = d * self.baseline + (1 - d) * mean
+            self.baseline.copy_(torch.where(self.baseline.isnan(), mean, moved))
+        return stats
 
     def encoder_gradients(self, x: torch.Tensor, repeats: int) -> torch.Tensor:
         """``repeats`` independent estimates of the encoder gradient on batch x: (R, P)."""
         estimates = []
         for _ in range(repeats):
             self.zero_grad(set_to_none=True)
-            self.loss(x, update_baseline=False)[0].backward()
+            self.loss(x)[0].backward()
             estimates.append(torch.cat([p.grad.flatten() for p in self.encoder.parameters()]))
         self.zero_grad(set_to_none=True)
         return torch.stack(estimates)
