@@ -58,6 +58,16 @@ def study(name: str, out: Path, *flags: str) -> dict:
     return read_json(out / "study.json")
 
 
+@pytest.mark.parametrize("study_name", STUDIES)
+def test_a_budget_given_replaces_the_studys_own(study_name: str) -> None:
+    study, flag = STUDIES[study_name], "--max-minutes"
+    own = study.train[study.train.index(flag) + 1] if flag in study.train else None
+    for budget, expected in ((None, own), (7.5, "7.5")):
+        argv = recipe.train_command(study, study.arms[0], Path("run"), 0, False, budget)
+        given = [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+        assert given == ([expected] if expected else [])
+
+
 @pytest.mark.parametrize("name", STUDIES)
 def test_every_study_runs_quick_and_its_page_holds_the_table(
     name: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture

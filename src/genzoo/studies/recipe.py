@@ -110,11 +110,26 @@ def train_command(
 ) -> list[str]:
     protocol = QUICK_TRAIN if quick else study.train
     extra = arm.quick if quick else ()
-    budget = () if max_minutes is None else ("--max-minutes", f"{max_minutes:g}")
+    budget = ()
+    if max_minutes is not None:  # replaces the protocol's own budget, not beside it
+        protocol = without_flag(protocol, "--max-minutes")
+        budget = ("--max-minutes", f"{max_minutes:g}")
     return [
         "train", arm.model, *protocol, *arm.flags, *extra, *budget, "--seed", str(seed),
         "--run-dir", str(run),
     ]  # fmt: skip
+
+
+def without_flag(args: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    """``args`` without ``flag`` and the value after it."""
+    kept, i = [], 0
+    while i < len(args):
+        if args[i] == flag:
+            i += 2
+            continue
+        kept.append(args[i])
+        i += 1
+    return tuple(kept)
 
 
 def eval_command(study: Study, run: Path, quick: bool, arm: Arm | None = None) -> list[str]:
