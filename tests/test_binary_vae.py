@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -119,7 +120,9 @@ def test_ema_baseline_tracks_log_likelihood_and_diagnostic_is_logged() -> None:
     assert model.baseline.item() == pytest.approx(-stats["recon"], rel=1e-5)  # not moved
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler"
+)
 def test_a_compiled_reinforce_run_trains_and_moves_its_baseline(
     data_dir: Path, tmp_path: Path
 ) -> None:
