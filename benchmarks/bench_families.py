@@ -27,8 +27,11 @@ A family that trains compiled by default (``compile`` in its training defaults) 
 compiled, as the training loop runs it, its floor recorded on the eager model first, and
 its uncompiled step beside it.
 
-Jobs alternate round by round (``interleaved_best`` of bench_vae.py), the best of each
-kept, so that a drift of a shared machine reaches a step and its floor alike.
+Each timing is a job's calls in a row for about ``--seconds`` (a step as the training
+loop takes it, after the step before; a lone step after other jobs took twice as long
+for Burda's batch of 20), per call; jobs alternate round by round (``interleaved_best``
+of bench_vae.py), the best of each kept, so that a drift of a shared machine reaches a
+step and its floor alike.
 
     cd benchmarks && GENZOO_DATA=../../shared/data python bench_families.py [--quality 10000]
 """
@@ -340,6 +343,26 @@ def quality_jobs(images: int, data_dir: str | None) -> dict[str, Callable[[], ob
     return {"quality": scores, "quality floor": floor_job(record_calls(scores, net), [])}
 
 
+def calls_in(job: Callable[[], object], seconds: float) -> int:
+    """How many calls of ``job`` in a row take about ``seconds`` (at least one), by a call
+    timed after a first one."""
+    job()
+    start = time.perf_counter()
+    job()
+    return max(1, math.ceil(seconds / (time.perf_counter() - start)))
+
+
+def repeated(job: Callable[[], object], calls: int) -> Callable[[], None]:
+    """``job`` ``calls`` times in a row: a training loop's steady state (its caches and
+    allocator as one step leaves them for the next), not a lone call after other jobs."""
+
+    def run() -> None:
+        for _ in range(calls):
+            job()
+
+    return run
+
+
 def ratios(best: dict[str, float]) -> str:
     """ "job ms / floor ms = ratio" for every job timed beside its floor."""
     return "  ".join(
@@ -355,6 +378,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--nll-images", type=int, default=10, help="test images of the NLL")
+    parser.add_argument(
+        "--seconds", type=float, default=0.1, help="each timing: calls in a row for this long"
+    )
     parser.add_argument(
         "--quality", type=int, default=0, help="also time the quality scores of this many images"
     )
@@ -373,7 +399,9 @@ def main() -> None:
             start = time.perf_counter()
             jobs["step"]()
             eager = f", compiled in {time.perf_counter() - start:.0f} s"
-        best = interleaved_best(jobs, args.rounds)
+        counts = {job_name: calls_in(job, args.seconds) for job_name, job in jobs.items()}
+        runs = {job_name: repeated(job, counts[job_name]) for job_name, job in jobs.items()}
+        best = {k: t / counts[k] for k, t in interleaved_best(runs, args.rounds).items()}
         if "eager step" in best:
             eager += f", uncompiled step {1000 * best['eager step']:.1f}"
         print(
