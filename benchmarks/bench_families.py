@@ -273,12 +273,14 @@ def floor_job(
 
 
 def arm_jobs(
-    name: str, data_dir: str | None, nll_images: int
+    name: str, data_dir: str | None, nll_images: int, compile_it: bool = False
 ) -> tuple[dict[str, Callable[[], object]], int]:
     """The step, sampling and (for the importance-sampled families) the likelihood of
     ``nll_images`` test images at the estimator's default K, each beside its floor (keys
-    "step", "step floor", ...); and the batch size."""
-    cfg = run_config(*ARMS[name])
+    "step", "step floor", ...), compiled where the arm's defaults or ``compile_it`` say;
+    and the batch size."""
+    family, settings = ARMS[name]
+    cfg = run_config(family, {**settings, "compile": True} if compile_it else settings)
     tc = cfg.train
     data = load_data(tc.dataset, tc.binarize, tc.val_size, data_dir)
     torch.manual_seed(0)
@@ -379,6 +381,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--nll-images", type=int, default=10, help="test images of the NLL")
     parser.add_argument(
+        "--compile", action="store_true", help="time every family compiled, as --compile"
+    )
+    parser.add_argument(
         "--seconds", type=float, default=0.1, help="each timing: calls in a row for this long"
     )
     parser.add_argument(
@@ -393,7 +398,7 @@ def main() -> None:
         f"{args.threads} threads, best of {args.rounds} interleaved rounds; ms, job / floor"
     )
     for name in args.families:
-        jobs, batch_size = arm_jobs(name, args.data_dir, args.nll_images)
+        jobs, batch_size = arm_jobs(name, args.data_dir, args.nll_images, args.compile)
         eager = ""
         if "eager step" in jobs:  # the first compiled step compiles
             start = time.perf_counter()

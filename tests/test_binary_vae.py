@@ -117,7 +117,10 @@ def test_ema_baseline_tracks_log_likelihood_and_diagnostic_is_logged() -> None:
     assert model.baseline.item() == pytest.approx(-stats["recon"], rel=1e-5)  # first batch
     diag = model.epoch_diagnostics(X)
     assert diag["encoder_grad_var"] > 0
-    assert model.baseline.item() == pytest.approx(-stats["recon"], rel=1e-5)  # not moved
+    first = model.baseline.item()
+    assert first == pytest.approx(-stats["recon"], rel=1e-5)  # not moved
+    stats = model.train_step(X, optimizers)  # then halfway (decay 0.5) to the new mean
+    assert model.baseline.item() == pytest.approx(0.5 * first - 0.5 * stats["recon"], rel=1e-5)
 
 
 @pytest.mark.skipif(

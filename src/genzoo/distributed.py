@@ -22,9 +22,10 @@ which starts torchrun) runs N copies of the one training loop, one per process (
 BatchNorm layers (the GAN's generator) normalise over each rank's share, not the global
 batch, unless the device supports SyncBatchNorm (CUDA): on the CPU a DDP GAN is a
 slightly different estimator from the one-process GAN, as in every DDP code without
-synchronised statistics. Likewise the buffers a model updates as it trains (BatchNorm's
-running statistics, the binary VAE's running baseline) follow rank 0's share: DDP
-copies rank 0's buffers to the others before every forward pass.
+synchronised statistics. Likewise BatchNorm's running statistics follow rank 0's share:
+DDP copies rank 0's buffers to the others before every forward pass. The binary VAE's
+running baseline moves after the step by the step's statistics, which are averaged over
+the ranks: by the whole batch.
 """
 
 from __future__ import annotations
