@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.distributions import Bernoulli, Independent, Normal
 
 from conftest import register, write_fake_idx_dataset
 from genzoo import api
 from genzoo.cli import main
-from genzoo.data import load_data
+from genzoo.data import Data, Split, load_data
 from genzoo.errors import GenzooError
-from genzoo.models.hvae import HVAE, SAMPLED_KL, HVAEConfig, mixture_log_prob
+from genzoo.models.hvae import HVAE, PRESETS, SAMPLED_KL, HVAEConfig, mixture_log_prob
+from genzoo.runs import checkpoint_files, load_run_config
 from genzoo.schedule import LRSchedule
 
 SHAPE = (1, 28, 28)
@@ -210,6 +212,50 @@ def test_train_on_val_trains_on_the_validation_images_too(data_dir: Path) -> Non
     grey_val = load_data("mnist", "none", 20).val.images
     assert torch.equal(both.train.images[80:], grey_val)  # grey: drawn afresh each epoch
     assert torch.equal(both.val.images, plain.val.images)  # binarized once, as before
+
+
+def test_the_pixels_start_at_the_training_images_mean() -> None:
+    grey = torch.rand(40, *SHAPE, generator=torch.Generator().manual_seed(0))
+    grey[:, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.0005])  # never, always, almost never on
+    split = Split(grey, None)
+    data = Data(split, split, split, "dynamic")
+    started, zero = model(pixel_bias="data"), model(pixel_bias="zero")
+    started.before_training(data, seed=0)
+    zero.before_training(data, seed=0)
+    # sigmoid(bias) is each pixel's mean, kept 0.001 away from 0 and 1.
+    expected = grey.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
+    assert expected[:3].tolist() == pytest.approx([1e-3, 1 - 1e-3, 1e-3])
+    torch.testing.assert_close(torch.sigmoid(started.decoder[-1].bias), expected)
+    assert torch.equal(zero.decoder[-1].bias, torch.zeros(784))
+
+
+def test_a_resumed_run_keeps_its_trained_pixel_bias(data_dir: Path, tmp_path: Path) -> None:
+    flags = ["--latent-dims", "4,2", "--hidden", "16", "--hidden-top", "8", *TINY]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main(["train", "hvae", *flags, "--epochs", "2", "--run-dir", str(whole)]) == 0
+    assert main(["train", "hvae", *flags, "--epochs", "1", "--run-dir", str(resumed)]) == 0
+    assert main(["resume", str(resumed), "--epochs", "2"]) == 0
+    weights = [load_file(checkpoint_files(r, "last")[0]) for r in (whole, resumed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_run_saved_before_the_pixel_bias_choice_reads_as_started_at_zero(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    flags = ["--latent-dims", "4", "--hidden", "16", "--epochs", "1", *TINY]
+    assert main(["train", "hvae", *flags, "--run-dir", str(run)]) == 0
+    assert load_run_config(run).model_config.pixel_bias == "data"  # today's default
+    saved = json.loads((run / "config.json").read_text())
+    del saved["model_config"]["pixel_bias"]  # as the runs of before the choice
+    (run / "config.json").write_text(json.dumps(saved))
+    assert load_run_config(run).model_config.pixel_bias == "zero"
+
+
+def test_the_papers_presets_start_the_pixels_as_their_code_does() -> None:
+    assert PRESETS["burda-1l"].settings["pixel_bias"] == "data"
+    assert PRESETS["burda-2l"].settings["pixel_bias"] == "data"
+    assert PRESETS["vampprior"].settings["pixel_bias"] == "zero"
 
 
 # ---------------------------------------------------------------------- the CLI

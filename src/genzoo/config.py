@@ -427,3 +427,15 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     config = cls(**fixed)
     check_fields(config)
     return config
+
+
+def saved_config(cls: type, values: dict[str, Any]) -> Any:
+    """A run's saved config: ``config_from_dict``, where a field the run predates takes its
+    ``absent`` metadata (the value the run was trained with, where today's default is
+    another) and otherwise its default."""
+    predated = {
+        f.name: f.metadata["absent"]
+        for f in dataclasses.fields(cls)
+        if f.name not in values and "absent" in f.metadata
+    }
+    return config_from_dict(cls, {**values, **predated})

@@ -40,8 +40,8 @@ from genzoo.config import (
     Preset,
     TrainConfig,
     check_fields,
-    config_from_dict,
     sampling_field_names,
+    saved_config,
 )
 from genzoo.data import Data, load_data
 from genzoo.errors import GenzooError
@@ -166,8 +166,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
         family = MODELS[raw["model"]]
         return RunConfig(
             raw["model"],
-            config_from_dict(TrainConfig, raw["train"]),
-            config_from_dict(family.config, raw["model_config"]),
+            saved_config(TrainConfig, raw["train"]),
+            saved_config(family.config, raw["model_config"]),
         )
     except (KeyError, TypeError) as err:
         raise GenzooError(f"{run_dir}/config.json is not a genzoo config ({err})") from None
