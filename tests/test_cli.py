@@ -170,6 +170,33 @@ def test_resume_of_a_complete_run_says_so_and_how_to_train_further(run_dir: Path
     assert (run_dir / "summary.json").stat().st_mtime_ns == summary
 
 
+def test_a_run_its_budget_stopped_trains_on_under_a_new_budget(
+    data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--run-dir", str(run), *TINY, "--max-minutes", "1e-9"]) == 0
+
+    def epochs() -> list[int]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["epoch"] for line in lines]
+
+    assert epochs() == [1]
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 0  # the same budget: nothing to do, and how to go on
+    out = capsys.readouterr().out
+    assert f"{run} is complete: its training passes took its 1e-09 minutes" in out
+    assert f"genzoo resume {run} --max-minutes M, with M above 0.0 (0: no budget)" in out
+    assert epochs() == [1]
+    assert main(["resume", str(run), "--max-minutes", "0", "--epochs", "3"]) == 0
+    assert epochs() == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["train"]["max_minutes"] == 0
+    # The old spelling takes it too; a budget already spent trains nothing.
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--max-minutes", "1e-9"]) == 0
+    assert epochs() == [1, 2, 3]  # its passes are already past the new budget
+    assert main(["train", "--max-minutes", "0", "--resume", str(run), "--epochs", "4"]) == 0
+    assert epochs() == [1, 2, 3, 4]
+
+
 def test_sample_refuses_a_huge_grid_before_the_work(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -20,6 +20,7 @@ from genzoo.models import MODELS
 from genzoo.models.gan import GAN, GANConfig
 from genzoo.models.vae import VAE
 from genzoo.runs import (
+    Changes,
     RunConfig,
     build_model,
     checkpoint_files,
@@ -177,7 +178,7 @@ def test_a_failed_resume_leaves_config_json_alone(
     before = (run / "config.json").read_text()
     (checkpoint_files(run, "last")[0]).write_bytes(b"junk")
     with pytest.raises(GenzooError, match="corrupt"):
-        gtrain.train(run, resume_config(run, epochs=5, lr=1e-4), "cpu", resume=True)
+        gtrain.train(run, resume_config(run, Changes(epochs=5, lr=1e-4)), "cpu", resume=True)
     assert (run / "config.json").read_text() == before
 
 
@@ -289,7 +290,7 @@ def test_auto_precision_is_chosen_for_the_device_and_recorded(
     chosen = load_run_config(tmp_path / "auto").train.precision
     assert chosen == ("bf16" if kernels else "fp32")
     monkeypatch.setattr(gtrain, "has_bf16_kernels", lambda device: not kernels)
-    resumed = resume_config(tmp_path / "auto", epochs=2)  # elsewhere: the same arithmetic
+    resumed = resume_config(tmp_path / "auto", Changes(epochs=2))  # elsewhere: the same arithmetic
     gtrain.train(tmp_path / "auto", resumed, "cpu", resume=True)
     assert load_run_config(tmp_path / "auto").train.precision == chosen
 

@@ -49,6 +49,7 @@ from genzoo.models import MODELS, GenerativeModel, find_preset
 from genzoo.models.base import Conditional, MixtureSampler, Tempered, trained_on_labels
 from genzoo.rng import isolated_rng
 from genzoo.runs import (
+    Changes,
     RunConfig,
     check_run_dir,
     load_run_config,
@@ -280,15 +281,18 @@ def resume(
     *,
     epochs: int | None = None,
     lr: float | None = None,
+    max_minutes: float | None = None,
     device: str | None = "auto",
     data_dir: PathLike | None = None,
 ) -> Path:
     """Continue ``run`` from its last checkpoint, as ``genzoo resume RUN`` does: a run
     stopped (Ctrl-C, a kernel restart) goes on exactly as if it had not been; ``epochs``
-    trains a finished run further, at the base rate ``lr`` if given. Returns its folder."""
+    trains a finished run further, at the base rate ``lr`` if given; ``max_minutes`` is a
+    new budget for all its training passes, those done included (0: none), for a run its
+    budget stopped. Returns its folder."""
     folder = run_folder(run)
     check_fields(Runtime(device))
-    cfg = resume_config(folder, epochs, lr)
+    cfg = resume_config(folder, Changes(epochs, lr, max_minutes))
     tune_process()
     train_run(folder, cfg, device, data_dir, resume=True)
     return folder

@@ -36,6 +36,7 @@ from genzoo.models import MODELS
 from genzoo.quality import cache_paths, load_or_train_feature_net
 from genzoo.rng import EVAL_SEED, isolated_rng, resolve_device
 from genzoo.runs import (
+    Changes,
     check_run_dir,
     load_trained,
     new_run_dir,
@@ -116,7 +117,7 @@ def _add_nproc_flag(parser: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def _add_resume_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """What a resume may change: the last epoch and the base learning rate."""
+    """What a resume may change: the last epoch, the base learning rate, the time budget."""
     bounds = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
     parser.add_argument(
         "--epochs",
@@ -131,6 +132,14 @@ def _add_resume_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None
         type=bounded(float, **bounds["lr"]),
         metavar="LR",
         help="continue with this base learning rate (default: the run's own)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        dest=prefix + "max_minutes",
+        type=bounded(float, **bounds["max_minutes"]),
+        metavar="M",
+        help="a new time budget for the training passes in all, those done included "
+        "(0: none; default: the run's own)",
     )
     _add_nproc_flag(parser, prefix)
     _add_runtime_flags(parser, prefix)
@@ -450,8 +459,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise GenzooError("give either MODEL or --resume RUN, not both")
         _resume(
             args.resume,
-            args.resume_epochs,
-            args.resume_lr,
+            Changes(args.resume_epochs, args.resume_lr, args.resume_max_minutes),
             args.resume_device,
             args.resume_data_dir,
             args.resume_nproc,
@@ -461,7 +469,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.model is None:
         raise GenzooError(f"name a MODEL ({', '.join(MODELS)}) or resume a run: genzoo resume RUN")
     # A flag given before MODEL (genzoo train --epochs 5 vae) counts as if given after it.
-    for name in ("epochs", "lr", "device", "data_dir", "nproc"):
+    for name in ("epochs", "lr", "max_minutes", "device", "data_dir", "nproc"):
         early = getattr(args, f"resume_{name}")
         if early is not None and getattr(args, name) is not None:
             flag = "--" + name.replace("_", "-")
@@ -485,13 +493,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    _resume(args.run, args.epochs, args.lr, args.device, args.data_dir, args.nproc, args.argv)
+    changes = Changes(args.epochs, args.lr, args.max_minutes)
+    _resume(args.run, changes, args.device, args.data_dir, args.nproc, args.argv)
 
 
 def _resume(
     run: Path,
-    epochs: int | None,
-    lr: float | None,
+    changes: Changes,
     device: str | None,
     data_dir: Path | None,
     nproc: int | None,
@@ -499,10 +507,10 @@ def _resume(
 ) -> None:
     run_dir = check_run_dir(run)
     if (nproc or 1) > 1 and not distributed.launched_by_torchrun():
-        resume_config(run_dir, epochs, lr)  # its errors before any process starts
+        resume_config(run_dir, changes)  # its errors before any process starts
         launch(nproc, argv, run_dir)
         return
-    api.resume(run_dir, epochs=epochs, lr=lr, device=device, data_dir=data_dir)
+    api.resume(run_dir, device=device, data_dir=data_dir, **changes._asdict())
 
 
 def launch(nproc: int, argv: list[str], run_dir: Path) -> None:

@@ -29,7 +29,7 @@ import pickle
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -179,16 +179,21 @@ def build_model(cfg: RunConfig, image_shape: tuple[int, ...]) -> GenerativeModel
     return MODELS[cfg.model].model(cfg.model_config, image_shape)
 
 
-def resume_config(run_dir: Path, epochs: int | None, lr: float | None = None) -> RunConfig:
-    """The run's saved config; ``epochs`` may be raised to train a finished run further,
-    and ``lr`` replaces the base learning rate from the next step on (metrics.jsonl
-    records each epoch's rate). Written back by the training loop, once the checkpoint
-    has loaded."""
+class Changes(NamedTuple):
+    """What a resume may change; None keeps the run's own."""
+
+    epochs: int | None = None  # raised: a finished run trains further
+    lr: float | None = None  # the base rate from the next step on (metrics.jsonl: each epoch's)
+    max_minutes: float | None = None  # a new budget for all its passes; 0: none
+
+
+def resume_config(run_dir: Path, changes: Changes) -> RunConfig:
+    """The run's saved config with a resume's ``changes``; written back by the training
+    loop once the checkpoint has loaded."""
     cfg = load_run_config(run_dir)
-    if epochs is not None:
-        cfg.train.epochs = epochs
-    if lr is not None:
-        cfg.train.lr = lr
+    for name, value in changes._asdict().items():
+        if value is not None:
+            setattr(cfg.train, name, value)
     check_fields(cfg.train)
     return cfg
 

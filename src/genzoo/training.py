@@ -554,7 +554,8 @@ class Trainer:
         if self.out_of_time():
             return (
                 f"its training passes took its {tc.max_minutes:g} minutes (--max-minutes); "
-                "to train longer, start a new run"
+                f"to train it further: genzoo resume {self.run_dir} --max-minutes M, with M "
+                f"above {self.loop.seconds / 60:.1f} (0: no budget)"
             )
         if epoch >= tc.epochs:
             return (
