@@ -198,8 +198,8 @@ class HVAE(LatentVariableModel):
     @torch.no_grad()
     def before_training(self, data: Data, seed: int) -> None:
         """With ``pixel_bias="data"``, p(x|z1) starts at the training images' mean: its
-        output bias is each pixel's log-odds. A zero bias starts every pixel at 1/2, and the
-        first passes spend the codes on the mean image, and most units never recover
+        output bias is each pixel's log-odds. From a zero bias every pixel starts at 1/2,
+        the first passes spend the codes on the mean image, and most units never recover
         (preset burda-2l: validation -ELBO 109.53 after 20 passes from zero, 99.38 from the
         data; benchmarks/README.md). A resumed run's checkpoint replaces it."""
         if self.cfg.pixel_bias == "data":
