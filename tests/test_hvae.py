@@ -79,6 +79,22 @@ def test_the_importance_sampled_nll_is_below_the_negative_elbo(depth: str, prior
     assert m.eval_terms["kl"] == ("KL" if m.closed_form_kl() else SAMPLED_KL)
 
 
+def test_active_units_count_the_codes_whose_mean_varies_over_the_images() -> None:
+    two = model("two")  # z1 of 6, z2 of 3
+    x = images(64)
+    head = two.up[0][-1]  # -> [mean (6), log-variance (6)] of q(z1|x)
+    with torch.no_grad():
+        head.weight[:6] *= 50  # every mean varies over the images ...
+        head.weight[1], head.bias[1] = 0.0, 0.7  # ... but unit 1's: 0.7 for every image
+    found = two.epoch_diagnostics(x)
+    assert set(found) == {"active_units_z1", "active_units_z2"}
+    assert found["active_units_z1"] == 5
+    means = two.up[0](x.flatten(1))[:, :6]
+    assert found["active_units_z1"] == (means.var(0, correction=0) > 0.01).sum()
+    assert 0 <= found["active_units_z2"] <= 3
+    assert set(model("one").epoch_diagnostics(x)) == {"active_units_z1"}
+
+
 def test_the_closed_form_kl_agrees_with_the_sampled_one() -> None:
     m, x = model("one"), images()
     torch.manual_seed(0)

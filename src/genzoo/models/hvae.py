@@ -57,6 +57,7 @@ from genzoo.nets import ACTIVATIONS, mlp
 
 MAX_LAYERS = 2
 PIXEL_MEAN_CLIP = 1e-3  # Burda et al.'s code: a pixel's mean clipped to [0.001, 0.999]
+ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.'s threshold on Cov_x(E_q[u]) of an active unit
 # Tomczak & Welling's start for MNIST's pseudo-inputs: near-empty grey images.
 PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD = 0.05, 0.01
 SAMPLED_KL = "KL by sampling"  # one draw per image: no closed form
@@ -206,6 +207,20 @@ class HVAE(LatentVariableModel):
             mean = data.train.images.flatten(1).mean(0)  # (D,): P(pixel = 1), either binarization
             mean = mean.clamp(PIXEL_MEAN_CLIP, 1 - PIXEL_MEAN_CLIP)
             self.decoder[-1].bias.copy_(torch.logit(mean))
+
+    @torch.no_grad()
+    def epoch_diagnostics(self, x: torch.Tensor) -> dict[str, float]:
+        """Each stochastic layer's active units on the fixed training batch, Burda et al.'s
+        measure: units whose posterior mean varies over the images, Cov_x(E_q[u]) above
+        0.01 (a layer's q given one draw of the layer below, as their code). Units that
+        fall below it carry nothing of x: the prior's, not the data's."""
+        h, active = x.flatten(1), {}
+        for layer, net in enumerate(self.up, start=1):
+            q = diagonal_gaussian(net(h))  # batch (B,), event (L_l,)
+            spread = q.mean.var(0, correction=0)  # (L_l,), as numpy's var in their code
+            active[f"active_units_z{layer}"] = float((spread > ACTIVE_UNIT_VARIANCE).sum())
+            h = q.sample()
+        return active
 
     def closed_form_kl(self) -> bool:
         return len(self.cfg.latent_dims) == 1 and self.cfg.prior == "standard"
