@@ -205,8 +205,7 @@ class HVAE(LatentVariableModel):
         data; benchmarks/README.md). A resumed run's checkpoint replaces it."""
         if self.cfg.pixel_bias == "data":
             mean = data.train.images.flatten(1).mean(0)  # (D,): P(pixel = 1), either binarization
-            mean = mean.clamp(PIXEL_MEAN_CLIP, 1 - PIXEL_MEAN_CLIP)
-            self.decoder[-1].bias.copy_(torch.logit(mean))
+            self.decoder[-1].bias.copy_(torch.logit(mean, eps=PIXEL_MEAN_CLIP))  # clipped first
 
     @torch.no_grad()
     def epoch_diagnostics(self, x: torch.Tensor) -> dict[str, float]:
