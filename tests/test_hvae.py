@@ -25,6 +25,9 @@ from genzoo.errors import GenzooError
 from genzoo.models.hvae import HVAE, PRESETS, SAMPLED_KL, HVAEConfig, mixture_log_prob
 from genzoo.runs import checkpoint_files, load_run_config
 from genzoo.schedule import LRSchedule
+from genzoo.studies import STUDIES
+from genzoo.studies.papers import PaperCell, beside_paper
+from genzoo.studies.recipe import StudyRun
 
 SHAPE = (1, 28, 28)
 DEPTHS = {"one": {"latent_dims": (6,)}, "two": {"latent_dims": (6, 3)}}
@@ -366,6 +369,33 @@ def study_data(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return data_dir
 
 
+PAPER_COLUMNS = ("genzoo NLL", "genzoo - paper")
+REST = "hours the rest of the schedule takes, at that pace"
+
+
+def test_the_rest_of_a_schedule_at_the_pace_of_the_passes_so_far(tmp_path: Path) -> None:
+    """An arm 30 of 120 epochs in, after 45 minutes of training passes: 90 epochs more at
+    1.5 minutes each, 2.25 hours; one at the end of its schedule has none left."""
+    runs = {}
+    for name, done in (("halfway", 30), ("finished", 120)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"train": {"epochs": 120}}))
+        (run / "eval.json").write_text(json.dumps({"nll": 90.0, "nll_se": 0.2, "iw_samples": 50}))
+        lines = [json.dumps({"epoch": e + 1, "seconds": 90.0}) + "\n" for e in range(done)]
+        (run / "metrics.jsonl").write_text("".join(lines))
+        runs[name] = [run]
+    state = StudyRun(STUDIES["burda"], tmp_path, False, 1, "cpu", None, main, runs=runs)
+    cells = [PaperCell(name, (name,), 89.0, name) for name in runs]
+    analysis = beside_paper(state, cells, ("cell",), "a schedule", fixed_schedule=True)
+    table = analysis["table"]
+    rest = table["headers"].index(REST)
+    assert [row[rest] for row in table["rows"]] == [pytest.approx(2.25, abs=0.06), 0.0]
+    assert [c["epochs"] for c in analysis["cells"]] == [30, 120]
+    without = beside_paper(state, cells, ("cell",), "a schedule")["table"]
+    assert REST not in without["headers"] and len(without["rows"][0]) == len(table["rows"][0]) - 1
+
+
 @pytest.mark.parametrize(
     ("study", "arms"), [("burda", "1l-k1,2l-iwae-k5"), ("vampprior", "vae-vamp")]
 )
@@ -380,12 +410,19 @@ def test_a_study_quick_on_some_arms_sets_each_cell_beside_the_papers(
     table = result["analysis"]["table"]
     shown = {row[-1] for row in table["rows"]}
     assert shown == set(arms.split(","))
+    column = {header: i for i, header in enumerate(table["headers"])}
     for row in table["rows"]:
-        genzoo, gap = (float(cell.split(" ± ")[0]) for cell in row[-6:-4])
+        paper, genzoo_cell, gap_cell = (row[column[h]] for h in ("paper NLL", *PAPER_COLUMNS))
+        genzoo, gap = (float(cell.split(" ± ")[0]) for cell in (genzoo_cell, gap_cell))
         # Both written to their error's place (pagekit.with_error): each rounded by half of it.
-        place = 10.0 ** -len(row[-6].split(" ± ")[1].partition(".")[2])
-        assert row[-5].split(" ± ")[1] == row[-6].split(" ± ")[1]  # the same error
-        assert gap == pytest.approx(genzoo - row[-7], abs=1.01 * place)
+        place = 10.0 ** -len(genzoo_cell.split(" ± ")[1].partition(".")[2])
+        assert gap_cell.split(" ± ")[1] == genzoo_cell.split(" ± ")[1]  # the same error
+        assert gap == pytest.approx(genzoo - paper, abs=1.01 * place)
+    # Burda's schedule is a set number of passes: the hours of the rest are shown (none
+    # left after --quick's one epoch); the VampPrior's protocol stops early: no column.
+    assert (REST in column) == (study == "burda")
+    if study == "burda":
+        assert {row[column[REST]] for row in table["rows"]} == {0.0}
     assert "genzoo - paper" in (out / "report.html").read_text()
     # Another arm later, in the same folder: the table holds both runs' arms.
     if study == "burda":

@@ -34,7 +34,8 @@ class PaperCell:
 def measured(state: StudyRun, arm: str) -> dict[str, Any] | None:
     """An arm's test NLL over its seeds (mean; standard error: the evaluation's with one
     seed, else the seeds' standard deviation over the square root of their number), with
-    its K and the epochs and minutes it trained; None where the arm was not run."""
+    its K, the epochs and minutes it trained and the epochs its schedule has; None where
+    the arm was not run."""
     results = [read_json(run / "eval.json") for run in state.runs.get(arm, [])]
     values = [r["nll"] for r in results if "nll" in r]
     if not values:
@@ -53,7 +54,17 @@ def measured(state: StudyRun, arm: str) -> dict[str, Any] | None:
         "epochs": metrics[0][-1]["epoch"] if metrics[0] else 0,
         # What --max-minutes budgets: the training passes (mean over seeds).
         "minutes": fmean(training_seconds(m) for m in metrics) / 60,
+        "schedule": read_json(state.runs[arm][0] / "config.json")["train"]["epochs"],
     }
+
+
+def hours_to_finish(found: dict[str, Any]) -> float:
+    """The rest of an arm's schedule in hours, at the pace of its training passes so far
+    (the load on the machine when it trained sets that pace)."""
+    if not found["epochs"]:
+        return math.nan
+    left = max(0, found["schedule"] - found["epochs"])
+    return left * found["minutes"] / found["epochs"] / 60
 
 
 def beside_paper(
@@ -61,10 +72,13 @@ def beside_paper(
     cells: Sequence[PaperCell],
     label_headers: Sequence[str],
     protocol: str,
+    fixed_schedule: bool = False,
 ) -> dict[str, Any]:
     """The analysis of such a study: every cell whose arm was run, genzoo's figure beside
     the paper's with the difference (genzoo - paper) and its standard error (genzoo's
-    over the test images: papers state none), as a table and as data for the answer."""
+    over the test images: papers state none), as a table and as data for the answer;
+    with a ``fixed_schedule`` (a set number of passes, no early stopping) also the hours
+    the rest of it would take."""
     found_cells, rows = [], []
     for cell in cells:
         found = measured(state, cell.arm)
@@ -75,9 +89,12 @@ def beside_paper(
         found_cells[-1].update(arm=cell.arm, **found)
         genzoo = with_error(found["nll"], found["se"])
         gap = ("+" if difference >= 0 else "") + with_error(difference, found["se"])
-        trained = [found["k_test"], found["epochs"], round(found["minutes"], 1), cell.arm]
-        rows.append([*cell.labels, cell.paper, genzoo, gap, *trained])
+        trained = [found["k_test"], found["epochs"], round(found["minutes"], 1)]
+        trained += [round(hours_to_finish(found), 1)] if fixed_schedule else []
+        rows.append([*cell.labels, cell.paper, genzoo, gap, *trained, cell.arm])
     headers = [*label_headers, "paper NLL", "genzoo NLL", "genzoo - paper", "test K"]
+    headers += ["epochs trained", "training-pass minutes"]
+    headers += ["hours the rest of the schedule takes, at that pace"] if fixed_schedule else []
     budget = state.max_minutes or BUDGET_MINUTES
     trained = f"at most {budget:g} minutes (--max-minutes) of {protocol}"
     if state.quick:
@@ -85,7 +102,7 @@ def beside_paper(
     return {
         "cells": found_cells,
         "table": {
-            "headers": [*headers, "epochs trained", "training-pass minutes", "arm"],
+            "headers": [*headers, "arm"],
             "rows": rows,
         },
         "note": f"Each arm trained {trained}; ±: the standard error of genzoo's estimate "
@@ -112,13 +129,15 @@ def paper_study(
     protocol: str,
     whose: str,
     figures: tuple[str, ...] = ("samples.png", "curves.png"),
+    fixed_schedule: bool = False,
 ) -> Study:
     """A study that re-runs a paper's table: every arm trained at most BUDGET_MINUTES
     (``--max-minutes`` replaces it) of the paper's ``protocol``, its test NLL importance
-    sampled with K = 5000, the page setting each of ``cells`` beside ``whose`` figure."""
+    sampled with K = 5000, the page setting each of ``cells`` beside ``whose`` figure
+    (and, for a ``fixed_schedule``, the hours the rest of it would take)."""
 
     def analyse(state: StudyRun) -> dict[str, Any]:
-        return beside_paper(state, cells, label_headers, protocol)
+        return beside_paper(state, cells, label_headers, protocol, fixed_schedule)
 
     def answer(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
         return answer_line(analysis, whose)
