@@ -26,6 +26,7 @@ from genzoo.models.hvae import HVAE, PRESETS, SAMPLED_KL, HVAEConfig, mixture_lo
 from genzoo.runs import checkpoint_files, load_run_config
 from genzoo.schedule import LRSchedule
 from genzoo.studies import STUDIES
+from genzoo.studies.papers import REST_HEADER as REST
 from genzoo.studies.papers import PaperCell, beside_paper
 from genzoo.studies.recipe import StudyRun
 
@@ -370,7 +371,6 @@ def study_data(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 PAPER_COLUMNS = ("genzoo NLL", "genzoo - paper")
-REST = "hours the rest of the schedule takes, at that pace"
 
 
 def test_the_rest_of_a_schedule_at_the_pace_of_the_passes_so_far(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from genzoo.runs import read_metrics
 from genzoo.studies.recipe import Arm, Study, StudyRun
 
 BUDGET_MINUTES = 120  # training per arm, unless --max-minutes says otherwise
+REST_HEADER = "hours the rest of the schedule takes, at that pace"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def beside_paper(
         rows.append([*cell.labels, cell.paper, genzoo, gap, *trained, cell.arm])
     headers = [*label_headers, "paper NLL", "genzoo NLL", "genzoo - paper", "test K"]
     headers += ["epochs trained", "training-pass minutes"]
-    headers += ["hours the rest of the schedule takes, at that pace"] if fixed_schedule else []
+    headers += [REST_HEADER] if fixed_schedule else []
     budget = state.max_minutes or BUDGET_MINUTES
     trained = f"at most {budget:g} minutes (--max-minutes) of {protocol}"
     if state.quick:
